@@ -1,0 +1,109 @@
+"""Backbone registry: `get_model(name)` and loading of released or trained backbone weights.
+
+Each entry of `VARIANTS` is the released hyper-parameters of one network; the released names build
+models whose state_dict keys and shapes equal the published checkpoints'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from backbones.vit import PatchInfo, VisionTransformer
+from utils.errors import UserError
+
+# name -> VisionTransformer arguments. The first seven are the released networks; the rest are small
+# variants for CPU work, tests and the demo.
+VARIANTS: dict[str, dict] = {
+    "vit_t": dict(embed_dim=256, depth=12, drop_path_rate=0.1, mask_ratio=0.1),
+    "vit_t_dp005_mask0": dict(embed_dim=256, depth=12, drop_path_rate=0.05, mask_ratio=0.0),
+    "vit_s": dict(embed_dim=512, depth=12, drop_path_rate=0.1, mask_ratio=0.1),
+    "vit_s_dp005_mask_0": dict(embed_dim=512, depth=12, drop_path_rate=0.05, mask_ratio=0.0),
+    "vit_b": dict(embed_dim=512, depth=24, drop_path_rate=0.1, mask_ratio=0.1, using_checkpoint=True),
+    "vit_b_dp005_mask_005": dict(embed_dim=512, depth=24, drop_path_rate=0.05, mask_ratio=0.05,
+                                 using_checkpoint=True),
+    "vit_l_dp005_mask_005": dict(embed_dim=768, depth=24, drop_path_rate=0.05, mask_ratio=0.05,
+                                 using_checkpoint=True),
+    "vit_nano": dict(embed_dim=64, depth=2, num_heads=4, drop_path_rate=0.0, mask_ratio=0.0),
+    "vit_micro": dict(embed_dim=128, depth=4, num_heads=4, drop_path_rate=0.05, mask_ratio=0.0),
+    "vit_mini": dict(embed_dim=192, depth=4, num_heads=6, drop_path_rate=0.05, mask_ratio=0.05),
+}
+
+# Names of the checkpoints published with the paper.
+RELEASED_AS = {
+    "vit_s_dp005_mask_0": "TransFace-S",
+    "vit_b_dp005_mask_005": "TransFace-B",
+    "vit_l_dp005_mask_005": "TransFace-L",
+}
+
+
+def get_model(name: str, num_features: int = 512, **overrides) -> nn.Module:
+    """Build the backbone `name` with `num_features` outputs; `overrides` replace variant arguments."""
+    if name not in VARIANTS:
+        raise UserError(f"unknown network '{name}'; valid names are: {', '.join(VARIANTS)}.")
+    return VisionTransformer(num_features=num_features, **{**VARIANTS[name], **overrides})
+
+
+def _shapes(name: str, num_features: int) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = get_model(name, num_features)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A backbone state_dict from a file: a plain state_dict, or a dict holding one under "backbone",
+    "state_dict" or "model"; a DDP `module.` prefix is removed. Loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file '{path}' does not exist; check the path.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"'{path}' is not a readable PyTorch weights file ({type(exc).__name__}: {exc}); "
+                        "pass a backbone state_dict such as model.pt.") from exc
+    for wrapper in ("backbone", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"'{path}' holds no state_dict of tensors; pass a backbone state_dict such as "
+                        "model.pt.")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def matching_networks(state: dict[str, torch.Tensor]) -> list[str]:
+    """Registered names whose state_dict has exactly the keys and shapes of `state`."""
+    found = {key: tuple(value.shape) for key, value in state.items()}
+    num_features = found.get("feature.3.weight", (512,))[0]
+    return [name for name in VARIANTS if _shapes(name, num_features) == found]
+
+
+def load_backbone(network: str, path: str | Path, num_features: int | None = None,
+                  **overrides) -> nn.Module:
+    """Build `network` and load the weights at `path` strictly; errors say which names would fit."""
+    state = read_state_dict(path)
+    if num_features is None:
+        num_features = tuple(state["feature.3.weight"].shape)[0] if "feature.3.weight" in state else 512
+    model = get_model(network, num_features, **overrides)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in state.items()}
+    if expected != found:
+        missing = sorted(expected.keys() - found.keys())
+        unexpected = sorted(found.keys() - expected.keys())
+        mismatched = sorted(f"{k} {found[k]} vs {expected[k]}" for k in expected.keys() & found.keys()
+                            if expected[k] != found[k])
+        details = "; ".join(
+            f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected),
+                                 ("shape (file vs network)", mismatched)) if items)
+        fits = matching_networks(state)
+        hint = (f"the file fits --network {' or '.join(fits)}" if fits
+                else "no registered network fits this file")
+        raise UserError(f"'{path}' does not match network '{network}' ({details}); {hint}.")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+__all__ = ["RELEASED_AS", "VARIANTS", "PatchInfo", "VisionTransformer", "get_model", "load_backbone",
+           "matching_networks", "read_state_dict"]

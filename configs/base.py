@@ -1,0 +1,93 @@
+"""Every configuration key, its default and its meaning; experiment configs override a subset.
+
+An experiment module defines ``config = EasyDict(...)`` with the keys it changes. ``utils.config``
+merges it over this file, rejects unknown keys and wrong types, and computes the derived values
+(global batch, steps per epoch, total and warm-up steps) in one place.
+"""
+
+from easydict import EasyDict
+
+config = EasyDict(
+    # ---- model ----
+    network="vit_t",  # a name from backbones.get_model (see README's network table)
+    embedding_size=512,  # size of the face embedding
+    gradient_checkpointing=None,  # None: the variant's released setting; True/False forces it
+    compile=False,  # torch.compile the backbone
+    init="",  # path to pretrained backbone weights (a state_dict .pt) to start from
+    # ---- classifier and loss ----
+    # (m1, m2, m3) of the target logit cos(m1*theta + m2) - m3: ArcFace (1, .5, 0), CosFace (1, 0, .4)
+    margin_list=(1.0, 0.5, 0.0),
+    margin_scale=64.0,  # s, the logit scale
+    margin_exact_gradient=False,  # False: released straight-through angular margin; True: exact gradient
+    interclass_filtering_threshold=0.0,  # zero non-target logits above this cosine (0 disables)
+    sample_rate=1.0,  # Partial FC: fraction of class centres sampled per step, in (0, 1]
+    # ---- EHSM (entropy-based hard sample mining) ----
+    ehsm=True,  # weight each sample's loss by its patch-level hardness
+    ehsm_gamma=1.0,  # gamma of w = 1 + exp(-gamma * reduction)
+    ehsm_top_k=None,  # None: all patches; else the K largest patch std enter the reduction
+    ehsm_rule="released",  # "released": mean of patch std; "entropy_mean" / "entropy_sum": the paper's
+    # ---- DPAP (dominant patch amplitude perturbation) ----
+    dpap=True,  # perturb the dominant patches of a random subset of the batch
+    dpap_k=7,  # number of dominant patches perturbed per chosen image
+    dpap_prob=0.2,  # probability that an image of the batch is chosen
+    dpap_alpha=1.0,  # lambda ~ U(0, alpha), the amplitude mixing weight
+    dpap_ratio=1.0,  # centred fraction of the shifted spectrum that is mixed (1.0: all of it)
+    dpap_quantize=True,  # truncate perturbed pixels to uint8 as the released code does
+    # ---- optimisation ----
+    optimizer="adamw",  # "adamw" or "sgd"
+    lr=1e-3,  # peak learning rate for the global batch
+    momentum=0.9,  # SGD momentum
+    betas=(0.9, 0.999),  # AdamW betas
+    weight_decay=0.1,
+    no_weight_decay_on_norm_bias=False,  # exclude norms, biases, pos_embed and mask_token from decay
+    lr_scheduler="polynomial",  # "polynomial" (released) or "cosine"
+    lr_power=2.0,  # exponent of the polynomial decay
+    warmup_epoch=None,  # None: num_epoch // 10 as released
+    num_epoch=20,
+    clip_grad_norm=5.0,  # max gradient norm of the backbone; 0 disables clipping
+    precision="fp16",  # "fp16" (GradScaler), "bf16" or "fp32"
+    batch_size=128,  # images per process per forward pass
+    gradient_accumulation=1,  # forward passes per optimizer step
+    max_nonfinite_steps=10,  # stop after this many consecutive non-finite losses
+    seed=2048,
+    # ---- data ----
+    dataset="recordio",  # "recordio" (train.rec/train.idx), "folder" (identity sub-folders), "synthetic"
+    rec="",  # data directory: train.rec/train.idx/property, or the image folder
+    num_classes=0,  # number of identities; checked against the data
+    num_image=0,  # number of training images; checked against the data
+    num_workers=2,  # DataLoader workers per process
+    max_corrupt_fraction=0.001,  # stop when more than this fraction of records fails to decode
+    gpu_decode=False,  # decode JPEGs on the GPU (CUDA only)
+    val_targets=(),  # names of .bin verification sets in `rec` (for example "lfw", "cfp_fp", "agedb_30")
+    # ---- logging, verification, checkpoints ----
+    output="work_dirs/run",  # where logs, TensorBoard events and checkpoints go
+    frequent=10,  # log every this many optimizer steps
+    verbose=2000,  # verify on val_targets every this many optimizer steps
+    save_every=0,  # checkpoint every this many optimizer steps (0: only at epoch end)
+    save_last=3,  # keep this many recent checkpoints
+    resume=False,  # continue from the newest complete checkpoint in `output`
+    tensorboard=True,
+)
+
+# Keys whose default is None take None or a value of this type.
+nullable = {
+    "gradient_checkpointing": bool,
+    "ehsm_top_k": int,
+    "warmup_epoch": int,
+}
+
+# Keys limited to a fixed set of values.
+choices = {
+    "ehsm_rule": ("released", "entropy_mean", "entropy_sum"),
+    "optimizer": ("adamw", "sgd"),
+    "lr_scheduler": ("polynomial", "cosine"),
+    "precision": ("fp16", "bf16", "fp32"),
+    "dataset": ("recordio", "folder", "synthetic"),
+}
+
+# Keys of the released arcface_torch/TransFace configs that this project names differently.
+renamed = {
+    "fp16": "precision",
+    "gradient_acc": "gradient_accumulation",
+    "save_all_states": "save_every",
+}

@@ -1,0 +1,1 @@
+"""Command-line tools: data packing, demo data, export, inference, model summary."""

@@ -1,0 +1,1 @@
+"""Config loading, distributed setup, checkpoints, logging and file formats shared by the entry scripts."""

@@ -1,0 +1,206 @@
+"""Load experiment configs: merge over configs/base.py, apply --set overrides, validate, derive.
+
+A config is a Python module anywhere on disk that defines ``config = EasyDict(...)``. Every key must
+exist in ``configs/base.py`` and have the type of its default there; mistakes name the file, the key
+and the closest valid key. Values that follow from others (global batch, steps) are computed only in
+``derive``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import importlib.util
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from easydict import EasyDict
+
+from utils.errors import UserError
+
+BASE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "base.py"
+
+# Range checks: key -> (predicate, what the value must be).
+_RANGES = {
+    "embedding_size": (lambda v: v >= 1, "a positive integer"),
+    "margin_scale": (lambda v: v > 0, "positive"),
+    "sample_rate": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "ehsm_top_k": (lambda v: v is None or v >= 1, "None or a positive integer"),
+    "dpap_k": (lambda v: v >= 1, "a positive integer"),
+    "dpap_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "dpap_alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "dpap_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "lr": (lambda v: v > 0, "positive"),
+    "weight_decay": (lambda v: v >= 0, "non-negative"),
+    "warmup_epoch": (lambda v: v is None or v >= 0, "None or a non-negative integer"),
+    "num_epoch": (lambda v: v >= 1, "a positive integer"),
+    "clip_grad_norm": (lambda v: v >= 0, "non-negative (0 disables clipping)"),
+    "batch_size": (lambda v: v >= 1, "a positive integer"),
+    "gradient_accumulation": (lambda v: v >= 1, "a positive integer"),
+    "max_nonfinite_steps": (lambda v: v >= 1, "a positive integer"),
+    "num_classes": (lambda v: v >= 0, "non-negative (0: read from the data)"),
+    "num_image": (lambda v: v >= 0, "non-negative (0: read from the data)"),
+    "num_workers": (lambda v: v >= 0, "non-negative"),
+    "max_corrupt_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "frequent": (lambda v: v >= 1, "a positive integer"),
+    "verbose": (lambda v: v >= 1, "a positive integer"),
+    "save_every": (lambda v: v >= 0, "non-negative (0: only at epoch end)"),
+    "save_last": (lambda v: v >= 1, "a positive integer"),
+}
+
+
+def _load_module(path: Path):
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist; pass the path to a config module such as "
+                        "configs/ms1mv2_vit_s.py.")
+    spec = importlib.util.spec_from_file_location(f"_transface_config_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise UserError(f"config file '{path}' failed to run ({type(exc).__name__}: {exc}); fix the "
+                        "module so that it defines `config = EasyDict(...)`.") from exc
+    return module
+
+
+def _base():
+    module = _load_module(BASE_CONFIG)
+    return module.config, module.nullable, module.choices, module.renamed
+
+
+def _closest(key: str, valid: Iterable[str], renamed: Mapping[str, str]) -> str:
+    if key in renamed:
+        return f"this project calls it '{renamed[key]}'"
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"did you mean '{match[0]}'?" if match else "see configs/base.py for every valid key"
+
+
+def _coerce(key: str, value: Any, default: Any, nullable: Mapping[str, type], source: str) -> Any:
+    """Return `value` in the type of `default` (int -> float, list -> tuple) or raise UserError."""
+    if key in nullable:
+        if value is None:
+            return None
+        default = nullable[key]()
+    expected = type(default)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple))
+        if ok:
+            value = tuple(value)
+            if default:
+                ok = len(value) == len(default) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                value = tuple(float(v) for v in value) if ok else value
+            else:
+                ok = all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        if isinstance(default, tuple) and default:
+            want = f"a sequence of {len(default)} numbers"
+        elif isinstance(default, tuple):
+            want = "a sequence of strings"
+        else:
+            want = expected.__name__
+        raise UserError(f"{source}: key '{key}' must be {want}, got {value!r} ({type(value).__name__}); "
+                        f"the default is {default!r}.")
+    return value
+
+
+def _validate(config: Mapping[str, Any], source: str, base, nullable, choices, renamed) -> EasyDict:
+    merged = dict(base)
+    for key, value in config.items():
+        if key not in base:
+            raise UserError(f"{source}: unknown key '{key}'; {_closest(key, base, renamed)}")
+        merged[key] = _coerce(key, value, base[key], nullable, source)
+        if key in choices and merged[key] not in choices[key]:
+            raise UserError(f"{source}: key '{key}' is {merged[key]!r}; choose one of {choices[key]}.")
+        if key in _RANGES:
+            check, want = _RANGES[key]
+            if not check(merged[key]):
+                raise UserError(f"{source}: key '{key}' is {merged[key]!r}; it must be {want}.")
+    return EasyDict(merged)
+
+
+def parse_overrides(items: Iterable[str], string_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Parse ``key=value`` strings into Python literals; keys in `string_keys` keep the raw text."""
+    string_keys = set(string_keys)
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"override '{item}' is not of the form key=value; write for example "
+                            "--set batch_size=64.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        if key in string_keys and not isinstance(value, str):
+            value = text
+        overrides[key] = value
+    return overrides
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> EasyDict:
+    """Config module at `path` merged over base.py, then `--set` overrides, validated."""
+    base, nullable, choices, renamed = _base()
+    path = Path(path)
+    module = _load_module(path)
+    user = getattr(module, "config", None)
+    if not isinstance(user, Mapping):
+        raise UserError(f"config file '{path}' defines no `config` mapping; add `config = EasyDict(...)`.")
+    config = _validate(user, f"config '{path}'", base, nullable, choices, renamed)
+    # Strings given on the command line for string keys need no quotes.
+    pairs = parse_overrides(overrides, string_keys=[k for k, v in base.items() if isinstance(v, str)])
+    config = _validate({**config, **pairs}, "--set", base, nullable, choices, renamed)
+    return config
+
+
+def require(config: Mapping[str, Any], key: str, what: str) -> None:
+    """Raise a helpful error when a path-like key the run needs is unset."""
+    if not config[key]:
+        raise UserError(f"config key '{key}' is not set; set config.{key} to {what} in your config or "
+                        f"pass --set {key}=...")
+
+
+def derive(config: Mapping[str, Any], world_size: int) -> EasyDict:
+    """Config plus the values that follow from it and the world size (the only place they are computed)."""
+    if config["num_image"] <= 0:
+        raise UserError("config key 'num_image' is unknown; it is read from the data before derive().")
+    derived = EasyDict(dict(config))
+    derived.world_size = world_size
+    derived.total_batch_size = config["batch_size"] * config["gradient_accumulation"] * world_size
+    derived.steps_per_epoch = config["num_image"] // derived.total_batch_size
+    if derived.steps_per_epoch == 0:
+        raise UserError(f"one epoch of {config['num_image']} images is shorter than one global batch of "
+                        f"{derived.total_batch_size}; lower batch_size or gradient_accumulation.")
+    derived.total_steps = derived.steps_per_epoch * config["num_epoch"]
+    warmup_epoch = config["warmup_epoch"]
+    if warmup_epoch is None:
+        warmup_epoch = config["num_epoch"] // 10
+    derived.warmup_epoch = warmup_epoch
+    derived.warmup_steps = derived.steps_per_epoch * warmup_epoch
+    return derived
+
+
+def to_json(config: Mapping[str, Any]) -> str:
+    """The resolved config as JSON (written beside checkpoints so a run can be rebuilt)."""
+    return json.dumps(dict(config), indent=2, sort_keys=True, default=list)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="path to a config module, for example configs/ms1mv2_vit_s.py")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, for example --set batch_size=64 lr=1e-3")
+
+

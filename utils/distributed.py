@@ -1,0 +1,109 @@
+"""Process-group setup from torchrun's environment, the device of this rank, seeding and DDP wrapping.
+
+`python train.py cfg` runs as one process without a process group; `torchrun` sets RANK, LOCAL_RANK,
+WORLD_SIZE, MASTER_ADDR and MASTER_PORT, and we start NCCL on CUDA or gloo on CPU from them. The rest of
+the code asks `DistContext` for ranks and the device and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"environment variable {name}={text!r} is not an integer; launch with torchrun or "
+                        "unset it.") from None
+
+
+def pick_device(local_rank: int, device: str | None = None) -> torch.device:
+    """`device` if given ("cpu", "cuda", "cuda:1"), else this rank's GPU when CUDA exists, else the CPU."""
+    if device is not None:
+        chosen = torch.device(device)
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device '{device}' was asked for but CUDA is not available; use --device cpu.")
+        if chosen.type == "cuda" and chosen.index is None:
+            chosen = torch.device("cuda", local_rank % torch.cuda.device_count())
+        return chosen
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def setup(device: str | None = None, timeout_minutes: float = 30.0) -> DistContext:
+    """Start the process group when launched by torchrun (WORLD_SIZE > 1); return this rank's context."""
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    world_size = _env_int("WORLD_SIZE", 1)
+    chosen = pick_device(local_rank, device)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if chosen.type == "cuda" else "gloo"
+        kwargs = {"device_id": chosen} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(minutes=timeout_minutes), **kwargs)
+    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch (all devices) with `seed + rank` so ranks draw different samples."""
+    rank_seed = seed + rank
+    random.seed(rank_seed)
+    np.random.seed(rank_seed % 2**32)
+    torch.manual_seed(rank_seed)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, ctx: DistContext, **kwargs) -> torch.nn.Module:
+    """DistributedDataParallel around `model` when there are several processes, else the model itself."""
+    if not ctx.distributed:
+        return model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **kwargs)
