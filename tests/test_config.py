@@ -1,0 +1,140 @@
+"""Config loading: merge over base.py, --set overrides, validation errors, derived values."""
+
+from pathlib import Path
+
+import pytest
+
+from utils.config import derive, load_config, parse_overrides, require
+from utils.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+RELEASED = ["ms1mv2_vit_s", "ms1mv2_vit_b", "ms1mv2_vit_l", "glint360k_vit_s", "glint360k_vit_b",
+            "glint360k_vit_l"]
+
+
+def write_config(tmp_path, body: str) -> Path:
+    path = tmp_path / "exp.py"
+    path.write_text("from easydict import EasyDict\nconfig = EasyDict(" + body + ")\n")
+    return path
+
+
+def test_merge_keeps_base_defaults_and_applies_module_values(tmp_path):
+    config = load_config(write_config(tmp_path, "batch_size=64, lr=2e-4"))
+    assert config.batch_size == 64 and config.lr == 2e-4
+    assert config.margin_list == (1.0, 0.5, 0.0) and config.dpap_k == 7  # from base.py
+
+
+def test_config_may_live_anywhere_on_disk(tmp_path):
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    config = load_config(write_config(nested, "network='vit_nano'"))
+    assert config.network == "vit_nano"
+
+
+def test_overrides_are_parsed_and_type_checked(tmp_path):
+    path = write_config(tmp_path, "")
+    config = load_config(path, ["batch_size=32", "lr=1e-3", "network=vit_s", "margin_list=(1.0,0.0,0.4)",
+                                "ehsm_top_k=16", "dpap=False", "rec=/data/123"])
+    assert config.batch_size == 32 and isinstance(config.lr, float)
+    assert config.network == "vit_s" and config.rec == "/data/123"
+    assert config.margin_list == (1.0, 0.0, 0.4) and config.ehsm_top_k == 16 and config.dpap is False
+
+
+def test_int_is_accepted_for_float_keys_and_becomes_float(tmp_path):
+    config = load_config(write_config(tmp_path, "lr=1"))
+    assert config.lr == 1.0 and isinstance(config.lr, float)
+
+
+def test_nullable_key_takes_none_or_its_type(tmp_path):
+    assert load_config(write_config(tmp_path, "warmup_epoch=None")).warmup_epoch is None
+    with pytest.raises(UserError, match="warmup_epoch"):
+        load_config(write_config(tmp_path, "warmup_epoch='two'"))
+
+
+def test_unknown_key_names_file_and_closest_valid_key(tmp_path):
+    path = write_config(tmp_path, "batch_sise=64")
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert "batch_sise" in str(err.value) and "batch_size" in str(err.value) and str(path) in str(err.value)
+
+
+def test_renamed_released_key_points_to_our_name(tmp_path):
+    with pytest.raises(UserError, match="precision"):
+        load_config(write_config(tmp_path, "fp16=True"))
+
+
+def test_unknown_override_key_is_an_error(tmp_path):
+    with pytest.raises(UserError, match="did you mean 'lr'"):
+        load_config(write_config(tmp_path, ""), ["lrr=0.1"])
+
+
+@pytest.mark.parametrize("body, key", [
+    ("batch_size='64'", "batch_size"),
+    ("batch_size=6.4", "batch_size"),
+    ("dpap=1", "dpap"),
+    ("margin_list=(1.0, 0.5)", "margin_list"),
+    ("val_targets=('lfw', 3)", "val_targets"),
+    ("network=3", "network"),
+])
+def test_wrong_type_names_the_key(tmp_path, body, key):
+    with pytest.raises(UserError, match=key):
+        load_config(write_config(tmp_path, body))
+
+
+@pytest.mark.parametrize("override", ["sample_rate=0", "sample_rate=1.5", "batch_size=0", "dpap_prob=2",
+                                      "precision=fp8", "optimizer=lamb"])
+def test_out_of_range_or_invalid_choice_is_an_error(tmp_path, override):
+    key = override.split("=")[0]
+    with pytest.raises(UserError, match=key):
+        load_config(write_config(tmp_path, ""), [override])
+
+
+def test_malformed_override_is_an_error():
+    with pytest.raises(UserError, match="key=value"):
+        parse_overrides(["batch_size"])
+
+
+def test_missing_file_and_broken_module_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("config = EasyDict(\n")
+    with pytest.raises(UserError, match="broken.py"):
+        load_config(broken)
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(UserError, match="defines no `config`"):
+        load_config(empty)
+
+
+def test_derive_computes_global_batch_and_steps(tmp_path):
+    config = load_config(write_config(tmp_path, "batch_size=8, gradient_accumulation=2, num_image=1000, "
+                                                "num_epoch=20, warmup_epoch=None"))
+    derived = derive(config, world_size=4)
+    assert derived.total_batch_size == 64
+    assert derived.steps_per_epoch == 1000 // 64
+    assert derived.total_steps == 15 * 20 and derived.warmup_epoch == 2 and derived.warmup_steps == 30
+
+
+def test_derive_rejects_an_epoch_shorter_than_a_batch(tmp_path):
+    config = load_config(write_config(tmp_path, "batch_size=64, num_image=10"))
+    with pytest.raises(UserError, match="lower batch_size"):
+        derive(config, world_size=1)
+
+
+def test_require_explains_how_to_set_an_unset_path(tmp_path):
+    config = load_config(REPO / "configs" / "ms1mv2_vit_s.py")
+    with pytest.raises(UserError, match="--set rec="):
+        require(config, "rec", "the folder holding train.rec")
+
+
+@pytest.mark.parametrize("name", RELEASED)
+def test_released_configs_load_with_released_hyper_parameters(name):
+    config = load_config(REPO / "configs" / f"{name}.py")
+    glint = name.startswith("glint360k")
+    assert config.batch_size == (128 if glint else 512)
+    assert config.lr == (1e-4 if glint else 1e-3)
+    assert config.num_classes == (360232 if glint else 85742)
+    assert config.num_epoch == (35 if name in ("glint360k_vit_l",) or not glint else 40)
+    assert config.optimizer == "adamw" and config.weight_decay == 0.1 and config.precision == "fp16"
+    assert config.margin_list == (1.0, 0.5, 0.0) and config.rec == ""
