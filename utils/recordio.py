@@ -1,0 +1,370 @@
+"""MXNet RecordIO without MXNet: chunked records, the IRHeader, the .idx index, indexed readers and writers.
+
+A record is stored as one or more chunks: uint32 magic, uint32 `lrec` (3-bit continuation flag << 29 |
+29-bit length), the data, zero padding to 4 bytes. MXNet's writer splits a record at every 4-byte
+aligned occurrence of the magic inside it (dropping those 4 bytes) and its reader joins the chunks back
+with the magic between them; we do both exactly the same way, so files round-trip byte for byte with
+MXNet 1.9 (`MXIndexedRecordIO`, `recordio.pack`/`unpack`).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import struct
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from utils.errors import UserError
+
+MAGIC = 0xCED7230A
+MAGIC_BYTES = struct.pack("<I", MAGIC)
+MAX_RECORD_BYTES = (1 << 29) - 1  # the length field has 29 bits
+
+# Continuation flags of a chunk.
+WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3
+
+_CHUNK_HEAD = struct.Struct("<II")  # magic, lrec
+_IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2: MXNet's 'IfQQ' on a little-endian machine
+_LENGTH_MASK = (1 << 29) - 1
+
+
+class RecordIOError(UserError):
+    """A .rec/.idx pair that is truncated, inconsistent or holds a damaged record."""
+
+
+class IRHeader(NamedTuple):
+    """Header of an image record; `label` is a float when `flag == 0`, else a tuple of `flag` floats."""
+
+    flag: int
+    label: float | tuple[float, ...]
+    id: int
+    id2: int
+
+
+class Chunk(NamedTuple):
+    offset: int  # byte offset of the chunk's magic in the .rec
+    cflag: int  # continuation flag: WHOLE, FIRST, MIDDLE or LAST
+    length: int  # data bytes (padding excluded)
+
+
+def _padded(length: int) -> int:
+    return (length + 3) & ~3
+
+
+# ---- IRHeader ----
+
+def pack(header: IRHeader | Sequence, payload: bytes = b"") -> bytes:
+    """Header plus payload as MXNet's `recordio.pack` builds it.
+
+    A numeric label is stored in the header (flag 0); a sequence of labels is stored as `len(label)`
+    float32 values after the header, with flag = their count and the header's label field 0.
+    """
+    _, label, key_id, key_id2 = header  # the flag follows from the label, as in MXNet
+    if isinstance(label, numbers.Number):
+        head = _IR_HEADER.pack(0, float(label), key_id, key_id2)
+        return head + bytes(payload)
+    values = [float(v) for v in np.asarray(label, dtype=np.float32).reshape(-1)]
+    head = _IR_HEADER.pack(len(values), 0.0, key_id, key_id2)
+    return head + struct.pack(f"<{len(values)}f", *values) + bytes(payload)
+
+
+def unpack(record: bytes) -> tuple[IRHeader, bytes]:
+    """(header, payload) of a record, as MXNet's `recordio.unpack` splits it."""
+    if len(record) < _IR_HEADER.size:
+        raise ValueError(f"record of {len(record)} bytes is shorter than the {_IR_HEADER.size}-byte header")
+    flag, label, key_id, key_id2 = _IR_HEADER.unpack_from(record)
+    body = _IR_HEADER.size
+    if flag > 0:
+        if len(record) < body + 4 * flag:
+            raise ValueError(f"record of {len(record)} bytes is too short for its {flag} labels")
+        label = struct.unpack_from(f"<{flag}f", record, body)
+        body += 4 * flag
+    return IRHeader(flag, label, key_id, key_id2), record[body:]
+
+
+def first_label(header: IRHeader) -> float:
+    """The class of an image record: the scalar label, or the first value of a label vector."""
+    return header.label[0] if header.flag > 0 else header.label
+
+
+# ---- chunks ----
+
+def encode_record(record: bytes) -> bytes:
+    """The bytes MXNet's RecordIOWriter writes for one record: its chunks and the final padding."""
+    if len(record) > MAX_RECORD_BYTES:
+        raise UserError(f"a record of {len(record)} bytes exceeds RecordIO's limit of {MAX_RECORD_BYTES} "
+                        "bytes; store smaller images.")
+    parts = []
+    start = 0  # first byte of the chunk being built
+    found = record.find(MAGIC_BYTES)
+    while found != -1:
+        if found % 4 == 0:
+            parts.append(_CHUNK_HEAD.pack(MAGIC, (FIRST if start == 0 else MIDDLE) << 29 | (found - start)))
+            parts.append(record[start:found])
+            start = found + 4
+            found = record.find(MAGIC_BYTES, start)
+        else:
+            found = record.find(MAGIC_BYTES, found + 1)
+    parts.append(_CHUNK_HEAD.pack(MAGIC, (LAST if start else WHOLE) << 29 | (len(record) - start)))
+    parts.append(record[start:])
+    parts.append(b"\0" * (_padded(len(record)) - len(record)))
+    return b"".join(parts)
+
+
+def decode_record(data: bytes, offset: int = 0) -> tuple[bytes, int]:
+    """(record, offset just past it) for the record whose first chunk starts at `offset` of `data`."""
+    parts = []
+    position = offset
+    while True:
+        if position + _CHUNK_HEAD.size > len(data):
+            raise ValueError(f"chunk header at byte {position} runs past the end ({len(data)} bytes)")
+        magic, lrec = _CHUNK_HEAD.unpack_from(data, position)
+        cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+        _check_chunk(magic, cflag, first=not parts, position=position)
+        start = position + _CHUNK_HEAD.size
+        if start + length > len(data):
+            raise ValueError(f"chunk at byte {position} of length {length} runs past the end "
+                             f"({len(data)} bytes)")
+        parts.append(data[start:start + length])
+        position = start + _padded(length)
+        if cflag in (WHOLE, LAST):
+            return MAGIC_BYTES.join(parts), position
+
+
+def _check_chunk(magic: int, cflag: int, first: bool, position: int) -> None:
+    if magic != MAGIC:
+        raise ValueError(f"no RecordIO magic at byte {position} (found {magic:#010x})")
+    allowed = (WHOLE, FIRST) if first else (MIDDLE, LAST)
+    if cflag not in allowed:
+        raise ValueError(f"chunk at byte {position} has continuation flag {cflag}, expected one of {allowed}")
+
+
+def iter_chunks(rec_path: str | Path) -> Iterator[Chunk]:
+    """Every chunk of a .rec in file order (for inspecting how records were split)."""
+    data = Path(rec_path).read_bytes()
+    position = 0
+    while position < len(data):
+        magic, lrec = _CHUNK_HEAD.unpack_from(data, position)
+        if magic != MAGIC:
+            raise RecordIOError(f"'{rec_path}': no RecordIO magic at byte {position}; the file is damaged.")
+        length = lrec & _LENGTH_MASK
+        yield Chunk(position, lrec >> 29, length)
+        position += _CHUNK_HEAD.size + _padded(length)
+
+
+def iter_records(rec_path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """(offset, record) for every record of a .rec read front to back, without an index."""
+    data = Path(rec_path).read_bytes()
+    position = 0
+    while position < len(data):
+        try:
+            record, end = decode_record(data, position)
+        except ValueError as exc:
+            raise RecordIOError(f"'{rec_path}' is damaged at byte {position}: {exc}.") from None
+        yield position, record
+        position = end
+
+
+# ---- index ----
+
+def read_index(idx_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) of a `key<TAB>offset` index, int64 arrays in file order."""
+    idx_path = Path(idx_path)
+    if not idx_path.is_file():
+        raise UserError(f"index file '{idx_path}' does not exist; every train.rec needs its train.idx "
+                        "beside it (tools/pack_rec.py writes both).")
+    text = idx_path.read_bytes()
+    table = _parse_index_fast(text)
+    if table is None:
+        table = _parse_index_lines(text, idx_path)
+    keys, offsets = table[:, 0].copy(), table[:, 1].copy()
+    ordered = np.sort(keys)
+    duplicates = ordered[1:][ordered[1:] == ordered[:-1]]
+    if len(duplicates):
+        raise UserError(f"'{idx_path}' lists key {duplicates[0]} more than once; the index is damaged.")
+    if len(offsets) and offsets.min() < 0:
+        raise UserError(f"'{idx_path}' holds a negative offset; the index is damaged.")
+    return keys, offsets
+
+
+def _parse_index_fast(text: bytes) -> np.ndarray | None:
+    """[num_keys, 2] table when the text is exactly MXNet's `key<TAB>offset<NEWLINE>` lines of integers
+    (parsed in C: millions of lines in a fraction of a second), else None."""
+    if not text.endswith(b"\n") or b" " in text or b"\r" in text:
+        return None
+    raw = np.frombuffer(text, dtype=np.uint8)
+    line_ends = np.flatnonzero(raw == ord("\n"))
+    tab_lines = np.searchsorted(line_ends, np.flatnonzero(raw == ord("\t")))  # line of every tab
+    if not np.array_equal(np.bincount(tab_lines, minlength=len(line_ends)), np.ones(len(line_ends))):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy warns (here: raises) when text is left unparsed
+        try:
+            values = np.fromstring(text, dtype=np.int64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            return None
+    # One tab and no other blank per line: a line holds at most two numbers, so the count proves it.
+    if values.size != 2 * len(line_ends):
+        return None
+    return values.reshape(-1, 2)  # [num_keys, 2]
+
+
+def _parse_index_lines(text: bytes, idx_path: Path) -> np.ndarray:
+    """[num_keys, 2] table parsed line by line (blank lines allowed); bad lines raise UserError."""
+    rows = []
+    for number, line in enumerate(text.split(b"\n"), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not all(p.lstrip(b"-").isdigit() for p in parts):
+            raise UserError(f"'{idx_path}' line {number} is {line[:60]!r}, not 'key<TAB>offset' with two "
+                            "integers; the index is damaged: re-create it with tools/pack_rec.py.")
+        rows.append((int(parts[0]), int(parts[1])))
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)  # [num_keys, 2]
+
+
+def write_index_line(key: int, offset: int) -> str:
+    return f"{key}\t{offset}\n"
+
+
+# ---- indexed reader and writer ----
+
+class IndexedRecordReader:
+    """Random access to the records of a .rec by key through its .idx (MXNet's MXIndexedRecordIO).
+
+    The file is opened lazily and reopened in every new process, so DataLoader workers (fork or spawn)
+    never share a file position; the reader pickles without its handle. One handle per process: do not
+    read from several threads of one process at once.
+    """
+
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
+        self.rec_path = Path(rec_path)
+        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        if not self.rec_path.is_file():
+            raise UserError(f"record file '{self.rec_path}' does not exist; check config.rec or the path.")
+        self.keys, self.offsets = read_index(self.idx_path)
+        self._sorted = np.argsort(self.keys, kind="stable")  # positions of keys in increasing key order
+        self._file_size = self.rec_path.stat().st_size
+        self._handle = None
+        self._pid = None
+        self._check_end()
+
+    def _check_end(self) -> None:
+        """Cheap truncation check at open: the record furthest into the file must start and fit in it."""
+        if len(self.offsets) == 0:
+            return
+        last = int(np.argmax(self.offsets))
+        key, offset = int(self.keys[last]), int(self.offsets[last])
+        where = f"'{self.idx_path}' places key {key} at byte {offset}"
+        if offset + _CHUNK_HEAD.size > self._file_size:
+            raise RecordIOError(f"{where} but '{self.rec_path}' holds only {self._file_size} bytes; the "
+                                ".rec is truncated or the .idx belongs to another file: copy it again or "
+                                "re-pack it.")
+        with open(self.rec_path, "rb") as file:
+            file.seek(offset)
+            magic, lrec = _CHUNK_HEAD.unpack(file.read(_CHUNK_HEAD.size))
+        end = offset + _CHUNK_HEAD.size + _padded(lrec & _LENGTH_MASK)
+        if magic != MAGIC:
+            raise RecordIOError(f"{where} but there is no record there (magic {magic:#010x}); the .idx "
+                                f"does not belong to '{self.rec_path}': re-create the pair.")
+        if end > self._file_size:
+            raise RecordIOError(f"{where} whose chunk ends at byte {end}, past the end of "
+                                f"'{self.rec_path}' ({self._file_size} bytes); the .rec is truncated: copy "
+                                "it again or re-pack it.")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, key: int) -> bool:
+        position = np.searchsorted(self.keys, key, sorter=self._sorted)
+        return position < len(self.keys) and self.keys[self._sorted[position]] == key
+
+    def offset_of(self, key: int) -> int:
+        if key not in self:
+            raise KeyError(f"key {key} is not in '{self.idx_path}'")
+        return int(self.offsets[self._sorted[np.searchsorted(self.keys, key, sorter=self._sorted)]])
+
+    def _file(self):
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = open(self.rec_path, "rb")  # noqa: SIM115 - kept open for the process's lifetime
+            self._pid = os.getpid()
+        return self._handle
+
+    def read(self, key: int) -> bytes:
+        """The record stored under `key` (header and payload)."""
+        return self.read_at(self.offset_of(key), key)
+
+    def read_at(self, offset: int, key: int) -> bytes:
+        """The record whose first chunk starts at `offset`; `key` only names it in errors."""
+        file = self._file()
+        parts = []
+        position = offset
+        while True:
+            file.seek(position)
+            head = file.read(_CHUNK_HEAD.size)
+            if len(head) < _CHUNK_HEAD.size:
+                raise self._damaged(key, offset, f"the chunk header at byte {position} is cut off")
+            magic, lrec = _CHUNK_HEAD.unpack(head)
+            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            try:
+                _check_chunk(magic, cflag, first=not parts, position=position)
+            except ValueError as exc:
+                raise self._damaged(key, offset, str(exc)) from None
+            data = file.read(length)
+            if len(data) < length:
+                raise self._damaged(key, offset, f"its chunk at byte {position} of length {length} runs "
+                                                 f"past the end of the file ({self._file_size} bytes)")
+            parts.append(data)
+            if cflag in (WHOLE, LAST):
+                return MAGIC_BYTES.join(parts)
+            position += _CHUNK_HEAD.size + _padded(length)
+
+    def _damaged(self, key: int, offset: int, why: str) -> RecordIOError:
+        return RecordIOError(f"'{self.rec_path}': record key {key} at byte {offset} is damaged: {why}.")
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+
+
+class IndexedRecordWriter:
+    """Writes records and their `key<TAB>offset` index exactly as MXNet's MXIndexedRecordIO('w') does."""
+
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
+        self.rec_path = Path(rec_path)
+        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        self._rec = open(self.rec_path, "wb")  # noqa: SIM115 - closed by close() / the context manager
+        self._idx = open(self.idx_path, "w", encoding="ascii", newline="\n")  # noqa: SIM115
+        self._keys: set[int] = set()
+
+    def write(self, key: int, record: bytes) -> int:
+        """Append `record` under `key`; returns its offset."""
+        if key in self._keys:
+            raise ValueError(f"key {key} was already written to '{self.idx_path}'")
+        self._keys.add(key)
+        offset = self._rec.tell()
+        self._rec.write(encode_record(record))
+        self._idx.write(write_index_line(key, offset))
+        return offset
+
+    def close(self) -> None:
+        self._rec.close()
+        self._idx.close()
+
+    def __enter__(self) -> IndexedRecordWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
