@@ -173,7 +173,8 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim)
         self.num_patches = self.patch_embed.num_patches
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, embed_dim))
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # Trained only when tokens are masked; frozen otherwise so DDP sees no unused parameter.
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=mask_ratio > 0)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 -> rate
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, rate, attn_impl) for rate in rates)

@@ -1,0 +1,82 @@
+"""Training monitors: rank-0 log lines to the console and a file, throughput and ETA, TensorBoard scalars."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("transface")
+
+
+def setup_logging(output: str | Path, rank: int) -> None:
+    """Rank 0 logs INFO to stderr and `<output>/training.log`; other ranks log warnings only."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter)
+    root.addHandler(console)
+    if rank == 0:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(Path(output) / "training.log")
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def memory_text(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}GiB"
+    return "-"
+
+
+def format_seconds(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class SpeedMeter:
+    """Global samples/s since the last report and the ETA of the remaining optimizer steps."""
+
+    def __init__(self, samples_per_step: int, total_steps: int, start_step: int):
+        self.samples_per_step = samples_per_step
+        self.total_steps = total_steps
+        self.last_step = start_step
+        self.last_time = time.perf_counter()
+
+    def report(self, step: int) -> tuple[float, float]:
+        """(samples/s, seconds left) since the previous call."""
+        now = time.perf_counter()
+        elapsed = max(now - self.last_time, 1e-9)
+        steps = max(step - self.last_step, 1)
+        speed = steps * self.samples_per_step / elapsed
+        eta = (self.total_steps - step) * elapsed / steps
+        self.last_step, self.last_time = step, now
+        return speed, eta
+
+
+class Scalars:
+    """TensorBoard scalars on rank 0 (a no-op elsewhere or when disabled)."""
+
+    def __init__(self, output: str | Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(Path(output) / "tensorboard"))
+
+    def add(self, values: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
