@@ -21,11 +21,10 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.recordio import decode_image
 
 IMAGE_SIZE = 112
 
@@ -191,21 +190,17 @@ def save_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool]) 
 
 # ---- decoding ----
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Encoded JPEG/PNG bytes -> uint8 RGB array [H, W, 3]; `name` identifies the image in errors."""
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise UserError(f"{name} is not a decodable JPEG or PNG image.")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def decode_bin_images(images: Sequence[bytes], flip: bool = False, source: str = ".bin") -> torch.Tensor:
     """Encoded images of a .bin -> uint8 tensor [N, 3, 112, 112] RGB; `flip` mirrors them left-right."""
     batch = torch.empty((len(images), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     for index, data in enumerate(images):
-        rgb = decode_image(data, f"image {index} of '{source}'")
-        if rgb.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise UserError(f"image {index} of '{source}' is {rgb.shape[1]}x{rgb.shape[0]}, not "
+        try:
+            image = decode_image(data)
+        except ValueError:
+            raise UserError(f"image {index} of '{source}' is not a decodable JPEG or PNG; the file is "
+                            "damaged.") from None
+        if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise UserError(f"image {index} of '{source}' is {image.shape[2]}x{image.shape[1]}, not "
                             f"{IMAGE_SIZE}x{IMAGE_SIZE}; verification sets must hold aligned 112x112 faces.")
-        batch[index] = torch.from_numpy(rgb).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+        batch[index] = image
     return batch.flip(-1) if flip else batch

@@ -17,7 +17,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
 import numpy as np
+import torch
 
 from utils.errors import UserError
 
@@ -90,6 +92,19 @@ def unpack(record: bytes) -> tuple[IRHeader, bytes]:
 def first_label(header: IRHeader) -> float:
     """The class of an image record: the scalar label, or the first value of a label vector."""
     return header.label[0] if header.flag > 0 else header.label
+
+
+def decode_image(payload: bytes) -> torch.Tensor:
+    """Encoded JPEG/PNG -> uint8 RGB tensor [3, H, W]; ValueError when it does not decode.
+
+    OpenCV is the decoder MXNet's `imdecode` uses, so pixels equal what MXNet returns; OpenCV yields
+    BGR, which we turn into RGB as MXNet's `mx.image.imdecode` does.
+    """
+    bgr = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR) if payload else None
+    if bgr is None:
+        raise ValueError("not a decodable JPEG or PNG image")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # [H, W, 3] -> [3, H, W]
 
 
 # ---- chunks ----
@@ -281,13 +296,28 @@ class IndexedRecordReader:
         return len(self.keys)
 
     def __contains__(self, key: int) -> bool:
-        position = np.searchsorted(self.keys, key, sorter=self._sorted)
-        return position < len(self.keys) and self.keys[self._sorted[position]] == key
+        try:
+            self.offsets_of(np.array([key]))
+        except KeyError:
+            return False
+        return True
 
     def offset_of(self, key: int) -> int:
-        if key not in self:
-            raise KeyError(f"key {key} is not in '{self.idx_path}'")
-        return int(self.offsets[self._sorted[np.searchsorted(self.keys, key, sorter=self._sorted)]])
+        return int(self.offsets_of(np.array([key]))[0])
+
+    def offsets_of(self, keys: np.ndarray) -> np.ndarray:
+        """Offsets of many keys at once (int64 array); KeyError names the first key missing."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if len(self.keys) == 0:
+            found = np.zeros(len(keys), dtype=np.int64)
+            missing = np.ones(len(keys), dtype=bool)
+        else:
+            positions = np.searchsorted(self.keys, keys, sorter=self._sorted).clip(max=len(self.keys) - 1)
+            found = self._sorted[positions]  # where in the index each key is, if present
+            missing = self.keys[found] != keys
+        if missing.any():
+            raise KeyError(f"key {int(keys[np.argmax(missing)])} is not in '{self.idx_path}'")
+        return self.offsets[found]
 
     def _file(self):
         if self._handle is None or self._pid != os.getpid():
@@ -323,6 +353,24 @@ class IndexedRecordReader:
             if cflag in (WHOLE, LAST):
                 return MAGIC_BYTES.join(parts)
             position += _CHUNK_HEAD.size + _padded(length)
+
+    def read_header_at(self, offset: int, key: int) -> IRHeader:
+        """The IRHeader of the record at `offset`, reading only its first bytes when they hold it."""
+        file = self._file()
+        file.seek(offset)
+        head = file.read(_CHUNK_HEAD.size + _IR_HEADER.size)
+        if len(head) == _CHUNK_HEAD.size + _IR_HEADER.size:
+            magic, lrec = _CHUNK_HEAD.unpack_from(head)
+            flag = _IR_HEADER.unpack_from(head, _CHUNK_HEAD.size)[0]
+            header_bytes = _IR_HEADER.size + 4 * flag
+            if magic == MAGIC and lrec >> 29 in (WHOLE, FIRST) and lrec & _LENGTH_MASK >= header_bytes:
+                prefix = head[_CHUNK_HEAD.size:] + file.read(4 * flag)
+                if len(prefix) == header_bytes:
+                    return unpack(prefix)[0]
+        try:  # a split or damaged start: read (and check) the whole record
+            return unpack(self.read_at(offset, key))[0]
+        except ValueError as exc:
+            raise self._damaged(key, offset, str(exc)) from None
 
     def _damaged(self, key: int, offset: int, why: str) -> RecordIOError:
         return RecordIOError(f"'{self.rec_path}': record key {key} at byte {offset} is damaged: {why}.")
