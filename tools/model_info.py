@@ -1,0 +1,180 @@
+"""Size and cost of the registered networks: parameters, buffers, GFLOPs and training activation memory.
+
+GFLOPs here are multiply-accumulates (MACs) of one 112x112 image, in units of 1e9, as in the "FLOPs"
+of face-recognition papers and insightface's model tables (ViT-T 1.5, ViT-S 5.7, ViT-B 11.4, ViT-L 25.3);
+the floating-point operation count is twice that. They are counted by torch.utils.flop_counter on a
+meta-device forward: every convolution and linear layer and the two attention matmuls QK^T and AV
+(scaled_dot_product_attention included); normalisation, softmax and activations are not counted.
+
+Activation memory is the bytes autograd saves for the backward pass of a training-mode forward
+(dropout of paths and token masking as configured, no gradient checkpointing), measured on CPU with
+saved-tensor hooks under autocast to --precision. It is the difference between batches of 4 and 2
+images (so parameters and their autocast copies drop out), and it is measured at depth 1 and 2 and
+extrapolated over the identical blocks, which is exact and keeps the big networks quick.
+
+    python -m tools.model_info --network vit_s_dp005_mask_0 --batch-size 128
+    python -m tools.model_info --all --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from backbones import RELEASED_AS, VARIANTS, get_model
+from utils.errors import UserError
+
+IMAGE_SIZE = 112
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MEASURE_BATCH_SIZES = (2, 4)  # BatchNorm1d needs more than one sample in training mode
+
+
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the fused CPU attention kernel, which flop_counter has no formula for."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_EXTRA_FLOP_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops,
+}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(number of parameter elements, number of buffer elements, e.g. BatchNorm running statistics)."""
+    num_params = sum(param.numel() for param in model.parameters())
+    num_buffers = sum(buffer.numel() for buffer in model.buffers())
+    return num_params, num_buffers
+
+
+def count_macs(model: nn.Module, image_size: int = IMAGE_SIZE) -> int:
+    """Multiply-accumulates of one eval-mode forward of a single image, on the model's device."""
+    device = next(model.parameters()).device
+    image = torch.zeros(1, 3, image_size, image_size, device=device)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+    with counter, torch.no_grad():
+        model.eval()(image)
+    return counter.get_total_flops() // 2  # every counted op is a sum of products: 2 FLOPs per MAC
+
+
+def saved_tensor_bytes(model: nn.Module, batch_size: int, precision: str = "fp32") -> int:
+    """Bytes of the distinct storages autograd saves in one training-mode forward of `batch_size` images."""
+    storage_bytes = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storage_bytes[storage.data_ptr()] = storage.nbytes()  # views of one storage count once
+        return tensor
+
+    device = next(model.parameters()).device
+    images = torch.zeros(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+        model.train()(images)
+    return sum(storage_bytes.values())
+
+
+def activation_bytes_per_image(model: nn.Module, precision: str = "fp32") -> float:
+    """Saved-tensor bytes per image: the growth from the smaller to the larger measuring batch."""
+    small, large = MEASURE_BATCH_SIZES
+    growth = saved_tensor_bytes(model, large, precision) - saved_tensor_bytes(model, small, precision)
+    return growth / (large - small)
+
+
+def network_activation_bytes_per_image(name: str, precision: str = "fp32") -> float:
+    """Saved-tensor bytes per image of network `name` without gradient checkpointing.
+
+    Every block saves the same tensors, so depth 1 and 2 give the per-block bytes and the rest. Weights
+    are left uninitialised: only shapes matter.
+    """
+    per_depth = []
+    for depth in (1, 2):
+        with torch.device("meta"):
+            model = get_model(name, depth=depth, using_checkpoint=False)
+        per_depth.append(activation_bytes_per_image(model.to_empty(device="cpu"), precision))
+    per_block = per_depth[1] - per_depth[0]
+    return per_depth[0] + (VARIANTS[name]["depth"] - 1) * per_block
+
+
+def describe(name: str, batch_size: int, precision: str, with_memory: bool = True) -> dict:
+    """One row of the table for network `name`."""
+    with torch.device("meta"):
+        model = get_model(name)
+    num_params, num_buffers = count_parameters(model)
+    attention = model.blocks[0].attn
+    row = {
+        "name": name,
+        "width": model.embed_dim,
+        "depth": len(model.blocks),
+        "heads": attention.num_heads,
+        "params": num_params,
+        "buffers": num_buffers,
+        "gmacs": count_macs(model) / 1e9,
+        "released_as": RELEASED_AS.get(name, ""),
+    }
+    if with_memory:
+        row["activation_gib"] = network_activation_bytes_per_image(name, precision) * batch_size / 2**30
+    return row
+
+
+def format_table(rows: Sequence[dict], batch_size: int, precision: str) -> str:
+    header = (f"{'network':<22} {'width':>5} {'depth':>5} {'heads':>5} {'params (M)':>10} {'buffers':>8} "
+              f"{'GFLOPs (MACs)':>13} {f'act. GiB (B={batch_size}, {precision})':>24}")
+    lines = [header]
+    for row in rows:
+        lines.append(f"{row['name']:<22} {row['width']:>5} {row['depth']:>5} {row['heads']:>5} "
+                     f"{row['params'] / 1e6:>10.2f} {row['buffers']:>8} {row['gmacs']:>13.2f} "
+                     f"{row['activation_gib']:>24.2f}")
+    return "\n".join(lines)
+
+
+def format_markdown(rows: Sequence[dict]) -> str:
+    """The README's network table."""
+    lines = ["| network | width | depth | heads | params (M) | GFLOPs | released as |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        lines.append(f"| {row['name']} | {row['width']} | {row['depth']} | {row['heads']} | "
+                     f"{row['params'] / 1e6:.1f} | {row['gmacs']:.2f} | {row['released_as']} |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tools.model_info", description=__doc__.split("\n")[0])
+    parser.add_argument("--network", help="a registered backbone name")
+    parser.add_argument("--all", action="store_true", help="every registered network")
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch for activation memory")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp16",
+                        help="autocast dtype of the activation-memory measurement (training default fp16)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the README table (name, width, depth, heads, params, GFLOPs, released as)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if bool(args.network) == args.all:
+            raise UserError("give either --network NAME or --all.")
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
+        names = list(VARIANTS) if args.all else [args.network]
+        rows = [describe(name, args.batch_size, args.precision, with_memory=not args.markdown)
+                for name in names]
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.markdown:
+        print(format_markdown(rows))
+    else:
+        print(format_table(rows, args.batch_size, args.precision))
+        print("GFLOPs count multiply-accumulates per 112x112 image (x2 for floating-point operations); "
+              "activation memory is saved tensors without gradient checkpointing.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
