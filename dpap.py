@@ -55,14 +55,17 @@ def amplitude_mix(src: torch.Tensor, ref: torch.Tensor, lam: torch.Tensor | floa
         raise ValueError(f"src and ref must have one shape, got {tuple(src.shape)} and {tuple(ref.shape)}")
     dtype = torch.promote_types(src.dtype, torch.float32)
     spectrum = torch.fft.fft2(src.to(dtype))  # [..., C, H, W] complex
-    amp_src, phase_src = spectrum.abs(), spectrum.angle()
+    amp_src = spectrum.abs()
     amp_ref = torch.fft.fft2(ref.to(dtype)).abs()
     lam = torch.as_tensor(lam, dtype=dtype, device=src.device)[..., None, None, None]  # [..., 1, 1, 1]
     amp_mixed = lam * amp_ref + (1 - lam) * amp_src
     if ratio < 1.0:
         window = spectrum_window(src.shape[-2], src.shape[-1], ratio, src.device)  # [H, W]
         amp_mixed = torch.where(window, amp_mixed, amp_src)
-    return torch.fft.ifft2(torch.polar(amp_mixed, phase_src)).real
+    # e^{i phase} as F / |F| (cheaper than angle + polar); angle(0) = 0 gives 1 where |F| = 0.
+    nonzero = amp_src > 0
+    unit_phase = torch.where(nonzero, spectrum / torch.where(nonzero, amp_src, 1), 1)
+    return torch.fft.ifft2(amp_mixed * unit_phase).real
 
 
 def _draw(sample, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -83,13 +86,19 @@ def choose_images(batch_size: int, prob: float, device: torch.device,
     return _draw(sample, generator, device)
 
 
-def _patch_grid(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """View [B, gh, gw, C, P, P] of the whole patches of `images` [B, C, H, W]; writes go through."""
-    B, C, H, W = images.shape
-    grid_h, grid_w = H // patch_size, W // patch_size
-    covered = images[:, :, :grid_h * patch_size, :grid_w * patch_size]  # [B, C, gh*P, gw*P]
-    cells = covered.view(B, C, grid_h, patch_size, grid_w, patch_size)  # [B, C, gh, P, gw, P]
-    return cells.permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, C, P, P]
+def _patch_pixel_index(images_shape: torch.Size, image_index: torch.Tensor, cells: torch.Tensor,
+                       patch_size: int) -> torch.Tensor:
+    """Flat indices [M, K, C, P, P] into a contiguous [B, C, H, W] batch of the pixels of patch `cells`
+    [M, K] (row-major over the grid) of images `image_index` [M, K]."""
+    _, C, H, W = images_shape
+    grid_w = W // patch_size
+    device = cells.device
+    corner = image_index * (C * H * W) + (cells // grid_w) * (patch_size * W) + (cells % grid_w) * patch_size
+    channel = torch.arange(C, device=device) * (H * W)  # [C]
+    row = torch.arange(patch_size, device=device) * W  # [P]
+    col = torch.arange(patch_size, device=device)  # [P]
+    within = channel[:, None, None] + row[None, :, None] + col[None, None, :]  # [C, P, P]
+    return corner[..., None, None, None] + within  # [M, K, C, P, P]
 
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -132,18 +141,18 @@ def perturb_chosen(images: torch.Tensor, chosen: torch.Tensor, chosen_patch_weig
                           generator, device)  # [M, K]
     lam = _draw(lambda g, d: torch.rand(num_chosen, k, generator=g, device=d), generator, device) * alpha
 
-    grid = _patch_grid(images, patch_size)  # [B, gh, gw, C, P, P]
-    rows = chosen.unsqueeze(1).expand(-1, k)  # [M, K]
-    src = grid[rows, top_cells // grid_w, top_cells % grid_w]  # [M, K, C, P, P]
-    ref = grid[partner_images, partner_cells // grid_w, partner_cells % grid_w]  # [M, K, C, P, P]
+    images = images.contiguous()
+    owner = chosen.unsqueeze(1).expand(-1, k)  # [M, K], the image of each perturbed patch
+    target = _patch_pixel_index(images.shape, owner, top_cells, patch_size)  # [M, K, C, P, P]
+    partner = _patch_pixel_index(images.shape, partner_images, partner_cells, patch_size)  # [M, K, C, P, P]
     dtype = torch.promote_types(images.dtype, torch.float32)
-    pixels = amplitude_mix(to_pixels(src.to(dtype)), to_pixels(ref.to(dtype)), lam, ratio)  # [M, K, C, P, P]
-    pixels = pixels.clamp(0, PIXEL_MAX)
+    src = to_pixels(images.take(target).to(dtype))  # [M, K, C, P, P], from the clean batch
+    ref = to_pixels(images.take(partner).to(dtype))  # [M, K, C, P, P], from the clean batch
+    pixels = amplitude_mix(src, ref, lam, ratio).clamp(0, PIXEL_MAX)
     if quantize:
         pixels = pixels.trunc()  # the released uint8 cast of the clipped value
     out = images.clone()
-    out_grid = _patch_grid(out, patch_size)  # [B, gh, gw, C, P, P], a view of `out`
-    out_grid[rows, top_cells // grid_w, top_cells % grid_w] = from_pixels(pixels).to(out.dtype)
+    out.put_(target, from_pixels(pixels).to(out.dtype))  # target patches are distinct: no write collides
     return out
 
 
