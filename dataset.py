@@ -158,6 +158,7 @@ class RecordDataset(EncodedImageDataset):
                             "holds train.rec, train.idx and property.")
         self.reader = IndexedRecordReader(self.root / "train.rec", self.root / "train.idx")
         header = self._header_record()
+        self.has_header = header is not None
         if header is not None:
             first_identity, end = int(header.label[0]), int(header.label[1])
             if not 1 <= first_identity <= end:

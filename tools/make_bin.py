@@ -1,0 +1,88 @@
+"""Write an insightface `.bin` verification set from a pairs list and an image folder.
+
+The pairs file holds one pair per line, `path_a path_b 1` for the same person and `... 0` for
+different people, paths relative to the image folder; blank lines and lines starting with `#` are
+skipped. Images must be aligned 112x112 faces; JPEG and PNG files are stored byte for byte, other
+formats as PNG.
+
+    python -m tools.make_bin --pairs pairs.txt --images aligned_lfw/ --output data/my_set/lfw.bin
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dataset import ALIGN_HINT, IMAGE_SIZE
+from tools.rec2image import payload_suffix
+from utils.binfile import save_bin
+from utils.errors import UserError
+from utils.recordio import decode_image
+
+
+def read_pairs(pairs_path: str | Path) -> list[tuple[str, str, bool]]:
+    """[(path_a, path_b, issame)] of a pairs file (see the module docstring)."""
+    pairs_path = Path(pairs_path)
+    if not pairs_path.is_file():
+        raise UserError(f"pairs file '{pairs_path}' does not exist.")
+    pairs = []
+    for number, line in enumerate(pairs_path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) != 3 or parts[2] not in ("0", "1"):
+            raise UserError(f"'{pairs_path}' line {number} is {line[:80]!r}, not 'path_a path_b 0|1'.")
+        pairs.append((parts[0], parts[1], parts[2] == "1"))
+    if not pairs:
+        raise UserError(f"'{pairs_path}' lists no pairs.")
+    return pairs
+
+
+def stored_bytes(path: Path) -> bytes:
+    """The bytes a .bin keeps for the image at `path`, after checking it is an aligned 112x112 face."""
+    if not path.is_file():
+        raise UserError(f"image '{path}' listed in the pairs file does not exist.")
+    data = path.read_bytes()
+    try:
+        image = decode_image(data)
+    except ValueError:
+        raise UserError(f"'{path}' is not a decodable image.") from None
+    if tuple(image.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise UserError(f"'{path}' is {image.shape[2]}x{image.shape[1]}, not 112x112; {ALIGN_HINT}.")
+    if payload_suffix(data) is not None:
+        return data
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imencode(".png", bgr)[1].tobytes()
+
+
+def make_bin(pairs_path: str | Path, image_dir: str | Path, output: str | Path) -> int:
+    """Write the .bin and return its number of pairs."""
+    image_dir = Path(image_dir)
+    pairs = read_pairs(pairs_path)
+    images = [stored_bytes(image_dir / path) for path_a, path_b, _ in pairs for path in (path_a, path_b)]
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    save_bin(output, images, [issame for _, _, issame in pairs])
+    return len(pairs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", required=True, help="text file of 'path_a path_b 0|1' lines")
+    parser.add_argument("--images", required=True, help="folder the pair paths are relative to")
+    parser.add_argument("--output", required=True, help="the .bin file to write")
+    args = parser.parse_args(argv)
+    try:
+        num_pairs = make_bin(args.pairs, args.images, args.output)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {num_pairs} pairs to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

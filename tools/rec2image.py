@@ -1,0 +1,75 @@
+"""Unpack a RecordIO dataset into a folder of identity sub-folders (the input format of pack_rec).
+
+Each image payload is written unchanged as `<output>/<label>/<key>.jpg|.png`. Labels and keys are
+zero-padded so that sorted names follow label and key order: packing the folder again with
+`pack_rec --keep-bytes` gives the same labels (and, for files pack_rec wrote, the same bytes).
+
+    python -m tools.rec2image data/my_set/ unpacked/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dataset import RecordDataset
+from tools.pack_rec import JPEG_START, PNG_START
+from utils.errors import UserError
+from utils.recordio import RecordIOError, first_label, unpack
+
+
+def payload_suffix(payload: bytes) -> str | None:
+    """File suffix of an encoded image, None when it is neither JPEG nor PNG."""
+    if payload.startswith(JPEG_START):
+        return ".jpg"
+    if payload.startswith(PNG_START):
+        return ".png"
+    return None
+
+
+def unpack_records(input_dir: str | Path, output_dir: str | Path,
+                   progress: bool = False) -> tuple[int, list[str]]:
+    """Write every image of `input_dir` into `output_dir`; returns (images written, skipped record names)."""
+    source = RecordDataset(input_dir, decode=False)
+    output_dir = Path(output_dir)
+    label_width = len(str(max(source.num_classes - 1, 0)))
+    key_width = len(str(int(source.image_keys.max()))) if len(source) else 1
+    records = zip(source.image_keys.tolist(), source.image_offsets.tolist())
+    skipped = []
+    for key, offset in tqdm(records, total=len(source), desc="unpacking", unit="img", disable=not progress):
+        try:
+            header, payload = unpack(source.reader.read_at(offset, key))
+        except (RecordIOError, ValueError) as exc:
+            skipped.append(f"record key {key} ({exc})")
+            continue
+        suffix = payload_suffix(payload)
+        if suffix is None:
+            skipped.append(f"record key {key} (payload is neither JPEG nor PNG)")
+            continue
+        folder = output_dir / f"{int(first_label(header)):0{label_width}d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{key:0{key_width}d}{suffix}").write_bytes(payload)
+    return len(source) - len(skipped), skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="folder holding train.rec and train.idx")
+    parser.add_argument("output", help="folder to write <label>/<key>.jpg files into")
+    args = parser.parse_args(argv)
+    try:
+        num_written, skipped = unpack_records(args.input, args.output, progress=True)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name in skipped:
+        print(f"skipped {name}", file=sys.stderr)
+    print(f"wrote {num_written} images to {args.output}" + (f", skipped {len(skipped)}" if skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
