@@ -1,0 +1,144 @@
+"""Margin-adjusted logits (ArcFace, CosFace, the combined margin) and EHSM per-sample loss weights.
+
+Legend: B batch, C classes (the columns of the logits, one rank's shard under Partial FC), N patches,
+K patches kept by the top-k of EHSM.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+
+# Where the exact margin derivative m1·sin(m1·θ + m2) / sin θ is unbounded (θ → 0 with m2 > 0) it is
+# evaluated at θ clamped to [δ, π − δ]; fp32 cosines cannot resolve angles much below δ = 1e-3 anyway
+# (cos δ = 1 − 5e-7 is a few float32 steps below 1).
+_MIN_ANGLE = 1e-3
+
+EHSM_RULES = ("released", "entropy_mean", "entropy_sum")
+
+# Entropy of a Gaussian of standard deviation σ is ln σ + ½ + ½ ln 2π; this is the constant part.
+_GAUSSIAN_ENTROPY_OFFSET = 0.5 + 0.5 * math.log(2 * math.pi)
+
+# σ = 0 (a constant token) has entropy −∞ under the Gaussian model; σ is clamped to this value so that
+# the entropy, and the weight of the mean rule, stay finite.
+_MIN_PATCH_STD = 1e-12
+
+
+class CombinedMarginLoss(nn.Module):
+    """Scaled logits s·cos θ with the target cosine replaced by cos(m1·θ + m2) − m3.
+
+    ArcFace is (m1, m2, m3) = (1, m, 0), CosFace (1, 0, m); any other combination is computed from the
+    same formula (the released code ignores m1 and m2 whenever m3 > 0 and raises for the rest).
+
+    Args:
+        s: logit scale.
+        m1, m2, m3: multiplicative angular, additive angular and additive cosine margins (m2 ≥ 0).
+        interclass_filtering_threshold: when > 0, non-target cosines above it are set to 0 (value and
+            gradient), as the released code does; 0 disables the filter.
+        exact_gradient: False (released): the target logit's backward sees only s, as if no margin
+            were applied (straight-through); True: the exact derivative of the margin function.
+
+    Where m1·θ + m2 would pass π the released formula wraps around (cos rises again, so harder samples
+    get a larger target logit). Past θ* = (π − m2) / m1 we continue instead with the cosine-margin tail
+    cos θ − (1 + m3 + cos θ*): it meets cos(m1·θ* + m2) − m3 = −1 − m3 at θ*, so the target logit is
+    continuous and strictly decreasing in θ over [0, π], it stays below cos θ (still a penalty), and its
+    slope in cos θ is 1, so the straight-through and exact gradients agree there. insightface's older
+    fallback cos θ − m2·sin m2 is also monotonic but jumps by 1 − cos m2 − m2·sin m2 at θ*.
+    """
+
+    def __init__(self, s: float, m1: float, m2: float, m3: float, interclass_filtering_threshold: float = 0.0,
+                 exact_gradient: bool = False):
+        super().__init__()
+        self.s = float(s)
+        self.m1 = float(m1)
+        self.m2 = float(m2)
+        self.m3 = float(m3)
+        self.interclass_filtering_threshold = float(interclass_filtering_threshold)
+        self.exact_gradient = bool(exact_gradient)
+        self.is_pure_cosine_margin = self.m1 == 1.0 and self.m2 == 0.0
+        self.tail_start = (math.pi - self.m2) / self.m1 if self.m1 > 0 else math.inf
+        self.tail_offset = 1.0 + self.m3 + math.cos(min(self.tail_start, math.pi))
+
+    def forward(self, cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """cosine [B, C], labels [B] (the target column, or -1 when it is not among these columns)
+        -> margin-adjusted logits [B, C] times s. The input is left unchanged."""
+        cosine = cosine.clamp(-1.0, 1.0)
+        has_target = labels >= 0  # [B]
+        target_column = labels.clamp(min=0).unsqueeze(1)  # [B, 1]
+        if self.interclass_filtering_threshold > 0:
+            cosine = self._filter_hard_negatives(cosine, target_column, has_target)
+        cos_target = cosine.gather(1, target_column).squeeze(1)  # [B]
+        adjusted = torch.where(has_target, self._apply_margin(cos_target), cos_target)  # [B]
+        logits = cosine.scatter(1, target_column, adjusted.unsqueeze(1))  # [B, C]
+        return logits * self.s
+
+    def _filter_hard_negatives(self, cosine: torch.Tensor, target_column: torch.Tensor,
+                               has_target: torch.Tensor) -> torch.Tensor:
+        """Zero the non-target cosines above the threshold (label noise guard of the released code)."""
+        is_target = torch.zeros_like(cosine, dtype=torch.bool).scatter(
+            1, target_column, has_target.unsqueeze(1))  # [B, C]
+        too_similar = (cosine > self.interclass_filtering_threshold) & ~is_target  # [B, C]
+        return cosine.masked_fill(too_similar, 0.0)
+
+    def _apply_margin(self, cos_target: torch.Tensor) -> torch.Tensor:
+        """Target logits [B] with the margin's value and, in backward, the chosen slope."""
+        with torch.no_grad():
+            value, slope = self.margin_value_and_slope(cos_target)
+        return value + slope * (cos_target - cos_target.detach())
+
+    def margin_value_and_slope(self, cos_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The margin function of the target cosine [B] and the slope its backward uses, both [B].
+
+        The slope is 1 unless exact_gradient is set; then it is the derivative in cos θ.
+        """
+        if self.is_pure_cosine_margin:
+            return cos_target - self.m3, torch.ones_like(cos_target)
+        theta = torch.arccos(cos_target)
+        value = torch.cos(self.m1 * theta + self.m2) - self.m3
+        if self.exact_gradient:
+            theta_inside = theta.clamp(_MIN_ANGLE, math.pi - _MIN_ANGLE)
+            slope = self.m1 * torch.sin(self.m1 * theta_inside + self.m2) / torch.sin(theta_inside)
+        else:
+            slope = torch.ones_like(cos_target)
+        in_tail = theta > self.tail_start
+        value = torch.where(in_tail, cos_target - self.tail_offset, value)
+        slope = torch.where(in_tail, torch.ones_like(slope), slope)
+        return value, slope
+
+    def extra_repr(self) -> str:
+        return (f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}, "
+                f"interclass_filtering_threshold={self.interclass_filtering_threshold}, "
+                f"exact_gradient={self.exact_gradient}")
+
+
+@torch.no_grad()
+def ehsm_weights(patch_std: torch.Tensor, gamma: float = 1.0, top_k: int | None = None,
+                 rule: str = "released") -> torch.Tensor:
+    """EHSM loss weight of each sample, w = 1 + exp(−γ · hardness), from its patch std [B, N] -> [B].
+
+    Hardness is reduced over the top_k largest patch std (all N when None):
+      "released":     mean of σ_i (the released code; w in (1, 2] for γ = 1);
+      "entropy_mean": mean of the Gaussian entropies E_i = ln σ_i + ½ + ½ ln 2π (the paper's measure);
+      "entropy_sum":  their sum (the paper's formula; for 144 patches of ordinary σ, w ≈ 1, and when the
+                      entropies are negative, σ below about 0.24, exp overflows and w becomes inf).
+    σ is clamped to 1e-12 in the entropy rules. No gradient flows through the weights; they are float32.
+    """
+    if rule not in EHSM_RULES:
+        raise UserError(f"ehsm_rule is {rule!r}; choose one of {EHSM_RULES}.")
+    num_patches = patch_std.shape[1]
+    if top_k is not None and not 1 <= top_k <= num_patches:
+        raise UserError(f"ehsm_top_k is {top_k} but the backbone has {num_patches} patches; set it to a "
+                        f"value in [1, {num_patches}] or None for all patches.")
+    patch_std = patch_std.detach().double()  # [B, N]
+    if top_k is not None:
+        patch_std = patch_std.topk(top_k, dim=1).values  # [B, K]
+    if rule == "released":
+        hardness = patch_std.mean(dim=1)  # [B]
+    else:
+        entropy = torch.log(patch_std.clamp(min=_MIN_PATCH_STD)) + _GAUSSIAN_ENTROPY_OFFSET  # [B, K]
+        hardness = entropy.mean(dim=1) if rule == "entropy_mean" else entropy.sum(dim=1)  # [B]
+    return (1.0 + torch.exp(-gamma * hardness)).float()
