@@ -1,0 +1,337 @@
+"""Partial FC: class centres sharded over ranks, negative-class sampling, and the distributed cross-entropy.
+
+Each rank holds a contiguous range of the class centres. A step all-gathers the batch, computes the
+cosines of the whole global batch against this rank's (sampled) centres, applies the margin, and
+evaluates the softmax over all ranks' classes with three all-reduces. The loss, and after DDP averaging
+the backbone gradient, do not depend on the world size; docs/partial_fc.md explains the conventions.
+
+Legend: B local batch, N global batch (B times the world size), D embedding width, C classes on this
+rank, S centres of this rank used in the step (C, or fewer when sampling).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from utils.errors import UserError
+
+# Centres are drawn N(0, INIT_STD^2) in blocks of this many classes, each from its own generator
+# seeded by (seed, block): a shard draws only the blocks it overlaps, and the full matrix does not
+# depend on the world size.
+INIT_STD = 0.01
+_INIT_BLOCK_ROWS = 8192
+
+
+def _rank_and_world(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
+    """(rank, world size) in `group` (the default group when None); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    return 0, 1
+
+
+def class_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of the classes rank `rank` holds: contiguous, the first num_classes % world_size
+    ranks hold one class more than the rest."""
+    base, extra = divmod(num_classes, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def shard_weight(full_weight: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's rows [C, ...] of a full [num_classes, ...] tensor (centres or their optimizer state),
+    as a copy; used to resume on a different number of processes."""
+    start, stop = class_range(full_weight.shape[0], rank, world_size)
+    return full_weight[start:stop].clone()
+
+
+def init_class_centres(num_classes: int, embedding_size: int, start: int, stop: int,
+                       seed: int = 0) -> torch.Tensor:
+    """Rows [start, stop) of the full N(0, 0.01²) centre matrix [num_classes, D] for `seed`, on the CPU."""
+    if not 0 <= start <= stop <= num_classes:
+        raise ValueError(f"class range [{start}, {stop}) is not inside [0, {num_classes})")
+    blocks = []
+    for block in range(start // _INIT_BLOCK_ROWS, math.ceil(stop / _INIT_BLOCK_ROWS)):
+        block_start = block * _INIT_BLOCK_ROWS
+        block_stop = min(block_start + _INIT_BLOCK_ROWS, num_classes)
+        block_seed = int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(block_seed)
+        rows = torch.normal(0.0, INIT_STD, (block_stop - block_start, embedding_size),
+                            generator=generator)  # [block rows, D]
+        blocks.append(rows[max(start, block_start) - block_start:min(stop, block_stop) - block_start])
+    if not blocks:
+        return torch.empty(0, embedding_size)
+    return torch.cat(blocks)  # [stop - start, D]
+
+
+def gather_full_weight(shard: torch.Tensor, num_classes: int,
+                       group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """All ranks' shards [C, ...] joined into the full [num_classes, ...] tensor, on every rank.
+
+    A collective: every rank of `group` must call it. Works for the centres and for any optimizer state
+    of the same shape (momentum, Adam moments). Without a process group it returns a copy of `shard`.
+    """
+    rank, world_size = _rank_and_world(group)
+    ranges = [class_range(num_classes, r, world_size) for r in range(world_size)]
+    own_rows = ranges[rank][1] - ranges[rank][0]
+    if shard.shape[0] != own_rows:
+        raise ValueError(f"rank {rank} holds {shard.shape[0]} rows but owns {own_rows} of {num_classes} "
+                         f"classes over {world_size} processes")
+    if world_size == 1:
+        return shard.detach().clone()
+    max_rows = max(stop - start for start, stop in ranges)
+    padded = shard.new_zeros((max_rows, *shard.shape[1:]))  # [max C, ...]
+    padded[:own_rows] = shard.detach()
+    gathered = shard.new_empty((world_size * max_rows, *shard.shape[1:]))  # [world · max C, ...]
+    dist.all_gather_single(gathered, padded, group=group)
+    per_rank = gathered.view(world_size, max_rows, *shard.shape[1:])  # [world, max C, ...]
+    return torch.cat([per_rank[r, :stop - start] for r, (start, stop) in enumerate(ranges)])
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward gives the derivative of the (replicated) global loss with
+    respect to the local input, times the world size.
+
+    Every rank computes the same loss; the gradient of the gathered tensor on rank r holds only the
+    part that flows through rank r's class centres, so the parts are summed over ranks. The factor
+    world_size undoes DDP's averaging of the backbone gradients, which would otherwise leave 1/world_size
+    of the true gradient of the global loss (see docs/partial_fc.md).
+    """
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+        rank, world_size = _rank_and_world(group)
+        ctx.group, ctx.rank, ctx.world_size = group, rank, world_size
+        gathered = local.new_empty((world_size * local.shape[0], *local.shape[1:]))  # [N, ...]
+        dist.all_gather_single(gathered, local.contiguous(), group=group)
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad_gathered: torch.Tensor):
+        grad_sum = grad_gathered.contiguous().clone()  # [N, ...], ours to reduce in place
+        dist.all_reduce(grad_sum, group=ctx.group)
+        per_rank = grad_sum.view(ctx.world_size, -1, *grad_sum.shape[1:])  # [world, B, ...]
+        return per_rank[ctx.rank] * ctx.world_size, None
+
+
+def _all_gather(local: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """All-gather along dim 0 without gradient: [B, ...] -> [N, ...]."""
+    _, world_size = _rank_and_world(group)
+    gathered = local.new_empty((world_size * local.shape[0], *local.shape[1:]))  # [N, ...]
+    dist.all_gather_single(gathered, local.contiguous(), group=group)
+    return gathered
+
+
+class _DistributedCrossEntropy(torch.autograd.Function):
+    """L = −(1/N) Σ_n w_n log p_n(y_n), p the softmax over the logits of all ranks' columns.
+
+    Forward: max all-reduce, then one all-reduce of the sums of exponentials and of the target logit.
+    Backward needs no communication: dL/dz_{n,c} = w_n (p_{n,c} − 1[c = y_n]) / N for this rank's c.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor,
+                group: dist.ProcessGroup | None) -> torch.Tensor:
+        _, world_size = _rank_and_world(group)
+        max_logit = logits.amax(dim=1)  # [N]
+        if world_size > 1:
+            dist.all_reduce(max_logit, op=dist.ReduceOp.MAX, group=group)
+        probs = (logits - max_logit.unsqueeze(1)).exp_()  # [N, C], exponentials for now
+        has_target = labels >= 0  # [N]
+        target_column = labels.clamp(min=0).unsqueeze(1)  # [N, 1]
+        target_logit = logits.gather(1, target_column).squeeze(1)  # [N]
+        sums = torch.stack([probs.sum(dim=1), torch.where(has_target, target_logit, 0.0)])  # [2, N]
+        if world_size > 1:
+            dist.all_reduce(sums, group=group)
+        sum_exp, target_logit = sums.unbind(0)  # each [N]
+        probs.div_(sum_exp.unsqueeze(1))
+        neg_log_prob = max_logit + sum_exp.log() - target_logit  # [N]
+        ctx.save_for_backward(probs, labels, sample_weights)
+        return (sample_weights * neg_log_prob).sum() / logits.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        probs, labels, sample_weights = ctx.saved_tensors
+        row_scale = sample_weights * (grad_loss / probs.shape[0])  # [N]
+        grad_logits = probs * row_scale.unsqueeze(1)  # [N, C]
+        target_step = torch.where(labels >= 0, -row_scale, 0.0)  # [N]
+        grad_logits.scatter_add_(1, labels.clamp(min=0).unsqueeze(1), target_step.unsqueeze(1))
+        return grad_logits, None, None, None
+
+
+def distributed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor,
+                              group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Weighted mean cross-entropy over the global batch with the softmax across all ranks' columns.
+
+    logits [N, C] float32 (this rank's columns), labels [N] (column of the target on this rank, or -1
+    when another rank holds it), sample_weights [N]; returns the same scalar on every rank.
+    """
+    return _DistributedCrossEntropy.apply(logits, labels, sample_weights, group)
+
+
+class SampledCentres(NamedTuple):
+    index: torch.Tensor | None  # [S] sorted rows of this rank's shard; None when every row is used
+    labels: torch.Tensor  # [N] column of each sample's class among those rows, -1 when not on this rank
+
+
+class PartialFC(nn.Module):
+    """Sharded classifier of `num_classes` centres with a margin loss and the distributed cross-entropy.
+
+    Build it after the process group starts (it reads its rank and the world size then); do not wrap it
+    in DDP. Its only parameter, `weight`, is this rank's shard [C, D] of the centres.
+
+    Args:
+        margin_loss: maps cosines [N, S] and labels [N] (-1: not in these columns) to logits [N, S],
+            for example losses.CombinedMarginLoss.
+        embedding_size: D, the width of the embeddings.
+        num_classes: total number of classes over all ranks.
+        sample_rate: fraction of this rank's centres used per step, in (0, 1]; below 1 every centre of
+            a class in the global batch is kept and random others fill up to ceil(sample_rate · C).
+        seed: seed of the centres' initialisation (the full matrix is the same for every world size).
+        group: process group of the classifier; None: the default group, or none at all.
+    """
+
+    def __init__(self, margin_loss: nn.Module, embedding_size: int, num_classes: int, sample_rate: float = 1.0,
+                 *, seed: int = 0, group: dist.ProcessGroup | None = None):
+        super().__init__()
+        if not 0.0 < sample_rate <= 1.0:
+            raise UserError(f"sample_rate is {sample_rate}; it must be in (0, 1] (config key sample_rate).")
+        if embedding_size < 1:
+            raise UserError(f"embedding_size is {embedding_size}; it must be a positive integer.")
+        self.rank, self.world_size = _rank_and_world(group)
+        if num_classes < self.world_size:
+            raise UserError(f"num_classes is {num_classes} but the class centres are split over "
+                            f"{self.world_size} processes; every process needs at least one class, so set "
+                            "num_classes to the number of identities in the data.")
+        self.margin_loss = margin_loss
+        self.embedding_size = embedding_size
+        self.num_classes = num_classes
+        self.sample_rate = sample_rate
+        self.group = group
+        self.class_start, self.class_stop = class_range(num_classes, self.rank, self.world_size)
+        self.num_local = self.class_stop - self.class_start
+        # Rounded first so that, e.g., 0.7 * 10 = 7.000000000000001 samples 7 centres, not 8.
+        self.num_sample = min(self.num_local, math.ceil(round(sample_rate * self.num_local, 6)))
+        self.weight = nn.Parameter(init_class_centres(num_classes, embedding_size, self.class_start,
+                                                      self.class_stop, seed))  # [C, D]
+
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
+                sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings [B, D], labels [B] in [0, num_classes), optional weights [B] -> the global loss."""
+        self._check_world()
+        local_labels = self._check_batch(local_embeddings, local_labels, sample_weights)
+        if sample_weights is None:
+            sample_weights = torch.ones(local_labels.shape[0], device=local_embeddings.device)
+        embeddings, labels, weights = self._gather_batch(local_embeddings, local_labels,
+                                                         sample_weights.detach().float())
+        self._check_labels(labels)
+        sampled = self.sample_centres(labels)
+        centres = self.weight if sampled.index is None else self.weight[sampled.index]  # [S, D]
+        cosine = self._cosine(embeddings, centres)  # [N, S], float32
+        with torch.autocast(device_type=cosine.device.type, enabled=False):
+            logits = self.margin_loss(cosine, sampled.labels)  # [N, S]
+            return distributed_cross_entropy(logits, sampled.labels, weights, self.group)
+
+    def sample_centres(self, labels: torch.Tensor) -> SampledCentres:
+        """The rows of this shard used for the global labels [N], and the labels remapped to them.
+
+        With sample_rate 1 every row is used. Otherwise every row whose class occurs in the batch is
+        kept and random other rows (torch's global generator) fill up to ceil(sample_rate · C).
+        """
+        local = labels - self.class_start  # [N]
+        in_shard = (local >= 0) & (local < self.num_local)  # [N]
+        if self.num_sample >= self.num_local:
+            return SampledCentres(None, torch.where(in_shard, local, -1))
+        positives = torch.unique(local[in_shard])  # [P], sorted
+        num_sample = max(self.num_sample, positives.numel())
+        scores = torch.rand(self.num_local, device=labels.device)  # [C], in [0, 1)
+        scores[positives] = 2.0  # every positive outranks every negative
+        index = scores.topk(num_sample).indices.sort().values  # [S]
+        remapped = torch.searchsorted(index, local.clamp(0, self.num_local - 1))  # [N]
+        return SampledCentres(index, torch.where(in_shard, remapped, -1))
+
+    def full_weight(self) -> torch.Tensor:
+        """All centres [num_classes, D] on every rank (a collective)."""
+        return gather_full_weight(self.weight, self.num_classes, self.group)
+
+    def load_full_weight(self, full_weight: torch.Tensor) -> None:
+        """Take this rank's rows of a full centre matrix, e.g. one saved with a different world size."""
+        expected = (self.num_classes, self.embedding_size)
+        if tuple(full_weight.shape) != expected:
+            raise UserError(f"the class-centre matrix has shape {tuple(full_weight.shape)} but this run has "
+                            f"{expected[0]} classes of width {expected[1]}; check num_classes and "
+                            "embedding_size against the checkpoint.")
+        with torch.no_grad():
+            self.weight.copy_(shard_weight(full_weight, self.rank, self.world_size))
+
+    def get_extra_state(self) -> dict:
+        return {"num_classes": self.num_classes, "class_start": self.class_start, "class_stop": self.class_stop}
+
+    def set_extra_state(self, state: dict) -> None:
+        saved = (state["num_classes"], state["class_start"], state["class_stop"])
+        mine = (self.num_classes, self.class_start, self.class_stop)
+        if saved != mine:
+            raise UserError(f"the Partial FC shard holds classes [{saved[1]}, {saved[2]}) of {saved[0]} but "
+                            f"this process owns [{mine[1]}, {mine[2]}) of {mine[0]}; the checkpoint comes "
+                            "from another world size or class count: gather its shards into one matrix "
+                            "and load it with PartialFC.load_full_weight.")
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, classes=[{self.class_start}, {self.class_stop}), "
+                f"embedding_size={self.embedding_size}, sample_rate={self.sample_rate}")
+
+    def _check_world(self) -> None:
+        if _rank_and_world(self.group) != (self.rank, self.world_size):
+            raise RuntimeError(f"PartialFC was built as rank {self.rank} of {self.world_size} but runs as "
+                               f"rank {_rank_and_world(self.group)[0]} of {_rank_and_world(self.group)[1]}; "
+                               "build it after the process group starts.")
+
+    def _check_batch(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                     sample_weights: torch.Tensor | None) -> torch.Tensor:
+        """Shape checks; returns the labels as a flat int64 tensor [B]."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
+            raise UserError(f"embeddings have shape {tuple(embeddings.shape)} but embedding_size is "
+                            f"{self.embedding_size}; set embedding_size to the backbone's output width.")
+        num_samples = embeddings.shape[0]
+        if labels.numel() != num_samples or labels.is_floating_point():
+            raise ValueError(f"expected {num_samples} integer labels, got {labels.dtype} {tuple(labels.shape)}")
+        if sample_weights is not None and tuple(sample_weights.shape) != (num_samples,):
+            raise ValueError(f"expected sample weights of shape ({num_samples},), got "
+                             f"{tuple(sample_weights.shape)}")
+        return labels.reshape(num_samples).long()
+
+    def _gather_batch(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                      sample_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The global batch: embeddings [N, D] (gradient-correct gather), labels [N], weights [N]."""
+        if self.world_size == 1:
+            return embeddings, labels, sample_weights
+        batch_sizes = torch.tensor([embeddings.shape[0], -embeddings.shape[0]], device=embeddings.device)
+        dist.all_reduce(batch_sizes, op=dist.ReduceOp.MAX, group=self.group)
+        largest, smallest = batch_sizes[0].item(), -batch_sizes[1].item()
+        if largest != smallest:
+            raise UserError(f"the processes passed batches of {smallest} to {largest} samples to Partial FC "
+                            "in the same step; every process must use the same batch size (drop the last "
+                            "incomplete batch).")
+        return (_AllGatherWithGrad.apply(embeddings, self.group), _all_gather(labels, self.group),
+                _all_gather(sample_weights, self.group))
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        """Raise on every rank alike (the labels are already global) when a label is out of range."""
+        out_of_range = (labels < 0) | (labels >= self.num_classes)  # [N]
+        if out_of_range.any():
+            bad = labels[out_of_range][0].item()
+            raise UserError(f"label {bad} is outside [0, {self.num_classes}); labels must run from 0 to "
+                            "num_classes - 1, so set num_classes to the number of identities in the data.")
+
+    def _cosine(self, embeddings: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """Cosines [N, S] in float32; the product runs in the autocast dtype when autocast is on."""
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            unit_embeddings = F.normalize(embeddings.float(), dim=1)  # [N, D]
+            unit_centres = F.normalize(centres.float(), dim=1)  # [S, D]
+        return F.linear(unit_embeddings, unit_centres).float()  # [N, S]

@@ -1,0 +1,372 @@
+"""Partial FC against F.cross_entropy on margin logits, in one process and over 2 and 3 gloo processes
+(uneven class split), with sampling, optimizer steps, sharding round trips and clear errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from losses import CombinedMarginLoss
+from partial_fc import PartialFC, class_range, gather_full_weight, init_class_centres, shard_weight
+from tests.dist_utils import run_distributed
+from utils.errors import UserError
+
+NUM_CLASSES = 10
+EMBEDDING_SIZE = 16
+INPUT_SIZE = 6
+GLOBAL_BATCH = 12  # 6 per process for 2 processes, 4 for 3
+SEED = 7
+MARGINS = {  # (s, m1, m2, m3, exact_gradient)
+    "arcface": (64.0, 1.0, 0.5, 0.0, False),
+    "arcface_exact": (64.0, 1.0, 0.5, 0.0, True),
+    "cosface": (64.0, 1.0, 0.0, 0.4, False),
+}
+TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+
+
+def assert_close_at_scale(actual, expected, tolerance=1e-5):
+    """Equal to `tolerance` relative to the largest entry of `expected`: a gradient entry that nearly
+    cancels (centre gradients reach ~100 here) carries float32 rounding of that scale, not of itself."""
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance * scale)
+
+
+def margin_loss(name: str = "arcface") -> CombinedMarginLoss:
+    s, m1, m2, m3, exact = MARGINS[name]
+    return CombinedMarginLoss(s, m1, m2, m3, exact_gradient=exact)
+
+
+def reference_loss(embeddings, centres, labels, sample_weights=None, name="arcface"):
+    """−(1/N) Σ w_n log softmax(s · logits)_{y_n} with F.cross_entropy, the margin written out directly."""
+    s, m1, m2, m3, exact = MARGINS[name]
+    cosine = F.normalize(embeddings, dim=1) @ F.normalize(centres, dim=1).T  # [N, C]
+    is_target = F.one_hot(labels, centres.shape[0]).bool()  # [N, C]
+    with_margin = torch.cos(m1 * torch.arccos(cosine) + m2) - m3
+    if not exact:  # released: the backward sees the plain cosine
+        with_margin = cosine + (with_margin - cosine).detach()
+    logits = s * torch.where(is_target, with_margin, cosine)
+    per_sample = F.cross_entropy(logits, labels, reduction="none")  # [N]
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights
+    return per_sample.mean()
+
+
+def make_batch(seed: int, num_samples: int = GLOBAL_BATCH, classes=None):
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(num_samples, EMBEDDING_SIZE, generator=generator)
+    if classes is None:
+        labels = torch.randint(0, NUM_CLASSES, (num_samples,), generator=generator)
+    else:
+        labels = torch.tensor(classes)[torch.randint(0, len(classes), (num_samples,), generator=generator)]
+    sample_weights = 1.0 + torch.rand(num_samples, generator=generator)
+    return embeddings, labels, sample_weights
+
+
+def make_optimizer(name: str, params):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=0.1)
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+
+
+def record_samples(pfc: PartialFC) -> list:
+    """Spy on pfc.sample_centres: the returned list receives the global class ids used at each step."""
+    record = []
+    sample_centres = pfc.sample_centres
+
+    def recording(labels):
+        sampled = sample_centres(labels)
+        record.append(sampled.index + pfc.class_start)
+        return sampled
+
+    pfc.sample_centres = recording
+    return record
+
+
+# ---- one process ----
+
+@pytest.mark.parametrize("name", MARGINS)
+def test_one_process_equals_cross_entropy_on_margin_logits(name):
+    embeddings, labels, _ = make_batch(0)
+    embeddings.requires_grad_(True)
+    pfc = PartialFC(margin_loss(name), EMBEDDING_SIZE, NUM_CLASSES, seed=SEED)
+    loss = pfc(embeddings, labels)
+    loss.backward()
+
+    ref_embeddings = embeddings.detach().clone().requires_grad_(True)
+    ref_centres = pfc.weight.detach().clone().requires_grad_(True)
+    expected = reference_loss(ref_embeddings, ref_centres, labels, name=name)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, **TOLERANCE)
+    assert_close_at_scale(embeddings.grad, ref_embeddings.grad)
+    assert_close_at_scale(pfc.weight.grad, ref_centres.grad)
+
+
+def test_sample_weights_give_the_weighted_mean_over_the_batch():
+    embeddings, labels, sample_weights = make_batch(1)
+    embeddings.requires_grad_(True)
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES, seed=SEED)
+    loss = pfc(embeddings, labels, sample_weights)
+    loss.backward()
+
+    ref_embeddings = embeddings.detach().clone().requires_grad_(True)
+    ref_centres = pfc.weight.detach().clone().requires_grad_(True)
+    expected = reference_loss(ref_embeddings, ref_centres, labels, sample_weights)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, **TOLERANCE)
+    assert_close_at_scale(embeddings.grad, ref_embeddings.grad)
+    assert_close_at_scale(pfc.weight.grad, ref_centres.grad)
+
+
+def test_sampling_keeps_every_positive_and_equals_loss_on_the_sampled_classes():
+    torch.manual_seed(0)
+    num_classes = 40
+    embeddings, labels, sample_weights = make_batch(2, num_samples=8, classes=[3, 17, 18, 39])
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, num_classes, sample_rate=0.25, seed=SEED)
+    record = record_samples(pfc)
+    loss = pfc(embeddings, labels, sample_weights)
+    loss.backward()
+    sampled = record[0]
+    assert sampled.numel() == 10 and set(labels.tolist()) <= set(sampled.tolist())
+
+    ref_centres = pfc.weight.detach().clone().requires_grad_(True)
+    expected = reference_loss(embeddings, ref_centres[sampled], torch.searchsorted(sampled, labels),
+                              sample_weights)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, **TOLERANCE)
+    assert_close_at_scale(pfc.weight.grad, ref_centres.grad)
+    not_sampled = torch.ones(num_classes, dtype=torch.bool)
+    not_sampled[sampled] = False
+    assert torch.all(pfc.weight.grad[not_sampled] == 0)
+
+
+@pytest.mark.parametrize(("sample_rate", "classes", "expected"), [
+    (0.7, [0], 7),  # 0.7 · 10 = 7.000000000000001 in floating point: still 7
+    (0.05, [0], 1),  # ceil(0.5)
+    (0.05, [2, 5, 9], 3),  # more positives than the rate allows: all kept
+])
+def test_number_of_sampled_centres_is_ceil_of_rate_or_number_of_positives(sample_rate, classes, expected):
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES, sample_rate=sample_rate)
+    sampled = pfc.sample_centres(torch.tensor(classes))
+    assert sampled.index.numel() == expected
+    assert torch.equal(sampled.index[sampled.labels], torch.tensor(classes))
+
+
+def test_centres_not_sampled_in_a_step_still_move_by_momentum():
+    """The documented choice: a dense zero gradient, so SGD momentum keeps moving idle centres."""
+    torch.manual_seed(0)
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, 40, sample_rate=0.1, seed=SEED)
+    record = record_samples(pfc)
+    optimizer = torch.optim.SGD(pfc.parameters(), lr=1e-3, momentum=0.9)
+    embeddings, _, _ = make_batch(3, num_samples=4)
+    first_grad = None
+    for labels in (torch.tensor([1, 2, 1, 2]), torch.tensor([30, 31, 30, 31])):
+        before = pfc.weight.detach().clone()
+        optimizer.zero_grad()
+        pfc(embeddings, labels).backward()
+        first_grad = pfc.weight.grad.clone() if first_grad is None else first_grad
+        optimizer.step()
+    idle = torch.tensor(sorted(set(record[0].tolist()) - set(record[1].tolist())))
+    assert idle.numel() > 0
+    expected = before[idle] - 1e-3 * 0.9 * first_grad[idle]
+    torch.testing.assert_close(pfc.weight.detach()[idle], expected)
+
+
+def test_bf16_autocast_runs_the_product_in_bf16_and_returns_an_fp32_loss():
+    embeddings, labels, _ = make_batch(4)
+    pfc = PartialFC(margin_loss("cosface"), EMBEDDING_SIZE, NUM_CLASSES, seed=SEED)
+    full_precision = pfc(embeddings, labels)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = pfc(embeddings.requires_grad_(True), labels)
+    mixed.backward()
+    assert mixed.dtype == torch.float32 and torch.isfinite(embeddings.grad).all()
+    assert not torch.equal(mixed, full_precision)  # the bf16 product changed the cosines
+    torch.testing.assert_close(mixed, full_precision, rtol=0.05, atol=0.0)
+
+
+@pytest.mark.parametrize("bad_label", [NUM_CLASSES, -1])
+def test_label_out_of_range_raises_user_error_naming_label_and_num_classes(bad_label):
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES)
+    with pytest.raises(UserError, match=rf"label {bad_label} .*\[0, {NUM_CLASSES}\).*num_classes"):
+        pfc(torch.randn(3, EMBEDDING_SIZE), torch.tensor([0, bad_label, 1]))
+
+
+@pytest.mark.parametrize("sample_rate", [0.0, -0.1, 1.5])
+def test_sample_rate_outside_zero_one_raises_user_error(sample_rate):
+    with pytest.raises(UserError, match="sample_rate"):
+        PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES, sample_rate=sample_rate)
+
+
+def test_embedding_width_mismatch_raises_user_error_naming_embedding_size():
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES)
+    with pytest.raises(UserError, match="embedding_size"):
+        pfc(torch.randn(3, EMBEDDING_SIZE + 1), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("num_classes", [10, 20000])
+def test_initial_centres_do_not_depend_on_the_split(num_classes):
+    full = init_class_centres(num_classes, 4, 0, num_classes, seed=SEED)
+    for world_size in (2, 3, 7):
+        shards = [init_class_centres(num_classes, 4, *class_range(num_classes, rank, world_size), seed=SEED)
+                  for rank in range(world_size)]
+        assert torch.equal(torch.cat(shards), full)
+    assert not torch.equal(full, init_class_centres(num_classes, 4, 0, num_classes, seed=SEED + 1))
+
+
+def test_initial_centres_are_normal_with_std_0_01():
+    full = init_class_centres(20000, 8, 0, 20000, seed=SEED)
+    assert abs(full.std().item() - 0.01) < 2e-4 and abs(full.mean().item()) < 2e-4
+
+
+@pytest.mark.parametrize("num_classes", [10, 7, 3])
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_class_ranges_are_contiguous_cover_all_classes_and_differ_by_at_most_one(num_classes, world_size):
+    ranges = [class_range(num_classes, rank, world_size) for rank in range(world_size)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == num_classes
+    assert all(ranges[i][1] == ranges[i + 1][0] for i in range(world_size - 1))
+    sizes = [stop - start for start, stop in ranges]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_shards_of_any_world_size_join_back_into_the_full_matrix():
+    full = torch.randn(NUM_CLASSES, EMBEDDING_SIZE)
+    for world_size in (1, 2, 3, 4):
+        assert torch.equal(torch.cat([shard_weight(full, rank, world_size) for rank in range(world_size)]), full)
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES)
+    pfc.load_full_weight(full)
+    assert torch.equal(pfc.weight.detach(), full) and torch.equal(pfc.full_weight(), full)
+    assert torch.equal(gather_full_weight(pfc.weight, NUM_CLASSES), full)
+
+
+def test_state_dict_round_trip_and_shard_mismatch_raises_user_error():
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES, seed=1)
+    copy = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES, seed=2)
+    copy.load_state_dict(pfc.state_dict())
+    assert torch.equal(copy.weight, pfc.weight)
+    other = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES + 2)
+    with pytest.raises(UserError, match=r"classes \[0, 10\) of 10.*load_full_weight"):
+        other.load_state_dict(pfc.state_dict())
+    with pytest.raises(UserError, match="num_classes"):
+        other.load_full_weight(pfc.full_weight())
+
+
+# ---- several processes ----
+
+def distributed_worker(rank: int, world_size: int, case: dict) -> dict:
+    torch.manual_seed(100 + rank)  # ranks draw different negatives, as seed_everything(seed, rank) does
+    batch = slice(rank * GLOBAL_BATCH // world_size, (rank + 1) * GLOBAL_BATCH // world_size)
+    result = {}
+
+    backbone = nn.Linear(INPUT_SIZE, EMBEDDING_SIZE)
+    backbone.load_state_dict(case["backbone"])
+    model = DistributedDataParallel(backbone)
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES, seed=SEED)
+    result["initial_full_weight"] = pfc.full_weight()
+    embeddings = model(case["inputs"][batch])
+    embeddings.retain_grad()
+    loss = pfc(embeddings, case["labels"][batch], case["weights"][batch])
+    loss.backward()
+    result.update(loss=loss.detach(), embedding_grad=embeddings.grad, centre_grad=pfc.weight.grad,
+                  backbone_grad=[p.grad for p in backbone.parameters()])
+
+    for optimizer_name in ("sgd", "adamw"):
+        pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES, sample_rate=0.5, seed=SEED)
+        record = record_samples(pfc)
+        optimizer = make_optimizer(optimizer_name, pfc.parameters())
+        losses = []
+        for step_embeddings, step_labels in zip(case["step_embeddings"], case["step_labels"]):
+            optimizer.zero_grad()
+            loss = pfc(step_embeddings[batch], step_labels[batch], case["weights"][batch])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        state = optimizer.state[pfc.weight]
+        first_state = state["momentum_buffer"] if optimizer_name == "sgd" else state["exp_avg"]
+        result[optimizer_name] = dict(losses=losses, sampled=record, full_weight=pfc.full_weight(),
+                                      full_state=gather_full_weight(first_state, NUM_CLASSES))
+
+    result["round_trip_exact"] = torch.equal(shard_weight(pfc.full_weight(), rank, world_size),
+                                             pfc.weight.detach())
+    result["errors"] = [_user_error_of(pfc, case, batch, rank, world_size, kind) for kind in ("label", "size")]
+    return result
+
+
+def _user_error_of(pfc, case, batch, rank, world_size, kind) -> str:
+    """The UserError this rank raises when only the last rank passes a bad label or a longer batch."""
+    embeddings, labels = case["step_embeddings"][0][batch], case["labels"][batch]
+    if rank == world_size - 1 and kind == "label":
+        labels = labels.clone()
+        labels[0] = NUM_CLASSES + 5
+    if rank == world_size - 1 and kind == "size":
+        embeddings, labels = embeddings[:-1], labels[:-1]
+    try:
+        pfc(embeddings, labels)
+    except UserError as error:
+        return str(error)
+    return ""
+
+
+def reference_sampled_steps(case: dict, optimizer_name: str, sampled_per_step: list):
+    """One process on the full centre matrix, each step restricted to the classes the run sampled."""
+    centres = nn.Parameter(init_class_centres(NUM_CLASSES, EMBEDDING_SIZE, 0, NUM_CLASSES, seed=SEED))
+    optimizer = make_optimizer(optimizer_name, [centres])
+    losses = []
+    for sampled, step_embeddings, step_labels in zip(sampled_per_step, case["step_embeddings"],
+                                                     case["step_labels"]):
+        optimizer.zero_grad()
+        loss = reference_loss(step_embeddings, centres[sampled], torch.searchsorted(sampled, step_labels),
+                              case["weights"])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    state = optimizer.state[centres]
+    return losses, centres.detach(), state["momentum_buffer" if optimizer_name == "sgd" else "exp_avg"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_distributed_run_equals_one_process_on_the_same_global_batch(world_size):
+    inputs, labels, weights = make_batch(10, classes=None)
+    inputs = inputs[:, :INPUT_SIZE].contiguous()
+    step_batches = [make_batch(11 + step, classes=[1, 4, 8]) for step in range(2)]
+    backbone = nn.Linear(INPUT_SIZE, EMBEDDING_SIZE)
+    case = dict(backbone=backbone.state_dict(), inputs=inputs, labels=labels, weights=weights,
+                step_embeddings=[b[0] for b in step_batches], step_labels=[b[1] for b in step_batches])
+    results = run_distributed(distributed_worker, world_size, case)
+
+    # Same initial centres, loss, centre gradients and backbone gradients (after DDP's averaging).
+    full_init = init_class_centres(NUM_CLASSES, EMBEDDING_SIZE, 0, NUM_CLASSES, seed=SEED)
+    centres = full_init.clone().requires_grad_(True)
+    embeddings = backbone(inputs)
+    embeddings.retain_grad()
+    expected = reference_loss(embeddings, centres, labels, weights)
+    expected.backward()
+    for result in results:
+        assert torch.equal(result["initial_full_weight"], full_init)
+        torch.testing.assert_close(result["loss"], expected.detach(), **TOLERANCE)
+        for got, want in zip(result["backbone_grad"], [p.grad for p in backbone.parameters()]):
+            assert_close_at_scale(got, want)
+    assert_close_at_scale(torch.cat([r["centre_grad"] for r in results]), centres.grad)
+    # Each rank's embedding gradient is world_size times dL/d(its embeddings): DDP divides it back.
+    gathered_grad = torch.cat([r["embedding_grad"] for r in results]) / world_size
+    assert_close_at_scale(gathered_grad, embeddings.grad)
+
+    # Sampling: every positive kept, loss and the centres after SGD-momentum / AdamW steps as one process.
+    for optimizer_name in ("sgd", "adamw"):
+        sampled_per_step = [torch.cat([r[optimizer_name]["sampled"][step] for r in results]) for step in range(2)]
+        for sampled, step_labels in zip(sampled_per_step, case["step_labels"]):
+            assert set(step_labels.tolist()) <= set(sampled.tolist())
+            assert sampled.numel() < NUM_CLASSES
+        losses, full_weight, full_state = reference_sampled_steps(case, optimizer_name, sampled_per_step)
+        for result in results:
+            torch.testing.assert_close(result[optimizer_name]["losses"], losses, **TOLERANCE)
+            assert_close_at_scale(result[optimizer_name]["full_weight"], full_weight)
+            assert_close_at_scale(result[optimizer_name]["full_state"], full_state)
+
+    # Gather/re-shard is exact, and a mistake on one rank raises the same UserError on every rank.
+    assert all(result["round_trip_exact"] for result in results)
+    for result in results:
+        label_error, size_error = result["errors"]
+        assert f"label {NUM_CLASSES + 5}" in label_error and "num_classes" in label_error
+        per_rank = GLOBAL_BATCH // world_size
+        assert f"{per_rank - 1} to {per_rank} samples" in size_error
