@@ -1,0 +1,175 @@
+"""Inference on image files: cosine comparison, landmark alignment, folder batches, ONNX and PyTorch agree."""
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from backbones import get_model
+from eval.align import ARCFACE_TEMPLATE
+from tools import inference
+from tools.export_onnx import export
+
+
+def smooth_face(seed: int) -> np.ndarray:
+    """A smooth 112x112x3 uint8 image (BGR as written to disk): resampling it barely changes it."""
+    coarse = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return cv2.resize(coarse, (112, 112), interpolation=cv2.INTER_CUBIC)
+
+
+def reference_embeddings(model: torch.nn.Module, bgr_faces: list[np.ndarray]) -> np.ndarray:
+    """Embeddings computed here, independently of tools.inference: BGR -> RGB, [-1, 1], NCHW."""
+    rgb = np.stack([face[:, :, ::-1] for face in bgr_faces]).astype(np.float32)  # [B, H, W, 3]
+    x = torch.from_numpy((rgb / 127.5 - 1.0).transpose(0, 3, 1, 2).copy())  # [B, 3, H, W]
+    with torch.no_grad():
+        return model.eval()(x).numpy()
+
+
+def landmark_text(points: np.ndarray) -> str:
+    return ",".join(f"{value:.4f}" for value in points.reshape(-1))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """vit_nano weights, two aligned faces, and face 0 warped into a 150x150 image with its landmarks."""
+    folder = tmp_path_factory.mktemp("faces")
+    torch.manual_seed(0)
+    model = get_model("vit_nano").eval()
+    weights = folder / "vit_nano.pt"
+    torch.save(model.state_dict(), weights)
+    faces = [smooth_face(0), smooth_face(1)]
+    for index, face in enumerate(faces):
+        cv2.imwrite(str(folder / f"face{index}.png"), face)
+    # A known similarity (scale 1.1, rotation 10 degrees) that puts the whole aligned crop inside 150x150.
+    angle, scale = np.deg2rad(10.0), 1.1
+    linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    corners = np.array([[0, 0], [112, 0], [0, 112], [112, 112]]) @ linear.T  # [4, 2]
+    shift = 75.0 - (corners.min(0) + corners.max(0)) / 2
+    warp = np.hstack([linear, shift[:, None]])  # [2, 3]
+    cv2.imwrite(str(folder / "big.png"), cv2.warpAffine(faces[0], warp, (150, 150), flags=cv2.INTER_CUBIC))
+    big_landmarks = ARCFACE_TEMPLATE @ linear.T + shift  # [5, 2]
+    weights_args = ["--network", "vit_nano", "--weights", str(weights)]
+    return dict(folder=folder, model=model, faces=faces, big_landmarks=big_landmarks, args=weights_args)
+
+
+def compare(setup, capsys, *extra) -> float:
+    assert inference.main([*setup["args"], "--compare", *extra]) == 0
+    return float(re.search(r"cosine similarity: (\S+)", capsys.readouterr().out).group(1))
+
+
+def test_compare_gives_one_for_the_same_image_and_less_for_another(setup, capsys):
+    folder = setup["folder"]
+    same = compare(setup, capsys, str(folder / "face0.png"), str(folder / "face0.png"))
+    other = compare(setup, capsys, str(folder / "face0.png"), str(folder / "face1.png"))
+    assert same == pytest.approx(1.0, abs=1e-6)
+    embeddings = reference_embeddings(setup["model"], setup["faces"])
+    expected = embeddings[0] @ embeddings[1] / np.linalg.norm(embeddings, axis=1).prod()
+    assert other == pytest.approx(expected, abs=1e-5)
+    assert other < 0.9
+
+
+def test_landmarks_align_a_warped_image_back_to_the_aligned_embedding(setup, capsys):
+    """A 150x150 warp of an aligned face plus its landmarks embeds like the aligned face itself."""
+    folder = setup["folder"]
+    similarity = compare(setup, capsys, str(folder / "big.png"), str(folder / "face0.png"),
+                         "--landmarks", landmark_text(setup["big_landmarks"]),
+                         "--landmarks", landmark_text(ARCFACE_TEMPLATE))
+    other = compare(setup, capsys, str(folder / "face1.png"), str(folder / "face0.png"))
+    assert similarity > 0.995
+    assert similarity > other + 0.1
+
+
+def test_named_landmarks_file_aligns_only_the_listed_images(setup, tmp_path, capsys):
+    folder = setup["folder"]
+    landmarks_file = tmp_path / "landmarks.txt"
+    big_name = str(folder / "big.png")
+    landmarks_file.write_text(f"{big_name} {' '.join(landmark_text(setup['big_landmarks']).split(','))}\n")
+    output = tmp_path / "emb.npy"
+    argv = [*setup["args"], big_name, str(folder / "face0.png"), "--landmarks-file", str(landmarks_file),
+            "--output", str(output)]
+    assert inference.main(argv) == 0
+    big, aligned = np.load(output)
+    assert big @ aligned / (np.linalg.norm(big) * np.linalg.norm(aligned)) > 0.995
+
+
+def test_wrong_size_without_landmarks_exits_2_with_the_message(setup, capsys):
+    status = inference.main([*setup["args"], str(setup["folder"] / "big.png")])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "is 150x150, not an aligned 112x112 face" in error and "--landmarks" in error
+
+
+@pytest.mark.parametrize(("argv_extra", "message"), [
+    (["--landmarks", "1,2,3"], "expected 10 numbers"),
+    (["--landmarks", "1,2,3,4,5,6,7,8,9,10", "--landmarks", "1,2,3,4,5,6,7,8,9,10"], "given 2 times for 1"),
+])
+def test_bad_landmarks_exit_2_with_the_message(setup, capsys, argv_extra, message):
+    status = inference.main([*setup["args"], str(setup["folder"] / "big.png"), *argv_extra])
+    assert status == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def face_folder(setup, tmp_path_factory):
+    """Three aligned faces, one in a sub-folder, and a non-image file that must be skipped."""
+    folder = tmp_path_factory.mktemp("folder")
+    (folder / "sub").mkdir()
+    faces = [smooth_face(seed) for seed in (2, 3, 4)]
+    names = ["a.png", "b.jpg", "sub/c.png"]
+    for name, face in zip(names, faces):
+        cv2.imwrite(str(folder / name), face)
+    (folder / "notes.txt").write_text("not an image")
+    decoded = [cv2.imread(str(folder / name)) for name in names]  # JPEG is lossy: embed what is on disk
+    return folder, names, decoded
+
+
+def test_folder_batch_writes_embeddings_and_names(setup, face_folder, tmp_path):
+    folder, names, decoded = face_folder
+    output = tmp_path / "out" / "emb.npy"
+    argv = [*setup["args"], "--folder", str(folder), "--output", str(output), "--batch-size", "2"]
+    assert inference.main(argv) == 0
+    embeddings = np.load(output)
+    assert embeddings.shape == (3, 512) and embeddings.dtype == np.float32
+    assert (tmp_path / "out" / "emb.txt").read_text().splitlines() == names
+    np.testing.assert_allclose(embeddings, reference_embeddings(setup["model"], decoded), atol=1e-5)
+
+
+def test_flip_and_normalize_match_an_independent_computation(setup, face_folder, tmp_path):
+    folder, _, decoded = face_folder
+    output = tmp_path / "emb.npy"
+    argv = [*setup["args"], "--folder", str(folder), "--output", str(output), "--flip", "--normalize"]
+    assert inference.main(argv) == 0
+    expected = (reference_embeddings(setup["model"], decoded)
+                + reference_embeddings(setup["model"], [face[:, ::-1] for face in decoded]))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.load(output), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_onnx_model_gives_the_pytorch_embeddings(setup, face_folder, tmp_path, dynamic_batch):
+    """Also with a fixed batch of 1, where the tool feeds the batch of 2 in chunks."""
+    folder, _, decoded = face_folder
+    onnx_path = tmp_path / "model.onnx"
+    export(setup["model"], onnx_path, opset=17, dynamic_batch=dynamic_batch)
+    output = tmp_path / "emb.npy"
+    argv = ["--onnx", str(onnx_path), "--folder", str(folder), "--output", str(output), "--batch-size", "2"]
+    assert inference.main(argv) == 0
+    np.testing.assert_allclose(np.load(output), reference_embeddings(setup["model"], decoded), atol=1e-4)
+
+
+def test_no_model_or_two_models_is_a_clear_error(setup, capsys):
+    image = str(setup["folder"] / "face0.png")
+    assert inference.main([image]) == 2
+    assert "no model given" in capsys.readouterr().err
+    assert inference.main([*setup["args"], "--onnx", "m.onnx", image]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_unreadable_image_is_a_clear_error(setup, tmp_path, capsys):
+    broken = Path(tmp_path / "broken.png")
+    broken.write_bytes(b"not an image")
+    assert inference.main([*setup["args"], str(broken)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
