@@ -1,10 +1,11 @@
 """Export a trained backbone to ONNX with one output, the embedding, and check it against PyTorch.
 
 The graph has one input, "data": float32 NCHW [B, 3, 112, 112], RGB, (pixel / 255 - 0.5) / 0.5 so in
-[-1, 1] (the input name of insightface's ONNX models), and one output, "embedding": float32 [B, D], not
-L2-normalised. B is 1 unless --dynamic-batch. After export, ONNX Runtime and PyTorch embed the same
-random inputs (batch 1 and 3 with --dynamic-batch) and the --image files; the export fails with exit
-status 1 when both the absolute and the relative difference exceed --tolerance.
+[-1, 1] (named like the input of insightface's MXNet-era ArcFace models), and one output, "embedding":
+float32 [B, D], not L2-normalised. B is 1 unless --dynamic-batch. After export, ONNX Runtime and PyTorch
+embed the same random inputs (batch 1 and 3 with --dynamic-batch) and the --image files; the export fails
+with exit status 1, writing nothing, when both the max absolute difference and the max relative
+difference (over the largest reference magnitude) exceed --tolerance.
 
 Uses the TorchScript-based exporter (`dynamo=False`): the torch.export-based one needs onnxscript, which
 is not a dependency. Attention goes through scaled_dot_product_attention, which that exporter lowers to
