@@ -58,16 +58,10 @@ def test_macs_match_a_hand_count_including_attention_matmuls(device, attn_impl):
     assert model_info.count_macs(tiny_vit(device, attn_impl)) == hand_mac_count(16, 8, 1)
 
 
-def test_released_gflops_match_the_published_model_table():
-    """insightface's arcface_torch lists ViT-T/S/B/L at 1.5, 5.7, 11.4 and 25.3 GFLOPs (MACs)."""
-    published = {"vit_t": 1.5, "vit_s_dp005_mask_0": 5.7, "vit_b_dp005_mask_005": 11.4,
-                 "vit_l_dp005_mask_005": 25.3}
-    for name, gflops in published.items():
-        with torch.device("meta"):
-            model = get_model(name)
-        macs = model_info.count_macs(model)
-        assert macs / 1e9 == pytest.approx(gflops, abs=0.06)
-        assert macs == hand_mac_count(VARIANTS[name]["embed_dim"], 512, VARIANTS[name]["depth"])
+def test_released_vit_t_macs_match_the_hand_count():
+    with torch.device("meta"):
+        model = get_model("vit_t")
+    assert model_info.count_macs(model) == hand_mac_count(256, 512, 12)
 
 
 def test_saved_tensor_bytes_per_image_match_a_hand_count():
@@ -94,6 +88,11 @@ def test_markdown_table_lists_every_network_with_its_release_name(capsys):
     assert rows["vit_s_dp005_mask_0"] == "| vit_s_dp005_mask_0 | 512 | 12 | 8 | 86.7 | 5.76 | TransFace-S |"
     for name, released in RELEASED_AS.items():
         assert rows[name].endswith(f"| {released} |")
+    # insightface's arcface_torch lists ViT-T/S/B/L at 1.5, 5.7, 11.4 and 25.3 GFLOPs (MACs).
+    published = {"vit_t": 1.5, "vit_s_dp005_mask_0": 5.7, "vit_b_dp005_mask_005": 11.4,
+                 "vit_l_dp005_mask_005": 25.3}
+    for name, gflops in published.items():
+        assert float(rows[name].split(" | ")[5]) == pytest.approx(gflops, abs=0.06)
 
 
 def test_single_network_table_has_activation_memory(capsys):
