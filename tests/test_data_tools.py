@@ -1,0 +1,212 @@
+"""Data tools: pack_rec, shuffle_rec, rec2image and make_bin round trips and their errors."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dataset import ImageFolderDataset, RecordDataset
+from tools import make_bin, pack_rec, rec2image, shuffle_rec
+from tools.pack_rec import EncodeOptions, pack_folder
+from utils.binfile import load_bin
+from utils.errors import UserError
+from utils.recordio import MAGIC_BYTES, IndexedRecordReader, first_label, iter_chunks, unpack
+
+FIXTURES = Path(__file__).parent / "data" / "recordio"
+
+
+def smooth_face(rng: np.random.Generator, size: int = 112) -> np.ndarray:
+    """A smooth random RGB image [H, W, 3], so JPEG stays close to it."""
+    corners = rng.integers(0, 256, size=(2, 2, 3)).astype(np.float32)
+    return cv2.resize(corners, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.uint8)
+
+
+def write_folder(root: Path, counts: list[int], suffix: str = ".png", size: int = 112,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """Identity folders person_0, person_1, ...; returns {relative path: RGB array}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for label, count in enumerate(counts):
+        (root / f"person_{label}").mkdir(parents=True)
+        for index in range(count):
+            rgb = smooth_face(rng, size)
+            relative = f"person_{label}/{index:02d}{suffix}"
+            cv2.imwrite(str(root / relative), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            written[relative] = rgb
+    return written
+
+
+def jpeg_with_magic_comment(rgb: np.ndarray) -> bytes:
+    """A JPEG whose comment segment puts the RecordIO magic at 4-byte aligned record offsets.
+
+    In a record the payload starts at byte 24; the comment's data starts 6 bytes into the JPEG
+    (SOI, marker, length), i.e. at record offset 30, so magic at data offset 2 + 4k is aligned.
+    """
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    comment = b"ab" + MAGIC_BYTES * 3 + b"cdef" + MAGIC_BYTES + b"g" + MAGIC_BYTES  # the last is unaligned
+    segment = b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+def records_by_key(folder: Path) -> dict[int, tuple]:
+    reader = IndexedRecordReader(folder / "train.rec")
+    return {key: unpack(reader.read(key)) for key in reader.keys.tolist()}
+
+
+def test_packed_png_folder_reads_back_pixel_exact_in_insightface_layout(tmp_path):
+    written = write_folder(tmp_path / "faces", [3, 1, 2])
+    summary = pack_folder(tmp_path / "faces", tmp_path / "rec", EncodeOptions(encoding="png"))
+    assert (summary.num_images, summary.num_classes) == (6, 3)
+    assert (tmp_path / "rec" / "property").read_text() == "3,112,112\n"
+    records = records_by_key(tmp_path / "rec")
+    assert sorted(records) == list(range(10))  # header, 6 images, 3 identities
+    assert records[0][0].flag == 2 and records[0][0].label == (7.0, 10.0) and records[0][1] == b""
+    assert [records[key][0].label for key in (7, 8, 9)] == [(1.0, 4.0), (4.0, 5.0), (5.0, 7.0)]
+    dataset = RecordDataset(tmp_path / "rec")
+    folder = ImageFolderDataset(tmp_path / "faces")
+    for index, (relative, rgb) in enumerate(sorted(written.items())):
+        image, label = dataset[index]
+        assert label == int(relative.split("/")[0].split("_")[1]) == folder[index][1]
+        assert torch.equal(image, torch.from_numpy(rgb).permute(2, 0, 1))
+
+
+def test_packed_jpeg_is_close_and_quality_matters(tmp_path):
+    written = write_folder(tmp_path / "faces", [2, 2])
+    pack_folder(tmp_path / "faces", tmp_path / "q95", EncodeOptions(quality=95))
+    pack_folder(tmp_path / "faces", tmp_path / "q30", EncodeOptions(quality=30))
+    fine = RecordDataset(tmp_path / "q95")
+    for index, rgb in enumerate(written[key] for key in sorted(written)):
+        original = torch.from_numpy(rgb).permute(2, 0, 1).float()
+        assert (fine[index][0].float() - original).abs().mean() < 2.0
+        assert unpack(fine.reader.read(index + 1))[1][:2] == b"\xff\xd8"
+    assert (tmp_path / "q30" / "train.rec").stat().st_size < (tmp_path / "q95" / "train.rec").stat().st_size
+
+
+def test_record_split_over_chunks_packs_and_reads_back(tmp_path):
+    rgb = smooth_face(np.random.default_rng(3))
+    (tmp_path / "faces" / "only").mkdir(parents=True)
+    payload = jpeg_with_magic_comment(rgb)
+    (tmp_path / "faces" / "only" / "a.jpg").write_bytes(payload)
+    pack_folder(tmp_path / "faces", tmp_path / "rec", EncodeOptions(keep_bytes=True))
+    chunks = list(iter_chunks(tmp_path / "rec" / "train.rec"))
+    assert [chunk.cflag for chunk in chunks[1:-1]] == [1, 2, 2, 2, 3]  # header | 4 aligned magics | identity
+    dataset = RecordDataset(tmp_path / "rec")
+    assert unpack(dataset.reader.read(1))[1] == payload
+    decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert torch.equal(dataset[0][0], torch.from_numpy(decoded).permute(2, 0, 1))
+
+
+def test_keep_bytes_stores_files_unchanged_and_workers_do_not_change_output(tmp_path):
+    write_folder(tmp_path / "faces", [2, 3], suffix=".jpg")
+    pack_folder(tmp_path / "faces", tmp_path / "one", EncodeOptions(keep_bytes=True), num_workers=1)
+    pack_folder(tmp_path / "faces", tmp_path / "two", EncodeOptions(keep_bytes=True), num_workers=2)
+    assert (tmp_path / "one" / "train.rec").read_bytes() == (tmp_path / "two" / "train.rec").read_bytes()
+    files = sorted((tmp_path / "faces").glob("*/*.jpg"))
+    records = records_by_key(tmp_path / "one")
+    assert [records[key][1] for key in range(1, 6)] == [path.read_bytes() for path in files]
+
+
+def test_pack_unpack_pack_is_byte_identical(tmp_path):
+    write_folder(tmp_path / "faces", [2, 1, 12], suffix=".jpg")  # >10 images: keys need zero-padding
+    pack_folder(tmp_path / "faces", tmp_path / "rec", EncodeOptions(keep_bytes=True))
+    written, skipped = rec2image.unpack_records(tmp_path / "rec", tmp_path / "unpacked")
+    assert (written, skipped) == (15, [])
+    assert sorted(p.name for p in (tmp_path / "unpacked").iterdir()) == ["0", "1", "2"]
+    pack_folder(tmp_path / "unpacked", tmp_path / "again", EncodeOptions(keep_bytes=True))
+    for name in ("train.rec", "train.idx", "property"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "rec" / name).read_bytes()
+
+
+def test_rec2image_unpacks_mxnet_fixture_with_labels(tmp_path):
+    written, skipped = rec2image.unpack_records(FIXTURES / "ms1m_style", tmp_path / "out")
+    assert (written, skipped) == (21, [])
+    counts = [len(list(folder.iterdir())) for folder in sorted((tmp_path / "out").iterdir())]
+    assert counts == [3, 5, 4, 2, 4, 3]
+    payload = unpack(IndexedRecordReader(FIXTURES / "ms1m_style" / "train.rec").read(4))[1]
+    assert (tmp_path / "out" / "1" / "04.jpg").read_bytes() == payload
+
+
+def image_signature(folder: Path) -> Counter:
+    """Multiset of (label, payload hash) over the images of a record dataset."""
+    dataset = RecordDataset(folder, decode=False)
+    return Counter((int(first_label(unpack(dataset.reader.read(int(key)))[0])),
+                    hashlib.sha256(unpack(dataset.reader.read(int(key)))[1]).hexdigest())
+                   for key in dataset.image_keys)
+
+
+def test_shuffled_copy_keeps_images_labels_and_a_valid_layout(tmp_path):
+    write_folder(tmp_path / "faces", [4, 1, 3, 5], suffix=".jpg")
+    pack_folder(tmp_path / "faces", tmp_path / "rec", EncodeOptions(keep_bytes=True))
+    assert shuffle_rec.shuffle_records(tmp_path / "rec", tmp_path / "shuffled", seed=1) == 13
+    assert image_signature(tmp_path / "shuffled") == image_signature(tmp_path / "rec")
+    shuffled, original = records_by_key(tmp_path / "shuffled"), records_by_key(tmp_path / "rec")
+    assert [shuffled[key][1] for key in range(1, 14)] != [original[key][1] for key in range(1, 14)]
+    first_identity, end = (int(v) for v in shuffled[0][0].label)
+    assert (first_identity, end) == (14, 18)
+    for label, key in enumerate(range(first_identity, end)):  # each identity record names its images
+        start, stop = (int(v) for v in shuffled[key][0].label)
+        assert {int(shuffled[k][0].label) for k in range(start, stop)} == {label}
+        assert all(shuffled[k][0].id == k for k in range(start, stop))
+    assert RecordDataset(tmp_path / "shuffled").num_classes == 4
+
+
+def test_shuffling_a_file_without_header_keeps_keys_and_records(tmp_path):
+    shuffle_rec.shuffle_records(FIXTURES / "plain", tmp_path / "out", seed=3)
+    original, shuffled = records_by_key(FIXTURES / "plain"), records_by_key(tmp_path / "out")
+    assert original == shuffled
+    order = IndexedRecordReader(tmp_path / "out" / "train.rec").keys.tolist()
+    assert sorted(order) == [0, 5, 7, 100, 101] and order != [0, 5, 7, 100, 101]
+
+
+def test_make_bin_writes_pairs_that_load_back(tmp_path):
+    write_folder(tmp_path / "faces", [2, 2], suffix=".jpg")
+    (tmp_path / "pairs.txt").write_text(
+        "# a comment\nperson_0/00.jpg person_0/01.jpg 1\n\nperson_0/00.jpg person_1/01.jpg 0\n")
+    assert make_bin.make_bin(tmp_path / "pairs.txt", tmp_path / "faces", tmp_path / "sets" / "mine.bin") == 2
+    images, issame = load_bin(tmp_path / "sets" / "mine.bin")
+    assert issame == [True, False]
+    names = ["person_0/00.jpg", "person_0/01.jpg", "person_0/00.jpg", "person_1/01.jpg"]
+    assert images == [(tmp_path / "faces" / name).read_bytes() for name in names]
+
+
+def test_make_bin_names_the_bad_pairs_line(tmp_path):
+    (tmp_path / "pairs.txt").write_text("a.jpg b.jpg 1\na.jpg b.jpg yes\n")
+    with pytest.raises(UserError, match=r"line 2 is 'a.jpg b.jpg yes', not 'path_a path_b 0\|1'"):
+        make_bin.read_pairs(tmp_path / "pairs.txt")
+
+
+def test_pack_refuses_unaligned_images_and_existing_output(tmp_path):
+    write_folder(tmp_path / "big", [1], size=120)
+    with pytest.raises(UserError, match=r"is 120x120, not 112x112; training needs aligned 112x112 faces"):
+        pack_folder(tmp_path / "big", tmp_path / "rec")
+    write_folder(tmp_path / "faces", [1])
+    pack_folder(tmp_path / "faces", tmp_path / "rec")
+    with pytest.raises(UserError, match="already exists; choose another output folder or pass --overwrite"):
+        pack_folder(tmp_path / "faces", tmp_path / "rec")
+
+
+@pytest.mark.parametrize("tool, argv", [
+    (pack_rec, ["{tmp}/missing", "{tmp}/out"]),
+    (shuffle_rec, ["{tmp}/missing", "{tmp}/out"]),
+    (rec2image, ["{tmp}/missing", "{tmp}/out"]),
+    (make_bin, ["--pairs", "{tmp}/missing.txt", "--images", "{tmp}", "--output", "{tmp}/x.bin"]),
+])
+def test_tools_report_user_errors_without_traceback(tool, argv, tmp_path, capsys):
+    assert tool.main([arg.format(tmp=tmp_path) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
+
+
+def test_pack_rec_command_line(tmp_path, capsys):
+    write_folder(tmp_path / "faces", [1, 2])
+    argv = [str(tmp_path / "faces"), str(tmp_path / "rec"), "--encoding", "png", "--shuffle", "--workers", "1"]
+    assert pack_rec.main(argv) == 0
+    assert "packed 3 images of 2 identities" in capsys.readouterr().out
+    assert RecordDataset(tmp_path / "rec").num_classes == 2

@@ -1,0 +1,386 @@
+"""Datasets, the resumable distributed sampler, the loader and on-device batch preparation (CPU)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from easydict import EasyDict
+
+from dataset import (
+    DataError,
+    DeviceAugment,
+    DistributedResumableSampler,
+    GpuJpegDecoder,
+    ImageFolderDataset,
+    RecordDataset,
+    SyntheticDataset,
+    build_dataset,
+    build_loader,
+    collate_encoded,
+    flip_and_normalize,
+    resolve_data_counts,
+)
+from utils.errors import UserError
+from utils.recordio import IndexedRecordWriter, IRHeader, pack, unpack
+
+FIXTURES = Path(__file__).parent / "data" / "recordio"
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+
+
+def random_face(rng: np.random.Generator, size: int = 112) -> np.ndarray:
+    """A smooth random RGB image [H, W, 3] (JPEG-friendly)."""
+    corners = rng.integers(0, 256, size=(2, 2, 3)).astype(np.float32)
+    return cv2.resize(corners, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.uint8)
+
+
+def write_folder(root: Path, counts: list[int], size: int = 112, seed: int = 0) -> dict[str, np.ndarray]:
+    """Identity folders id_0, id_1, ... of PNG images; returns {relative path: RGB array}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for label, count in enumerate(counts):
+        (root / f"id_{label}").mkdir(parents=True)
+        for index in range(count):
+            rgb = random_face(rng, size)
+            relative = f"id_{label}/{index}.png"
+            cv2.imwrite(str(root / relative), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            written[relative] = rgb
+    return written
+
+
+def write_rec(folder: Path, samples: list[tuple[bytes, float]], header: bool = True,
+              prop: str | None = None) -> None:
+    """A small .rec in insightface's layout (or with no header) holding `samples` = [(payload, label)]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    num_classes = int(max(label for _, label in samples)) + 1
+    first_identity = len(samples) + 1
+    with IndexedRecordWriter(folder / "train.rec", folder / "train.idx") as writer:
+        if header:
+            writer.write(0, pack(IRHeader(0, (first_identity, first_identity + num_classes), 0, 0)))
+        for key, (payload, label) in enumerate(samples, start=1):
+            writer.write(key, pack(IRHeader(0, label, key, 0), payload))
+    if prop is not None:
+        (folder / "property").write_text(prop)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+# ---- RecordDataset ----
+
+def test_insightface_layout_gives_images_labels_and_counts():
+    expected = EXPECTED["ms1m_style"]
+    dataset = RecordDataset(FIXTURES / "ms1m_style")
+    assert dataset.has_header and len(dataset) == expected["num_images"] == 21
+    assert dataset.num_classes == expected["num_classes"]
+    labels = [dataset[index][1] for index in range(len(dataset))]
+    assert np.bincount(labels).tolist() == expected["images_per_class"]
+    image, label = dataset[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 112, 112) and isinstance(label, int)
+    mean_rgb = image.double().mean(dim=(1, 2)).tolist()
+    assert np.allclose(mean_rgb, expected["records"]["1"]["decoded_mean_rgb"], atol=1.0)
+
+
+def test_file_without_header_uses_every_key_and_first_label_value():
+    dataset = RecordDataset(FIXTURES / "plain")
+    assert not dataset.has_header
+    assert dataset.image_keys.tolist() == EXPECTED["plain"]["keys_in_idx_order"]
+    labels = {int(key): dataset[index][1] for index, key in enumerate(dataset.image_keys)}
+    assert labels == {0: 0, 5: 1, 7: 2, 100: 0, 101: 1}  # key 7 has the label vector [2, .25, .75]
+    assert dataset.num_classes == 3  # no property: counted from the labels
+
+
+def test_transform_is_applied_to_the_uint8_image():
+    dataset = RecordDataset(FIXTURES / "ms1m_style", transform=lambda image: image.float() / 255)
+    image, _ = dataset[3]
+    assert image.dtype == torch.float32 and float(image.max()) <= 1.0
+
+
+def test_property_disagreeing_with_header_is_an_error(tmp_path):
+    shutil.copytree(FIXTURES / "ms1m_style", tmp_path / "data")
+    (tmp_path / "data" / "property").write_text("7,112,112\n")
+    with pytest.raises(UserError, match=r"property' says 7 classes but the header record .* lists 6"):
+        RecordDataset(tmp_path / "data")
+
+
+def test_missing_data_directory_names_config_rec(tmp_path):
+    with pytest.raises(UserError, match=r"'.*nowhere' does not exist; set config.rec"):
+        RecordDataset(tmp_path / "nowhere")
+
+
+def test_truncated_rec_fails_at_construction(tmp_path):
+    shutil.copytree(FIXTURES / "ms1m_style", tmp_path / "data")
+    rec = tmp_path / "data" / "train.rec"
+    rec.write_bytes(rec.read_bytes()[:30000])
+    with pytest.raises(UserError, match=r"places key \d+ at byte \d+ but .*train.rec' holds only 30000 bytes"):
+        RecordDataset(tmp_path / "data")
+
+
+def test_label_outside_num_classes_is_an_error(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = [(png_bytes(random_face(rng)), 0.0), (png_bytes(random_face(rng)), 3.0)]
+    write_rec(tmp_path / "data", samples, header=False, prop="2,112,112\n")
+    dataset = RecordDataset(tmp_path / "data")
+    assert dataset[0][1] == 0
+    with pytest.raises(DataError, match=r"record key 2 .* has label 3, outside \[0, 2\)"):
+        dataset[1]
+
+
+def test_image_of_wrong_size_is_an_error_with_alignment_hint(tmp_path):
+    rng = np.random.default_rng(0)
+    write_rec(tmp_path / "data", [(png_bytes(random_face(rng, size=96)), 0.0)])
+    with pytest.raises(DataError, match=r"is 96x96, not 112x112; training needs aligned 112x112 faces"):
+        RecordDataset(tmp_path / "data")[0]
+
+
+def corrupt_dataset(tmp_path: Path, num_good: int, bad_positions: set[int], fraction: float) -> RecordDataset:
+    rng = np.random.default_rng(1)
+    samples = [(b"definitely not an image" if index in bad_positions else png_bytes(random_face(rng)),
+                float(index % 2)) for index in range(num_good + len(bad_positions))]
+    write_rec(tmp_path / "data", samples)
+    return RecordDataset(tmp_path / "data", max_corrupt_fraction=fraction)
+
+
+def test_corrupt_record_is_skipped_with_warning_and_replaced_by_the_next(tmp_path, caplog):
+    dataset = corrupt_dataset(tmp_path, num_good=9, bad_positions={4}, fraction=0.1)
+    with caplog.at_level(logging.WARNING, logger="dataset"):
+        image, label = dataset[4]
+    assert "skipping record key 5 of" in caplog.text  # position 4 is key 5
+    expected_image, expected_label = dataset[5]
+    assert torch.equal(image, expected_image) and label == expected_label
+    assert dataset.corrupt.bad_names == {f"record key 5 of '{tmp_path / 'data' / 'train.rec'}'"}
+    dataset[4]  # the same record again is not counted twice
+    assert len(dataset.corrupt.bad_names) == 1
+
+
+def test_too_many_corrupt_records_stop_with_a_clear_message(tmp_path):
+    dataset = corrupt_dataset(tmp_path, num_good=8, bad_positions={1, 5}, fraction=0.1)  # budget: 1 of 10
+    dataset[1]
+    with pytest.raises(DataError, match=r"2 images failed to decode .*more than max_corrupt_fraction=0.1"):
+        dataset[5]
+
+
+def test_corrupt_limit_raised_in_a_worker_reaches_the_trainer_as_one_sentence(tmp_path):
+    dataset = corrupt_dataset(tmp_path, num_good=3, bad_positions={0}, fraction=0.0)
+    loader = build_loader(dataset, batch_size=2, num_workers=1, shuffle=False)
+    with pytest.raises(DataError) as caught:
+        next(iter(loader))
+    message = str(caught.value)
+    loader._iterator._shutdown_workers()  # now, rather than in a later test's garbage collection
+    assert message.startswith("1 images failed to decode (last: record key 1") and "Traceback" not in message
+
+
+def test_encoded_mode_returns_the_payload_bytes():
+    dataset = RecordDataset(FIXTURES / "ms1m_style", decode=False)
+    encoded, label, name = dataset[0]
+    _, payload = unpack(dataset.reader.read(1))
+    assert encoded.dtype == torch.uint8 and bytes(encoded.tolist()) == payload and label == 0
+    assert "record key 1" in name
+    batch = collate_encoded([dataset[0], dataset[5]])
+    assert len(batch[0]) == 2 and batch[1].tolist() == [0, 1]
+
+
+# ---- config counts ----
+
+def test_counts_from_data_fill_zero_and_reject_mismatch():
+    dataset = RecordDataset(FIXTURES / "ms1m_style")
+    config = EasyDict(num_classes=0, num_image=0, rec=str(FIXTURES / "ms1m_style"), dataset="recordio")
+    resolved = resolve_data_counts(config, dataset)
+    assert (resolved.num_classes, resolved.num_image) == (6, 21) and config.num_classes == 0
+    assert resolve_data_counts(EasyDict(config, num_classes=6, num_image=21), dataset).num_image == 21
+    with pytest.raises(UserError, match=r"config.num_classes is 85742 but the data in .* holds 6"):
+        resolve_data_counts(EasyDict(config, num_classes=85742), dataset)
+    with pytest.raises(UserError, match=r"config.num_image is 20 but the data in .* holds 21"):
+        resolve_data_counts(EasyDict(config, num_image=20), dataset)
+
+
+def base_config(**overrides) -> EasyDict:
+    config = EasyDict(dataset="recordio", rec="", num_classes=0, num_image=0, gpu_decode=False,
+                      max_corrupt_fraction=0.001)
+    config.update(overrides)
+    return config
+
+
+def test_build_dataset_picks_the_configured_kind(tmp_path):
+    write_folder(tmp_path / "faces", [2, 1])
+    assert isinstance(build_dataset(base_config(rec=str(FIXTURES / "plain"))), RecordDataset)
+    assert isinstance(build_dataset(base_config(dataset="folder", rec=str(tmp_path / "faces"))),
+                      ImageFolderDataset)
+    synthetic = build_dataset(base_config(dataset="synthetic", num_classes=4, num_image=10))
+    assert isinstance(synthetic, SyntheticDataset) and len(synthetic) == 10
+    with pytest.raises(UserError, match="config key 'rec' is not set"):
+        build_dataset(base_config())
+    with pytest.raises(UserError, match="synthetic dataset needs num_image >= 1"):
+        build_dataset(base_config(dataset="synthetic"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_gpu_decode_without_cuda_is_a_clear_error():
+    with pytest.raises(UserError, match="gpu_decode is True but CUDA is not available"):
+        build_dataset(base_config(rec=str(FIXTURES / "plain"), gpu_decode=True))
+    with pytest.raises(UserError, match="gpu_decode=True needs a CUDA device"):
+        GpuJpegDecoder("cpu", num_images=10, max_corrupt_fraction=0.0)
+
+
+# ---- folders and synthetic data ----
+
+def test_image_folder_labels_follow_sorted_names_and_pixels_are_exact(tmp_path):
+    written = write_folder(tmp_path / "faces", [2, 3, 1])
+    (tmp_path / "faces" / "empty").mkdir()
+    dataset = ImageFolderDataset(tmp_path / "faces")
+    assert dataset.classes == ["id_0", "id_1", "id_2"] and dataset.num_classes == 3 and len(dataset) == 6
+    for index in range(len(dataset)):
+        image, label = dataset[index]
+        relative = dataset.paths[index].decode()
+        assert label == int(relative.split("/")[0][3:])
+        assert torch.equal(image, torch.from_numpy(written[relative]).permute(2, 0, 1))
+
+
+def test_image_folder_of_wrong_size_tells_how_to_fix(tmp_path):
+    write_folder(tmp_path / "faces", [1], size=128)
+    with pytest.raises(UserError, match=r"is 128x128, not 112x112; training needs aligned 112x112 faces: align"):
+        ImageFolderDataset(tmp_path / "faces")
+
+
+def test_image_folder_without_identity_folders_is_an_error(tmp_path):
+    (tmp_path / "flat").mkdir()
+    cv2.imwrite(str(tmp_path / "flat" / "a.png"), np.zeros((112, 112, 3), np.uint8))
+    with pytest.raises(UserError, match="holds no identity sub-folders with images"):
+        ImageFolderDataset(tmp_path / "flat")
+
+
+def test_synthetic_dataset_is_deterministic():
+    first, second = SyntheticDataset(20, 3, seed=5), SyntheticDataset(20, 3, seed=5)
+    assert all(torch.equal(first[i][0], second[i][0]) for i in (0, 7, 19))
+    assert [first[i][1] for i in range(5)] == [0, 1, 2, 0, 1]
+    assert not torch.equal(first[0][0], first[1][0])
+    assert not torch.equal(first[0][0], SyntheticDataset(20, 3, seed=6)[0][0])
+
+
+# ---- sampler ----
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("num_samples", [12, 13, 3])
+def test_shards_are_disjoint_and_complete(world_size, num_samples):
+    shards = [list(DistributedResumableSampler(num_samples, rank, world_size, seed=7))
+              for rank in range(world_size)]
+    taken = [index for shard in shards for index in shard]
+    assert len({len(shard) for shard in shards}) == 1  # every rank runs the same number of steps
+    assert len(taken) == len(set(taken)) == num_samples - num_samples % world_size
+    padded = [list(DistributedResumableSampler(num_samples, rank, world_size, seed=7, drop_last=False))
+              for rank in range(world_size)]
+    assert len({len(shard) for shard in padded}) == 1
+    assert set().union(*padded) == set(range(num_samples))
+
+
+def test_epochs_reshuffle_from_the_seed():
+    sampler = DistributedResumableSampler(50, seed=3)
+    epoch0 = list(sampler)
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert sorted(epoch0) == sorted(epoch1) == list(range(50)) and epoch0 != epoch1
+    again = DistributedResumableSampler(50, seed=3)
+    again.set_epoch(1)
+    assert list(again) == epoch1
+    expected = torch.randperm(50, generator=torch.Generator().manual_seed(3 + 1)).tolist()
+    assert epoch1 == expected
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_resuming_mid_epoch_continues_the_same_order(world_size):
+    for rank in range(world_size):
+        full = DistributedResumableSampler(40, rank, world_size, seed=11)
+        full.set_epoch(2)
+        order = list(full)
+        resumed = DistributedResumableSampler(40, rank, world_size, seed=11)
+        resumed.set_epoch(2)
+        resumed.set_start(5)
+        assert list(resumed) == order[5:] and len(resumed) == len(order) - 5
+        restored = DistributedResumableSampler(40, rank, world_size, seed=11)
+        restored.load_state_dict(resumed.state_dict())
+        assert list(restored) == order[5:]
+
+
+def test_resuming_with_another_world_size_sees_every_remaining_sample_once():
+    old = [DistributedResumableSampler(48, rank, 4, seed=1) for rank in range(4)]
+    consumed = {index for sampler in old for index in list(sampler)[:3]}
+    old[0].set_start(3)
+    state = old[0].state_dict()
+    new = [DistributedResumableSampler(48, rank, 2, seed=1) for rank in range(2)]
+    for sampler in new:
+        sampler.load_state_dict(state)
+    remaining = [index for sampler in new for index in sampler]
+    assert len(remaining) == len(set(remaining)) == 48 - 12
+    assert set(remaining) | consumed == set(range(48))
+
+
+def test_state_from_other_data_is_refused():
+    state = DistributedResumableSampler(10, seed=1).state_dict()
+    with pytest.raises(UserError, match="made for 10 images with seed 1"):
+        DistributedResumableSampler(11, seed=1).load_state_dict(state)
+
+
+# ---- loader ----
+
+class WorkerRandom(torch.utils.data.Dataset):
+    """Returns the index and a draw from the worker's torch RNG, to check worker seeding."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        return index, torch.rand(()).item()
+
+
+def test_loader_follows_the_sampler_and_seeds_workers_per_rank():
+    def draws(rank):
+        loader = build_loader(WorkerRandom(), batch_size=4, rank=rank, world_size=2, seed=9, num_workers=2)
+        return [(indices.tolist(), values.tolist()) for indices, values in loader]
+
+    rank0, rank0_again, rank1 = draws(0), draws(0), draws(1)
+    assert rank0 == rank0_again  # same seed, rank and worker -> same random numbers
+    assert [values for _, values in rank0] != [values for _, values in rank1]
+    expected = list(DistributedResumableSampler(16, 0, 2, seed=9))
+    assert [index for indices, _ in rank0 for index in indices] == expected
+    assert len(rank0) == 2 and all(len(indices) == 4 for indices, _ in rank0)
+
+
+def test_loader_over_records_gives_uint8_batches_and_drops_the_last_partial_batch():
+    dataset = RecordDataset(FIXTURES / "ms1m_style")
+    loader = build_loader(dataset, batch_size=4, num_workers=1, seed=0)
+    batches = list(loader)
+    assert len(batches) == 5 == len(loader)
+    images, labels = batches[0]
+    assert images.shape == (4, 3, 112, 112) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert not loader.pin_memory  # pinned only for CUDA devices
+
+
+# ---- on the device ----
+
+def test_flip_and_normalize_matches_the_released_transform():
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    kept = images.clone()
+    plain = flip_and_normalize(images, flip=False)
+    assert torch.equal(plain, (images.float() / 255 - 0.5) / 0.5)
+    flipped = flip_and_normalize(images, flip=True, generator=torch.Generator().manual_seed(4))
+    flip_mask = torch.rand(6, generator=torch.Generator().manual_seed(4)) < 0.5
+    assert 0 < int(flip_mask.sum()) < 6  # the seed exercises both branches
+    for index in range(6):
+        want = plain[index].flip(-1) if flip_mask[index] else plain[index]
+        assert torch.equal(flipped[index], want)
+    assert torch.equal(images, kept) and flipped.min() >= -1 and flipped.max() <= 1
+
+
+def test_device_augment_moves_a_loader_batch_to_training_input():
+    augment = DeviceAugment("cpu", flip=False)
+    images = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    inputs, labels = augment((images, torch.tensor([3, 1])))
+    assert inputs.dtype == torch.float32 and torch.equal(inputs, torch.ones(2, 3, 4, 4))
+    assert labels.tolist() == [3, 1]
