@@ -146,13 +146,15 @@ def perturb_chosen(images: torch.Tensor, chosen: torch.Tensor, chosen_patch_weig
     target = _patch_pixel_index(images.shape, owner, top_cells, patch_size)  # [M, K, C, P, P]
     partner = _patch_pixel_index(images.shape, partner_images, partner_cells, patch_size)  # [M, K, C, P, P]
     dtype = torch.promote_types(images.dtype, torch.float32)
-    src = to_pixels(images.take(target).to(dtype))  # [M, K, C, P, P], from the clean batch
-    ref = to_pixels(images.take(partner).to(dtype))  # [M, K, C, P, P], from the clean batch
+    flat = images.view(-1)  # [B*C*H*W]
+    src = to_pixels(flat.index_select(0, target.view(-1)).view(target.shape).to(dtype))  # [M, K, C, P, P]
+    ref = to_pixels(flat.index_select(0, partner.view(-1)).view(partner.shape).to(dtype))  # [M, K, C, P, P]
     pixels = amplitude_mix(src, ref, lam, ratio).clamp(0, PIXEL_MAX)
     if quantize:
         pixels = pixels.trunc()  # the released uint8 cast of the clipped value
     out = images.clone()
-    out.put_(target, from_pixels(pixels).to(out.dtype))  # target patches are distinct: no write collides
+    # Target patches are distinct, so no two writes collide.
+    out.view(-1).index_copy_(0, target.view(-1), from_pixels(pixels).to(out.dtype).view(-1))
     return out
 
 

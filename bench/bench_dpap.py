@@ -204,6 +204,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-batch", type=int, default=64)
     parser.add_argument("--cuda-network", default="vit_s_dp005_mask_0")
     parser.add_argument("--cuda-batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return parser.parse_args(argv)
 
 
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     cfg = dpap.DPAP()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     print("command: python -m bench.bench_dpap " + " ".join(sys.argv[1:] if argv is None else argv))
