@@ -6,6 +6,7 @@ Legend: B batch, N patches (144 for 112x112 input and 9-pixel patches), D width,
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -92,7 +93,10 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
 
     q, k, v: [B, H, L, d]; returns [B, H, L, d] in fp32.
     """
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    device_type = q.device.type
+    no_autocast = (torch.autocast(device_type=device_type, enabled=False)
+                   if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext())
+    with no_autocast:
         q, k, v = q.float(), k.float(), v.float()
         attn = (q @ k.transpose(-2, -1)) * scale  # [B, H, L, L]
         return attn.softmax(dim=-1) @ v

@@ -13,19 +13,23 @@ log = logging.getLogger("transface")
 
 
 def setup_logging(output: str | Path, rank: int) -> None:
-    """Rank 0 logs INFO to stderr and `<output>/training.log`; other ranks log warnings only."""
+    """Rank 0 logs INFO to stderr and `<output>/training.log`; other ranks log warnings only.
+
+    Handlers from an earlier call (a second run in the same process) are replaced; others are kept.
+    """
     root = logging.getLogger()
-    for handler in list(root.handlers):
+    for handler in [h for h in root.handlers if getattr(h, "transface", False)]:
         root.removeHandler(handler)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(formatter)
-    root.addHandler(console)
+        handler.close()
+    formatter = logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
     if rank == 0:
         Path(output).mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(Path(output) / "training.log")
-        file_handler.setFormatter(formatter)
-        root.addHandler(file_handler)
+        handlers.append(logging.FileHandler(Path(output) / "training.log"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.transface = True
+        root.addHandler(handler)
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
