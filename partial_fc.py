@@ -27,6 +27,7 @@ from utils.errors import UserError
 # depend on the world size.
 INIT_STD = 0.01
 _INIT_BLOCK_ROWS = 8192
+_MIN_NORM = 1e-12  # as F.normalize: a zero centre gives zero cosines instead of NaN
 
 
 def _rank_and_world(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
@@ -304,7 +305,7 @@ class PartialFC(nn.Module):
         if sample_weights is not None and tuple(sample_weights.shape) != (num_samples,):
             raise ValueError(f"expected sample weights of shape ({num_samples},), got "
                              f"{tuple(sample_weights.shape)}")
-        return labels.reshape(num_samples).long()
+        return labels.reshape(num_samples).long()  # [B]
 
     def _gather_batch(self, embeddings: torch.Tensor, labels: torch.Tensor,
                       sample_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -330,8 +331,14 @@ class PartialFC(nn.Module):
                             "num_classes - 1, so set num_classes to the number of identities in the data.")
 
     def _cosine(self, embeddings: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        """Cosines [N, S] in float32; the product runs in the autocast dtype when autocast is on."""
+        """Cosines [N, S] in float32; the product runs in the autocast dtype when autocast is on.
+
+        The centres are divided by their norms after the product, on [N, S] rather than on [S, D]: no
+        normalised copy of the centres (nor its gradient) is materialised, which for large shards is as
+        big as the shard itself.
+        """
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             unit_embeddings = F.normalize(embeddings.float(), dim=1)  # [N, D]
-            unit_centres = F.normalize(centres.float(), dim=1)  # [S, D]
-        return F.linear(unit_embeddings, unit_centres).float()  # [N, S]
+            centre_norms = centres.float().norm(dim=1).clamp(min=_MIN_NORM)  # [S]
+        products = F.linear(unit_embeddings, centres)  # [N, S]
+        return products.float() / centre_norms
