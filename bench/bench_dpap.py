@@ -1,10 +1,11 @@
 """Benchmark DPAP: batched perturbation vs the released per-patch NumPy loop, and the cost in a training step.
 
-    python -m bench.bench_dpap                      # CPU (and CUDA when present), default sizes
-    python -m bench.bench_dpap --devices cpu --perturb-batches 128 512 --rounds 20
+    python -m bench.bench_dpap                      # CPU (and CUDA when present), 1 CPU thread
+    python -m bench.bench_dpap --devices cpu --perturb-batches 128 512 1024 --rounds 20 --threads 0
 
 Part 1 times `dpap.perturb` against a straightforward reimplementation of the released loop (device ->
-host copy, one NumPy FFT mix per patch, host -> device copy), both at the released p, K and alpha.
+host copy, one NumPy FFT mix per patch written back in place, host -> device copy), both at the released
+p, K and alpha.
 Part 2 times a training step (forward with patch info, linear-classifier cross-entropy, backward, AdamW)
 without DPAP, with our DPAP (scoring pass on the chosen images + batched perturbation), and with the
 released approach (a full extra no-grad forward of the whole batch + the per-patch loop), interleaved
@@ -204,7 +205,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-batch", type=int, default=64)
     parser.add_argument("--cuda-network", default="vit_s_dp005_mask_0")
     parser.add_argument("--cuda-batch", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; 1 keeps CPU timings stable on a shared machine, 0 = torch's default")
     return parser.parse_args(argv)
 
 
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     cfg = dpap.DPAP()
-    if args.threads is not None:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
