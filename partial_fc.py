@@ -196,10 +196,12 @@ class PartialFC(nn.Module):
             a class in the global batch is kept and random others fill up to ceil(sample_rate · C).
         seed: seed of the centres' initialisation (the full matrix is the same for every world size).
         group: process group of the classifier; None: the default group, or none at all.
+        generator: draws the random negatives (on the centres' device); None: torch's global generator.
     """
 
     def __init__(self, margin_loss: nn.Module, embedding_size: int, num_classes: int, sample_rate: float = 1.0,
-                 *, seed: int = 0, group: dist.ProcessGroup | None = None):
+                 *, seed: int = 0, group: dist.ProcessGroup | None = None,
+                 generator: torch.Generator | None = None):
         super().__init__()
         if not 0.0 < sample_rate <= 1.0:
             raise UserError(f"sample_rate is {sample_rate}; it must be in (0, 1] (config key sample_rate).")
@@ -215,6 +217,7 @@ class PartialFC(nn.Module):
         self.num_classes = num_classes
         self.sample_rate = sample_rate
         self.group = group
+        self.generator = generator
         self.class_start, self.class_stop = class_range(num_classes, self.rank, self.world_size)
         self.num_local = self.class_stop - self.class_start
         # Rounded first so that, e.g., 0.7 * 10 = 7.000000000000001 samples 7 centres, not 8.
@@ -243,7 +246,7 @@ class PartialFC(nn.Module):
         """The rows of this shard used for the global labels [N], and the labels remapped to them.
 
         With sample_rate 1 every row is used. Otherwise every row whose class occurs in the batch is
-        kept and random other rows (torch's global generator) fill up to ceil(sample_rate · C).
+        kept and random other rows (from `generator`) fill up to ceil(sample_rate · C).
         """
         local = labels - self.class_start  # [N]
         in_shard = (local >= 0) & (local < self.num_local)  # [N]
@@ -251,7 +254,7 @@ class PartialFC(nn.Module):
             return SampledCentres(None, torch.where(in_shard, local, -1))
         positives = torch.unique(local[in_shard])  # [P], sorted
         num_sample = max(self.num_sample, positives.numel())
-        scores = torch.rand(self.num_local, device=labels.device)  # [C], in [0, 1)
+        scores = torch.rand(self.num_local, device=labels.device, generator=self.generator)  # [C], in [0, 1)
         scores[positives] = 2.0  # every positive outranks every negative
         index = scores.topk(num_sample).indices.sort().values  # [S]
         remapped = torch.searchsorted(index, local.clamp(0, self.num_local - 1))  # [N]

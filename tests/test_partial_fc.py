@@ -152,6 +152,15 @@ def test_number_of_sampled_centres_is_ceil_of_rate_or_number_of_positives(sample
     assert torch.equal(sampled.index[sampled.labels], torch.tensor(classes))
 
 
+def test_sampling_with_a_seeded_generator_repeats_and_other_seeds_differ():
+    labels = torch.tensor([5])
+    draws = [PartialFC(margin_loss(), EMBEDDING_SIZE, 1000, sample_rate=0.01,
+                       generator=torch.Generator().manual_seed(seed)).sample_centres(labels).index
+             for seed in (1, 1, 2)]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    assert 5 in draws[0].tolist()
+
+
 def test_centres_not_sampled_in_a_step_still_move_by_momentum():
     """The documented choice: a dense zero gradient, so SGD momentum keeps moving idle centres."""
     torch.manual_seed(0)
