@@ -457,20 +457,17 @@ def flip_and_normalize(images: torch.Tensor, flip: bool = True,
     return pixels.div_(255).sub_(0.5).div_(0.5)  # as ToTensor + Normalize(0.5, 0.5) of the released code
 
 
-class GpuJpegDecoder:
-    """Decodes a batch of encoded images on a CUDA device (nvJPEG through torchvision).
+class BatchJpegDecoder:
+    """Decodes a batch of encoded images on `device` with torchvision (nvJPEG on CUDA).
 
-    PNG (or other non-JPEG) payloads are decoded on the CPU and moved over. An image that fails to
-    decode is replaced by another image of the batch (with its label) and counted like in the datasets.
+    PNG (or other non-JPEG) payloads are decoded with OpenCV and moved over. An image that fails to
+    decode is replaced by another image of the batch (with its label), so the batch keeps its size, and
+    counted as in the datasets.
     """
 
     def __init__(self, device: str | torch.device, num_images: int, max_corrupt_fraction: float,
                  image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)):
         self.device = torch.device(device)
-        if self.device.type != "cuda" or not torch.cuda.is_available():
-            raise UserError(f"gpu_decode=True needs a CUDA device, but the device is '{self.device}'"
-                            f"{'' if torch.cuda.is_available() else ' and CUDA is not available'}; set "
-                            "gpu_decode=False to decode on the CPU workers.")
         self.image_size = image_size
         self.corrupt = CorruptCounter(num_images, max_corrupt_fraction)
 
@@ -481,46 +478,62 @@ class GpuJpegDecoder:
         good = [index for index, image in enumerate(images) if image is not None]
         if not good:
             raise DataError(f"no image of the batch could be decoded (first: {names[0]}); the data is unusable.")
-        sources = [index if images[index] is not None else good[index % len(good)] for index in range(len(images))]
+        # A failed image is replaced by the next decoded one (cyclically), as the datasets do.
+        sources = [index if image is not None else next((g for g in good if g > index), good[0])
+                   for index, image in enumerate(images)]
         batch = torch.stack([images[index] for index in sources])  # [B, 3, H, W]
         return batch, labels[torch.tensor(sources)]
 
     def _decode_all(self, encoded: list[torch.Tensor], names: list[str]) -> list[torch.Tensor | None]:
-        jpeg_indices = [i for i, data in enumerate(encoded) if bytes(data[:2].tolist()) == _JPEG_START]
-        images: list[torch.Tensor | None] = [None] * len(encoded)
-        try:
-            decoded = decode_jpeg([encoded[i] for i in jpeg_indices], mode=ImageReadMode.RGB, device=self.device)
-            images_by_index = dict(zip(jpeg_indices, decoded))
-        except RuntimeError:  # one bad JPEG fails the whole batch: find it image by image
-            images_by_index = {}
-        for index, data in enumerate(encoded):
-            images[index] = images_by_index.get(index)
-            if images[index] is None:
-                images[index] = self._decode_one(data, names[index], index in jpeg_indices)
+        """[3, H, W] images on the device, None where decoding failed (counted)."""
+        is_jpeg = [bytes(data[:2].tolist()) == _JPEG_START for data in encoded]
+        jpeg_indices = [index for index, flag in enumerate(is_jpeg) if flag]
+        decoded: dict[int, torch.Tensor] = {}
+        if jpeg_indices:
+            try:
+                batch = decode_jpeg([encoded[i] for i in jpeg_indices], mode=ImageReadMode.RGB, device=self.device)
+                decoded = dict(zip(jpeg_indices, batch))
+            except RuntimeError:  # one bad JPEG fails the whole call: decode one by one to find it
+                decoded = {}
+        images = [decoded[index] if index in decoded else self._decode_one(data, name, jpeg)
+                  for index, (data, name, jpeg) in enumerate(zip(encoded, names, is_jpeg))]
+        for image, name in zip(images, names):
+            if image is not None and tuple(image.shape[1:]) != self.image_size:
+                raise DataError(f"{name} is {image.shape[2]}x{image.shape[1]}, not "
+                                f"{self.image_size[1]}x{self.image_size[0]}; {ALIGN_HINT}.")
         return images
 
     def _decode_one(self, data: torch.Tensor, name: str, is_jpeg: bool) -> torch.Tensor | None:
         try:
             if is_jpeg:
-                image = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-            else:
-                image = decode_image(data.numpy().tobytes()).to(self.device, non_blocking=True)
+                return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+            return decode_image(data.numpy().tobytes()).to(self.device, non_blocking=True)
         except (RuntimeError, ValueError) as exc:
-            self.corrupt.add(name, str(exc).splitlines()[-1] if str(exc) else type(exc).__name__)
+            reason = str(exc).rsplit(", ", 1)[-1] or type(exc).__name__  # drop torchvision's source path
+            self.corrupt.add(name, reason)
             return None
-        if tuple(image.shape[1:]) != self.image_size:
-            raise DataError(f"{name} is {image.shape[2]}x{image.shape[1]}, not "
-                            f"{self.image_size[1]}x{self.image_size[0]}; {ALIGN_HINT}.")
-        return image
+
+
+class GpuJpegDecoder(BatchJpegDecoder):
+    """BatchJpegDecoder that insists on a CUDA device (config.gpu_decode)."""
+
+    def __init__(self, device: str | torch.device, num_images: int, max_corrupt_fraction: float,
+                 image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)):
+        device = torch.device(device)
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise UserError(f"gpu_decode=True needs a CUDA device, but the device is '{device}'"
+                            f"{'' if torch.cuda.is_available() else ' and CUDA is not available'}; set "
+                            "gpu_decode=False to decode on the CPU workers.")
+        super().__init__(device, num_images, max_corrupt_fraction, image_size)
 
 
 class DeviceAugment:
     """Turns a loader batch into training input on the device: float images [B, 3, H, W] in [-1, 1]
     with random horizontal flips, and int64 labels [B]. Copies are non-blocking (the loader pins memory
-    on CUDA); with a GpuJpegDecoder the batch holds encoded bytes that are decoded on the GPU first."""
+    on CUDA); with a decoder the batch holds encoded bytes that are decoded on the device first."""
 
     def __init__(self, device: str | torch.device, flip: bool = True, generator: torch.Generator | None = None,
-                 decoder: GpuJpegDecoder | None = None):
+                 decoder: BatchJpegDecoder | None = None):
         self.device = torch.device(device)
         self.flip = flip
         self.generator = generator

@@ -14,6 +14,7 @@ import torch
 from easydict import EasyDict
 
 from dataset import (
+    BatchJpegDecoder,
     DataError,
     DeviceAugment,
     DistributedResumableSampler,
@@ -384,3 +385,37 @@ def test_device_augment_moves_a_loader_batch_to_training_input():
     inputs, labels = augment((images, torch.tensor([3, 1])))
     assert inputs.dtype == torch.float32 and torch.equal(inputs, torch.ones(2, 3, 4, 4))
     assert labels.tolist() == [3, 1]
+
+
+def encoded_batch(dataset: RecordDataset, positions: list[int]):
+    return collate_encoded([dataset[position] for position in positions])
+
+
+def test_batch_decoder_matches_worker_decoding_and_replaces_bad_images(tmp_path):
+    rng = np.random.default_rng(2)
+    jpeg = cv2.imencode(".jpg", random_face(rng))[1].tobytes()
+    samples = [(jpeg, 0.0), (png_bytes(random_face(rng)), 1.0), (jpeg[:40], 2.0), (jpeg, 3.0)]
+    write_rec(tmp_path / "data", samples)
+    decoded = RecordDataset(tmp_path / "data", max_corrupt_fraction=0.5)
+    encoded = RecordDataset(tmp_path / "data", decode=False)
+    decoder = BatchJpegDecoder("cpu", num_images=4, max_corrupt_fraction=0.25)
+    images, labels = decoder(*encoded_batch(encoded, [0, 1, 2, 3]))
+    assert images.shape == (4, 3, 112, 112) and images.dtype == torch.uint8
+    for position in (0, 1, 3):
+        assert torch.equal(images[position], decoded[position][0])  # same pixels as OpenCV in the workers
+    assert labels.tolist() == [0, 1, 3, 3]  # the truncated JPEG is replaced by the next image, with its label
+    assert torch.equal(images[2], images[3])
+    assert len(decoder.corrupt.bad_names) == 1
+    with pytest.raises(DataError, match=r"2 images failed to decode"):
+        decoder(*encoded_batch(encoded, [2, 2, 0])[:2], ["another bad", "record key 3", "ok"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_decode_equals_cpu_decode_closely():
+    encoded = RecordDataset(FIXTURES / "ms1m_style", decode=False)
+    decoded = RecordDataset(FIXTURES / "ms1m_style")
+    augment = DeviceAugment("cuda", flip=False, decoder=GpuJpegDecoder("cuda", len(encoded), 0.0))
+    inputs, labels = augment(encoded_batch(encoded, list(range(8))))
+    expected = torch.stack([decoded[i][0] for i in range(8)]).float() / 127.5 - 1
+    assert inputs.device.type == "cuda" and labels.device.type == "cuda"
+    assert (inputs.cpu() - expected).abs().mean() < 0.02  # nvJPEG and libjpeg differ by rounding
