@@ -1,0 +1,485 @@
+"""Generate the demo data: synthetic identities for training, verification and IJB-C-format evaluation.
+
+Everything follows from the arguments: the same arguments write the same bytes. Identities are split
+three ways and never shared: the first `--num-train-ids` are the training classes, the next
+`--num-val-ids` make the `.bin` pair sets, the last `--num-ijb-ids` the IJB-C-format set.
+`manifest.json` records which identity every pair image and IJB image shows. The faces come from
+`tools/demo_faces.py`.
+
+Written under --out:
+
+    train.rec, train.idx, property       insightface RecordIO layout, 112x112 aligned JPEGs
+    demo_lfw.bin, demo_hard.bin          insightface .bin pair sets (hard: pose, occlusion, light,
+                                         look-alike impostors)
+    IJBC/loose_crop/<n>.jpg, IJBC/meta/  loose crops with 5-point landmarks, templates, pairs, 1:N files
+    manifest.json                        the arguments, the identity splits and who is in which image
+
+    python -m tools.make_demo_data --out demo_data --seed 0
+    python -m tools.make_demo_data --out demo_data --check     # trivial baselines on the .bin sets
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from eval.verification import kfold_accuracy
+from tools.demo_faces import (
+    Identity,
+    View,
+    encode_jpeg,
+    render_loose,
+    sample_aligned,
+    sample_identity,
+    sample_view,
+    vary_view,
+)
+from tools.pack_rec import write_records
+from utils.binfile import decode_bin_images, load_bin, save_bin
+from utils.errors import UserError
+from utils.recordio import IRHeader
+
+VERIFICATION_SETS = ("demo_lfw", "demo_hard")
+IJB_TARGET = "IJBC"
+GALLERY_FRACTIONS = {"G1": 0.4, "G2": 0.4}  # the remaining subjects are in no gallery
+
+
+class Stream(IntEnum):
+    """Independent random streams; every image has its own generator keyed by (seed, stream, ...)."""
+
+    IDENTITY = 0
+    TRAIN = 1
+    PAIR_PLAN = 2
+    PAIR_IMAGE = 3
+    IJB_PLAN = 4
+    IJB_MEDIA = 5
+    IJB_FRAME = 6
+    IJB_PLACEMENT = 7
+    SHEET = 8
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """What to generate; the identity index ranges of the three splits follow from the counts."""
+
+    seed: int = 0
+    num_train_ids: int = 300
+    images_per_id: int = 30
+    num_val_ids: int = 100
+    num_pairs: int = 600
+    num_ijb_ids: int = 100
+    templates_per_id: int = 3
+
+    def train_ids(self) -> range:
+        return range(0, self.num_train_ids)
+
+    def val_ids(self) -> range:
+        return range(self.num_train_ids, self.num_train_ids + self.num_val_ids)
+
+    def ijb_ids(self) -> range:
+        start = self.num_train_ids + self.num_val_ids
+        return range(start, start + self.num_ijb_ids)
+
+    def validate(self) -> None:
+        counts = {"--num-train-ids": self.num_train_ids, "--images-per-id": self.images_per_id,
+                  "--num-val-ids": (self.num_val_ids, 2), "--num-pairs": (self.num_pairs, 10),
+                  "--num-ijb-ids": (self.num_ijb_ids, 2), "--templates-per-id": (self.templates_per_id, 2)}
+        for flag, value in counts.items():
+            value, least = value if isinstance(value, tuple) else (value, 1)
+            if value < least:
+                raise UserError(f"{flag} is {value}; it must be at least {least}.")
+
+
+def stream_rng(spec: DemoSpec, stream: Stream, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, int(stream), *keys])
+
+
+def identity_of(spec: DemoSpec, index: int) -> Identity:
+    """The person with global identity index `index` (the same in every split's bookkeeping)."""
+    return sample_identity(stream_rng(spec, Stream.IDENTITY, index))
+
+
+# ---- training set ----
+
+def train_images(spec: DemoSpec, index: int) -> list[bytes]:
+    """The JPEGs of training identity `index`."""
+    person = identity_of(spec, index)
+    images = []
+    for number in range(spec.images_per_id):
+        image, view = sample_aligned(person, stream_rng(spec, Stream.TRAIN, index, number))
+        images.append(encode_jpeg(image, view.jpeg_quality))
+    return images
+
+
+def _train_task(task: tuple[DemoSpec, int]) -> list[bytes]:
+    return train_images(*task)
+
+
+def write_training_set(spec: DemoSpec, out_dir: Path, pool) -> None:
+    """train.rec / train.idx / property; label = identity index."""
+    labels = list(spec.train_ids())
+    per_identity = pool_map(pool, _train_task, [(spec, label) for label in labels])
+    blocks = [(label, [None] * spec.images_per_id) for label in labels]
+    records = ((IRHeader(0, float(label), 0, 0), payload)
+               for label, payloads in zip(labels, per_identity) for payload in payloads)
+    write_records(out_dir, blocks, records, len(labels), (112, 112))
+
+
+# ---- verification pairs ----
+
+@dataclass(frozen=True)
+class Pair:
+    first: int  # identity index of the first image
+    second: int  # identity index of the second image
+
+    @property
+    def same(self) -> bool:
+        return self.first == self.second
+
+
+def plan_pairs(spec: DemoSpec, hard: bool) -> list[Pair]:
+    """Alternating same/different pairs on the held-out identities, so every fold is balanced.
+
+    Impostors of the hard set share skin tone and hair colour with the first person when some
+    held-out identity does, so colour cannot separate them.
+    """
+    rng = stream_rng(spec, Stream.PAIR_PLAN, int(hard))
+    people = {index: identity_of(spec, index) for index in spec.val_ids()}
+    pairs = []
+    for number in range(spec.num_pairs):
+        first = int(rng.choice(spec.val_ids()))
+        if number % 2 == 0:
+            pairs.append(Pair(first, first))
+            continue
+        others = [index for index in spec.val_ids() if index != first]
+        if hard:
+            colour = (people[first].skin, people[first].hair_colour)
+            lookalikes = [index for index in others if (people[index].skin, people[index].hair_colour) == colour]
+            others = lookalikes or others
+        pairs.append(Pair(first, int(rng.choice(others))))
+    return pairs
+
+
+def pair_images(spec: DemoSpec, hard: bool, number: int, pair: Pair) -> tuple[bytes, bytes]:
+    """The two JPEGs of pair `number` of the normal (hard=False) or hard set."""
+    images = []
+    for side, index in enumerate((pair.first, pair.second)):
+        rng = stream_rng(spec, Stream.PAIR_IMAGE, int(hard), number, side)
+        image, view = sample_aligned(identity_of(spec, index), rng, hard)
+        images.append(encode_jpeg(image, view.jpeg_quality))
+    return images[0], images[1]
+
+
+def _pair_task(task: tuple[DemoSpec, bool, int, Pair]) -> tuple[bytes, bytes]:
+    return pair_images(*task)
+
+
+def write_verification_sets(spec: DemoSpec, out_dir: Path, pool) -> dict[str, list[list[int]]]:
+    """demo_lfw.bin and demo_hard.bin; returns the identity indices of every pair, per set."""
+    planned = {}
+    for name, hard in zip(VERIFICATION_SETS, (False, True)):
+        pairs = plan_pairs(spec, hard)
+        images = pool_map(pool, _pair_task, [(spec, hard, number, pair) for number, pair in enumerate(pairs)])
+        save_bin(out_dir / f"{name}.bin", [data for both in images for data in both], [p.same for p in pairs])
+        planned[name] = [[pair.first, pair.second] for pair in pairs]
+    return planned
+
+
+# ---- IJB-C-format set ----
+
+@dataclass(frozen=True)
+class IjbImage:
+    """One loose crop and its place in the protocol."""
+
+    name: str  # file name under loose_crop/, e.g. "17.jpg"
+    identity: int  # global identity index
+    subject: int  # SUBJECT_ID of the 1:N files
+    template: int
+    media: int
+    frame: int  # 0 for a still image or the first frame of a video
+    video: bool  # the media is a video (several frames)
+    hard: bool  # the media's nuisances are drawn from the hard ranges
+
+
+@dataclass
+class IjbPlan:
+    images: list[IjbImage] = field(default_factory=list)
+    verification_templates: list[list[int]] = field(default_factory=list)  # per subject
+    galleries: dict[str, list[int]] = field(default_factory=dict)  # gallery name -> template ids
+    template_subject: dict[int, int] = field(default_factory=dict)
+    num_media: int = 0
+
+    def add_template(self, rng: np.random.Generator, identity: int, subject: int) -> int:
+        """A new template of 1 to 3 media, each a still image or a video of 2 to 4 frames."""
+        template = len(self.template_subject) + 1
+        self.template_subject[template] = subject
+        for _ in range(int(rng.integers(1, 4))):
+            self.num_media += 1
+            media = self.num_media
+            num_frames = 1 if rng.random() < 0.6 else int(rng.integers(2, 5))
+            hard = bool(rng.random() < 0.3)
+            for frame in range(num_frames):
+                name = f"{len(self.images) + 1}.jpg"
+                self.images.append(IjbImage(name, identity, subject, template, media, frame, num_frames > 1,
+                                            hard))
+        return template
+
+    def pairs(self) -> list[tuple[int, int, int]]:
+        """(template 1, template 2, label): every pair of verification templates, genuine and impostor."""
+        templates = sorted(t for per_subject in self.verification_templates for t in per_subject)
+        return [(a, b, int(self.template_subject[a] == self.template_subject[b]))
+                for a, b in itertools.combinations(templates, 2)]
+
+
+def plan_ijb(spec: DemoSpec) -> IjbPlan:
+    """Templates for 1:1 (also the 1:N probes) and one extra gallery template per gallery subject.
+
+    Subjects are split into G1, G2 and no gallery, so some probes have no mate, as in the real protocol.
+    """
+    rng = stream_rng(spec, Stream.IJB_PLAN)
+    plan = IjbPlan()
+    subjects = {index: position + 1 for position, index in enumerate(spec.ijb_ids())}
+    for index, subject in subjects.items():
+        plan.verification_templates.append(
+            [plan.add_template(rng, index, subject) for _ in range(spec.templates_per_id)])
+    order = [int(index) for index in rng.permutation(spec.ijb_ids())]
+    start = 0
+    for name, fraction in GALLERY_FRACTIONS.items():
+        count = max(1, round(fraction * len(order)))
+        members = order[start:start + count]
+        start += count
+        plan.galleries[name] = [plan.add_template(rng, index, subjects[index]) for index in members]
+    return plan
+
+
+def ijb_view(spec: DemoSpec, image: IjbImage) -> View:
+    """The pose, expression and scene of one IJB image; the frames of a video share the scene."""
+    view = sample_view(stream_rng(spec, Stream.IJB_MEDIA, image.media), image.hard)
+    if image.frame > 0:
+        view = vary_view(view, stream_rng(spec, Stream.IJB_FRAME, image.media, image.frame))
+    return view
+
+
+def ijb_image(spec: DemoSpec, image: IjbImage) -> tuple[bytes, np.ndarray, float]:
+    """(JPEG bytes, landmarks [5, 2], faceness) of one loose crop."""
+    view = ijb_view(spec, image)
+    face = render_loose(identity_of(spec, image.identity), view,
+                        stream_rng(spec, Stream.IJB_PLACEMENT, image.media, image.frame))
+    return encode_jpeg(face.image, view.jpeg_quality), face.landmarks, face.faceness
+
+
+def _ijb_task(task: tuple[DemoSpec, IjbImage]) -> tuple[bytes, np.ndarray, float]:
+    return ijb_image(*task)
+
+
+def _write_csv(path: Path, plan: IjbPlan, templates: list[int]) -> None:
+    wanted = set(templates)
+    with open(path, "w", newline="", encoding="ascii") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["TEMPLATE_ID", "SUBJECT_ID", "FILENAME"])
+        for image in plan.images:
+            if image.template in wanted:
+                folder = "frames" if image.video else "img"
+                writer.writerow([image.template, image.subject, f"{folder}/{Path(image.name).stem}.jpg"])
+
+
+def write_ijb_set(spec: DemoSpec, out_dir: Path, pool) -> IjbPlan:
+    """IJBC/loose_crop/ and IJBC/meta/ in the layout of insightface's IJB_release."""
+    plan = plan_ijb(spec)
+    crop_dir, meta_dir = out_dir / IJB_TARGET / "loose_crop", out_dir / IJB_TARGET / "meta"
+    crop_dir.mkdir(parents=True, exist_ok=True)
+    meta_dir.mkdir(parents=True, exist_ok=True)
+    rendered = pool_map(pool, _ijb_task, [(spec, image) for image in plan.images])
+    landmark_lines, media_lines = [], []
+    for image, (data, points, faceness) in zip(plan.images, rendered):
+        (crop_dir / image.name).write_bytes(data)
+        coordinates = " ".join(f"{value:.3f}" for value in points.reshape(-1))
+        landmark_lines.append(f"{image.name} {coordinates} {faceness:.4f}\n")
+        media_lines.append(f"{image.name} {image.template} {image.media}\n")
+    prefix = IJB_TARGET.lower()
+    (meta_dir / f"{prefix}_name_5pts_score.txt").write_text("".join(landmark_lines))
+    (meta_dir / f"{prefix}_face_tid_mid.txt").write_text("".join(media_lines))
+    (meta_dir / f"{prefix}_template_pair_label.txt").write_text(
+        "".join(f"{a} {b} {label}\n" for a, b, label in plan.pairs()))
+    probes = [t for per_subject in plan.verification_templates for t in per_subject]
+    _write_csv(meta_dir / f"{prefix}_1N_probe_mixed.csv", plan, probes)
+    for name, templates in plan.galleries.items():
+        _write_csv(meta_dir / f"{prefix}_1N_gallery_{name}.csv", plan, templates)
+    return plan
+
+
+# ---- the whole set ----
+
+def pool_map(pool, function, tasks: list) -> list:
+    """`function` over `tasks` in order, in the process pool when there is one."""
+    if pool is None:
+        return [function(task) for task in tasks]
+    return list(pool.map(function, tasks, chunksize=max(1, len(tasks) // 64)))
+
+
+def _single_thread_opencv() -> None:
+    cv2.setNumThreads(1)
+
+
+def generate(spec: DemoSpec, out_dir: str | Path, num_workers: int = 1, overwrite: bool = False,
+             log=print) -> dict:
+    """Write the whole demo set under `out_dir`; returns the manifest (also written as manifest.json)."""
+    spec.validate()
+    out_dir = Path(out_dir)
+    if (out_dir / "manifest.json").exists() and not overwrite:
+        raise UserError(f"'{out_dir}' already holds demo data; choose another --out or pass --overwrite.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pool = (ProcessPoolExecutor(num_workers, initializer=_single_thread_opencv) if num_workers > 1 else None)
+    try:
+        start = time.perf_counter()
+        write_training_set(spec, out_dir, pool)
+        log(f"training set: {spec.num_train_ids} identities x {spec.images_per_id} images "
+            f"({time.perf_counter() - start:.1f} s)")
+        pairs = write_verification_sets(spec, out_dir, pool)
+        log(f"verification sets: {', '.join(VERIFICATION_SETS)}, {spec.num_pairs} pairs each "
+            f"({time.perf_counter() - start:.1f} s)")
+        plan = write_ijb_set(spec, out_dir, pool)
+        log(f"IJB-C-format set: {len(plan.images)} images, {len(plan.template_subject)} templates, "
+            f"{len(plan.pairs())} pairs ({time.perf_counter() - start:.1f} s)")
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    manifest = {
+        "spec": asdict(spec),
+        "splits": {name: [ids.start, ids.stop] for name, ids in
+                   (("train", spec.train_ids()), ("val", spec.val_ids()), ("ijb", spec.ijb_ids()))},
+        "fingerprints": {name: [identity_of(spec, index).fingerprint() for index in ids] for name, ids in
+                         (("train", spec.train_ids()), ("val", spec.val_ids()), ("ijb", spec.ijb_ids()))},
+        "pairs": pairs,
+        "ijb_images": [[image.name, image.identity, image.subject, image.template, image.media]
+                       for image in plan.images],
+        "ijb_galleries": plan.galleries,
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+# ---- trivial baselines ----
+
+def colour_histograms(images: np.ndarray, bins: int = 8) -> np.ndarray:
+    """Joint RGB histograms [N, bins^3] of uint8 images [N, 3, H, W]."""
+    levels = (images.astype(np.int64) * bins) // 256  # [N, 3, H, W]
+    cells = (levels[:, 0] * bins + levels[:, 1]) * bins + levels[:, 2]  # [N, H, W]
+    offsets = np.arange(len(images))[:, None] * bins**3  # [N, 1]
+    counts = np.bincount((cells.reshape(len(images), -1) + offsets).ravel(), minlength=len(images) * bins**3)
+    return counts.reshape(len(images), bins**3).astype(np.float64)  # [N, bins^3]
+
+
+def cosine_accuracy(features: np.ndarray, issame: np.ndarray) -> float:
+    """10-fold verification accuracy (the protocol of eval.verification) of the cosine similarity of
+    features [2P, D], with a threshold grid fine enough for the narrow score range of raw features."""
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    distances = np.sum((unit[0::2] - unit[1::2]) ** 2, axis=1)  # [P], 2 - 2 cos
+    return float(kfold_accuracy(distances, issame, thresholds=np.linspace(0, 4, 8001)).mean())
+
+
+def trivial_baselines(bin_path: str | Path) -> dict[str, float]:
+    """Accuracy of image similarity without learning: raw pixels, standardised pixels, colour histograms."""
+    encoded, issame = load_bin(bin_path)
+    images = decode_bin_images(encoded, source=str(bin_path)).numpy()  # [2P, 3, 112, 112]
+    issame = np.asarray(issame)
+    pixels = images.reshape(len(images), -1).astype(np.float64)  # [2P, 3*112*112]
+    standardised = (pixels - pixels.mean(1, keepdims=True)) / (pixels.std(1, keepdims=True) + 1e-6)
+    return {"raw pixels": cosine_accuracy(pixels, issame),
+            "standardised pixels": cosine_accuracy(standardised, issame),
+            "colour histogram": cosine_accuracy(colour_histograms(images), issame)}
+
+
+def check(out_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Baselines of every verification set under `out_dir`."""
+    out_dir = Path(out_dir)
+    return {name: trivial_baselines(out_dir / f"{name}.bin") for name in VERIFICATION_SETS}
+
+
+# ---- contact sheet ----
+
+def contact_sheet(spec: DemoSpec, path: str | Path, num_ids: int = 6, num_views: int = 7) -> None:
+    """PNG grid: one training identity per row; normal photos, two hard ones, and a loose crop with its
+    landmarks."""
+    rows = []
+    for index in range(min(num_ids, spec.num_train_ids)):
+        person = identity_of(spec, index)
+        tiles = []
+        for number in range(num_views + 2):
+            rng = stream_rng(spec, Stream.SHEET, index, number)
+            tiles.append(sample_aligned(person, rng, hard=number >= num_views)[0])
+        rng = stream_rng(spec, Stream.SHEET, index, num_views + 2)
+        face = render_loose(person, sample_view(rng), rng)
+        tiles.append(_letterbox(face.image, face.landmarks, 112))
+        rows.append(np.concatenate(tiles, axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise UserError(f"could not write the contact sheet '{path}'; check the folder and the .png suffix.")
+
+
+def _letterbox(image: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
+    """`image` shrunk into a white size x size tile, with `points` [5, 2] marked in red."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    resized = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    tile = np.full((size, size, 3), 255, np.uint8)
+    top, left = (size - resized.shape[0]) // 2, (size - resized.shape[1]) // 2
+    tile[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
+    for x, y in points * scale + (left, top):
+        cv2.circle(tile, (round(x), round(y)), 1, (255, 0, 0), -1, cv2.LINE_AA)
+    return tile
+
+
+# ---- command line ----
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = DemoSpec()
+    parser.add_argument("--out", default="demo_data", help="output folder (default: demo_data)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--num-train-ids", type=int, default=defaults.num_train_ids)
+    parser.add_argument("--images-per-id", type=int, default=defaults.images_per_id)
+    parser.add_argument("--num-val-ids", type=int, default=defaults.num_val_ids)
+    parser.add_argument("--num-pairs", type=int, default=defaults.num_pairs, help="pairs per .bin set")
+    parser.add_argument("--num-ijb-ids", type=int, default=defaults.num_ijb_ids)
+    parser.add_argument("--templates-per-id", type=int, default=defaults.templates_per_id,
+                        help="1:1 templates per IJB subject")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    parser.add_argument("--contact-sheet", default=None, help="also write a PNG of sample identities here")
+    parser.add_argument("--overwrite", action="store_true", help="replace demo data already in --out")
+    parser.add_argument("--check", action="store_true",
+                        help="only print the trivial baselines of the .bin sets already in --out")
+    args = parser.parse_args(argv)
+    spec = DemoSpec(args.seed, args.num_train_ids, args.images_per_id, args.num_val_ids, args.num_pairs,
+                    args.num_ijb_ids, args.templates_per_id)
+    try:
+        if not args.check:
+            start = time.perf_counter()
+            generate(spec, args.out, args.workers, args.overwrite)
+            if args.contact_sheet:
+                contact_sheet(spec, args.contact_sheet)
+            print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
+        for name, results in check(args.out).items():
+            shown = ", ".join(f"{method} {accuracy * 100:.1f}%" for method, accuracy in results.items())
+            print(f"{name}: trivial baselines (10-fold accuracy of cosine similarity): {shown}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
