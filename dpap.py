@@ -153,7 +153,7 @@ def perturb_chosen(images: torch.Tensor, chosen: torch.Tensor, chosen_patch_weig
     if quantize:
         pixels = pixels.trunc()  # the released uint8 cast of the clipped value
     out = images.clone()
-    # Target patches are distinct, so no two writes collide.
+    # [B*C*H*W] <- [M*K*C*P*P]; target patches are distinct, so no two writes collide.
     out.view(-1).index_copy_(0, target.view(-1), from_pixels(pixels).to(out.dtype).view(-1))
     return out
 
