@@ -161,7 +161,7 @@ class RecordDataset(EncodedImageDataset):
         self.has_header = header is not None
         if header is not None:
             first_identity, end = int(header.label[0]), int(header.label[1])
-            if not 1 <= first_identity <= end:
+            if not 1 <= first_identity <= min(end, len(self.reader)):
                 raise UserError(f"'{self.reader.rec_path}': header record 0 has label {list(header.label)}, "
                                 "not [first identity key, end key]; the file is damaged: re-pack it.")
             self.image_keys = np.arange(1, first_identity, dtype=np.int64)
@@ -181,7 +181,10 @@ class RecordDataset(EncodedImageDataset):
         """The IRHeader of insightface's header record 0, None when the file has none."""
         if 0 not in self.reader:
             return None
-        header, payload = unpack(self.reader.read(0))
+        try:
+            header, payload = unpack(self.reader.read(0))
+        except ValueError as exc:
+            raise UserError(f"'{self.reader.rec_path}': record 0 is damaged ({exc}); re-pack the data.") from None
         return header if header.flag >= 2 and not payload else None
 
     def _classes_and_size(self, header_classes: int | None) -> tuple[int, tuple[int, int]]:
@@ -387,9 +390,11 @@ class DistributedResumableSampler(Sampler[int]):
             return remaining // self.world_size
         return math.ceil(remaining / self.world_size)
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.consumed // self.world_size,
-                "world_size": self.world_size, "seed": self.seed, "num_samples": self.num_samples}
+    def state_dict(self, position: int) -> dict:
+        """What resuming needs, given `position`: the samples this rank consumed in the current epoch
+        (batches done x batch size). The sampler cannot count them itself: loader workers prefetch."""
+        return {"epoch": self.epoch, "consumed": self.consumed + position * self.world_size,
+                "seed": self.seed, "num_samples": self.num_samples}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where `state` stopped; the world size may differ (see the class docstring)."""
@@ -398,7 +403,7 @@ class DistributedResumableSampler(Sampler[int]):
                             f"{state['seed']}, this run has {self.num_samples} images and seed {self.seed}; "
                             "resume with the same data and seed.")
         self.epoch = state["epoch"]
-        self.consumed = min(state["position"] * state["world_size"], self.num_samples)
+        self.consumed = min(state["consumed"], self.num_samples)
 
 
 class WorkerSeeder:

@@ -305,15 +305,17 @@ def test_resuming_mid_epoch_continues_the_same_order(world_size):
         resumed.set_start(5)
         assert list(resumed) == order[5:] and len(resumed) == len(order) - 5
         restored = DistributedResumableSampler(40, rank, world_size, seed=11)
-        restored.load_state_dict(resumed.state_dict())
-        assert list(restored) == order[5:]
+        restored.load_state_dict(full.state_dict(position=5))
+        assert list(restored) == order[5:] and restored.epoch == 2
+        again = DistributedResumableSampler(40, rank, world_size, seed=11)
+        again.load_state_dict(restored.state_dict(position=2))  # a second interruption in the same epoch
+        assert list(again) == order[7:]
 
 
 def test_resuming_with_another_world_size_sees_every_remaining_sample_once():
     old = [DistributedResumableSampler(48, rank, 4, seed=1) for rank in range(4)]
     consumed = {index for sampler in old for index in list(sampler)[:3]}
-    old[0].set_start(3)
-    state = old[0].state_dict()
+    state = old[0].state_dict(position=3)
     new = [DistributedResumableSampler(48, rank, 2, seed=1) for rank in range(2)]
     for sampler in new:
         sampler.load_state_dict(state)
@@ -323,7 +325,7 @@ def test_resuming_with_another_world_size_sees_every_remaining_sample_once():
 
 
 def test_state_from_other_data_is_refused():
-    state = DistributedResumableSampler(10, seed=1).state_dict()
+    state = DistributedResumableSampler(10, seed=1).state_dict(position=0)
     with pytest.raises(UserError, match="made for 10 images with seed 1"):
         DistributedResumableSampler(11, seed=1).load_state_dict(state)
 
