@@ -164,6 +164,8 @@ def iter_chunks(rec_path: str | Path) -> Iterator[Chunk]:
     data = Path(rec_path).read_bytes()
     position = 0
     while position < len(data):
+        if position + _CHUNK_HEAD.size > len(data):
+            raise RecordIOError(f"'{rec_path}' ends inside a chunk header at byte {position}; it is truncated.")
         magic, lrec = _CHUNK_HEAD.unpack_from(data, position)
         if magic != MAGIC:
             raise RecordIOError(f"'{rec_path}': no RecordIO magic at byte {position}; the file is damaged.")
