@@ -135,20 +135,25 @@ def write_records(output_dir: Path, blocks: list[tuple[int, list]], records: Ite
     temporary_rec = output_dir / "train.rec.tmp"
     temporary_idx = output_dir / "train.idx.tmp"
     ranges = [(0, 0)] * num_classes  # label -> [first image key, end image key)
-    with IndexedRecordWriter(temporary_rec, temporary_idx) as writer:
-        writer.write(0, pack(IRHeader(0, (first_identity, first_identity + num_classes), 0, 0)))
-        key = 1
-        for label, items in blocks:
-            ranges[label] = (key, key + len(items))
-            for _ in items:
-                header, payload = next(records)
-                writer.write(key, pack(header._replace(id=key), payload))
-                key += 1
-        if next(records, None) is not None:
-            raise ValueError("more records than images in the blocks")
-        for label, (start, end) in enumerate(ranges):
-            identity_key = first_identity + label
-            writer.write(identity_key, pack(IRHeader(0, (start, end), identity_key, 0)))
+    try:
+        with IndexedRecordWriter(temporary_rec, temporary_idx) as writer:
+            writer.write(0, pack(IRHeader(0, (first_identity, first_identity + num_classes), 0, 0)))
+            key = 1
+            for label, items in blocks:
+                ranges[label] = (key, key + len(items))
+                for _ in items:
+                    header, payload = next(records)
+                    writer.write(key, pack(header._replace(id=key), payload))
+                    key += 1
+            if next(records, None) is not None:
+                raise ValueError("more records than images in the blocks")
+            for label, (start, end) in enumerate(ranges):
+                identity_key = first_identity + label
+                writer.write(identity_key, pack(IRHeader(0, (start, end), identity_key, 0)))
+    except BaseException:
+        temporary_rec.unlink(missing_ok=True)
+        temporary_idx.unlink(missing_ok=True)
+        raise
     temporary_rec.replace(output_dir / "train.rec")
     temporary_idx.replace(output_dir / "train.idx")
     (output_dir / "property").write_text(f"{num_classes},{image_size[0]},{image_size[1]}\n")
