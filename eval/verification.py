@@ -1,0 +1,173 @@
+"""10-fold verification accuracy on insightface .bin pair sets (lfw, cfp_fp, agedb_30), as insightface reports it.
+
+Embeddings with the flip test (embedding of the image plus that of its mirror, then L2-normalised);
+distance = squared L2 between the two embeddings of a pair; 10 folds in file order: each fold's
+threshold (0 to 4 in steps of 0.01, predict "same" when distance < threshold) is the one with the best
+accuracy on the other 9 folds, and the fold's accuracy is measured with it. Reported: mean and std of the
+10 fold accuracies (fractions in [0, 1]) and XNorm, the mean L2 norm of the raw embeddings.
+
+    python -m eval.verification --model-prefix model.pt --network vit_t --bins lfw.bin cfp_fp.bin
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backbones import load_backbone
+from utils.binfile import decode_bin_images, load_bin
+from utils.distributed import pick_device
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS = np.arange(0, 4, 0.01)
+NUM_FOLDS = 10
+
+
+@dataclass(frozen=True)
+class VerificationSet:
+    """A decoded .bin: images [2P, 3, 112, 112] uint8 RGB (pair p is images 2p and 2p+1), issame [P]."""
+
+    name: str
+    images: torch.Tensor
+    issame: np.ndarray
+
+    @classmethod
+    def load(cls, path: str | Path) -> VerificationSet:
+        """Read and decode once; the training callback keeps the result for every evaluation."""
+        path = Path(path)
+        encoded, issame = load_bin(path)
+        images = decode_bin_images(encoded, source=str(path))
+        return cls(path.stem, images, np.asarray(issame, dtype=bool))
+
+
+def fold_sizes(num_pairs: int, num_folds: int = NUM_FOLDS) -> np.ndarray:
+    """Sizes of consecutive folds as sklearn's KFold(shuffle=False) makes them: the first ones get 1 more."""
+    if num_pairs < num_folds:
+        raise UserError(f"a verification set needs at least {num_folds} pairs for {num_folds}-fold "
+                        f"accuracy, this one has {num_pairs}.")
+    sizes = np.full(num_folds, num_pairs // num_folds)
+    sizes[:num_pairs % num_folds] += 1
+    return sizes
+
+
+def kfold_accuracy(distances: np.ndarray, issame: np.ndarray, thresholds: np.ndarray = THRESHOLDS,
+                   num_folds: int = NUM_FOLDS) -> np.ndarray:
+    """Accuracy of each fold [F] with the threshold chosen on the other folds (first best on ties).
+
+    distances, issame: [P]. Counting correct predictions per fold and threshold once makes every
+    "other 9 folds" accuracy a subtraction.
+    """
+    sizes = fold_sizes(len(distances), num_folds)
+    correct = (distances[:, None] < thresholds[None, :]) == issame[:, None]  # [P, thresholds]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # [F]
+    fold_correct = np.add.reduceat(correct.astype(np.int64), starts, axis=0)  # [F, thresholds]
+    train_accuracy = (fold_correct.sum(axis=0) - fold_correct) / (len(distances) - sizes)[:, None]
+    best = np.argmax(train_accuracy, axis=1)  # [F], first maximum as np.argmax in insightface
+    return fold_correct[np.arange(num_folds), best] / sizes
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int,
+          amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the images and of their mirrors, each [M, D] float32 (the model's mode is unchanged)."""
+    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    plain, mirrored = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device).float().div(255).sub(0.5).div(0.5)  # [b, 3, H, W]
+        with autocast:
+            out = model(torch.cat([x, x.flip(3)])).float()  # [2b, D]: images, then mirrors
+        plain.append(out[:len(x)].cpu().numpy())
+        mirrored.append(out[len(x):].cpu().numpy())
+    return np.concatenate(plain), np.concatenate(mirrored)
+
+
+def accuracy_from_embeddings(plain: np.ndarray, mirrored: np.ndarray, issame: np.ndarray,
+                             num_folds: int = NUM_FOLDS) -> dict[str, float]:
+    """{accuracy, std, xnorm} from the embeddings [2P, D] of a pair set's images and of their mirrors."""
+    xnorm = float(np.concatenate([np.linalg.norm(plain, axis=1), np.linalg.norm(mirrored, axis=1)]).mean())
+    combined = plain.astype(np.float64) + mirrored
+    combined /= np.maximum(np.linalg.norm(combined, axis=1, keepdims=True), 1e-12)
+    distances = np.sum((combined[0::2] - combined[1::2]) ** 2, axis=1)  # [P] squared L2 per pair
+    accuracies = kfold_accuracy(distances, issame, num_folds=num_folds)
+    return {"accuracy": float(accuracies.mean()), "std": float(accuracies.std()), "xnorm": xnorm}
+
+
+def evaluate(model: torch.nn.Module, data: VerificationSet, device: torch.device, batch_size: int = 64,
+             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """10-fold accuracy of `model` on one set: {accuracy, std, xnorm}; the model's train/eval mode is
+    restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        plain, mirrored = embed(model, data.images, device, batch_size, amp_dtype)
+    finally:
+        model.train(was_training)
+    return accuracy_from_embeddings(plain, mirrored, data.issame)
+
+
+class TrainingVerifier:
+    """The training callback: every `verbose` steps rank 0 verifies the bare backbone on `val_targets`
+    (`<rec>/<name>.bin`), logs accuracy, std, XNorm and the best accuracy so far, and writes scalars."""
+
+    def __init__(self, sets: list[VerificationSet], batch_size: int, device: torch.device, enabled: bool):
+        self.sets = sets
+        self.batch_size = batch_size
+        self.device = device
+        self.enabled = enabled
+
+    @classmethod
+    def from_config(cls, cfg, ctx) -> TrainingVerifier:
+        sets = [VerificationSet.load(Path(cfg.rec) / f"{name}.bin") for name in cfg.val_targets] \
+            if ctx.is_main else []
+        return cls(sets, cfg.batch_size, ctx.device, ctx.is_main)
+
+    def __call__(self, run, scalars) -> dict[str, dict[str, float]]:
+        """Evaluate `run.backbone`; updates `run.best[name]`; returns {name: result}."""
+        results = {}
+        if not self.enabled:
+            return results
+        for data in self.sets:
+            result = evaluate(run.backbone, data, self.device, self.batch_size)
+            run.best[data.name] = max(run.best.get(data.name, 0.0), result["accuracy"])
+            log.info("[%s][%d] XNorm: %f  Accuracy-Flip: %1.5f+-%1.5f  Highest Accuracy-Flip: %1.5f",
+                     data.name, run.step, result["xnorm"], result["accuracy"], result["std"],
+                     run.best[data.name])
+            scalars.add({f"verification/{data.name}/accuracy": result["accuracy"],
+                         f"verification/{data.name}/xnorm": result["xnorm"]}, run.step)
+            results[data.name] = result
+        return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="10-fold verification accuracy on .bin pair sets")
+    parser.add_argument("--model-prefix", required=True, help="backbone weights (.pt state_dict)")
+    parser.add_argument("--network", required=True, help="backbone name (backbones.get_model)")
+    parser.add_argument("--bins", nargs="+", required=True, help=".bin files, e.g. lfw.bin cfp_fp.bin")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
+    args = parser.parse_args(argv)
+    try:
+        device = pick_device(0, args.device)
+        model = load_backbone(args.network, args.model_prefix).to(device)
+        for path in args.bins:
+            result = evaluate(model, VerificationSet.load(path), device, args.batch_size)
+            print(f"{Path(path).stem}: accuracy {result['accuracy'] * 100:.3f} ± {result['std'] * 100:.3f} % "
+                  f"(10-fold, flip), XNorm {result['xnorm']:.3f}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
