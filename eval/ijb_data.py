@@ -259,10 +259,14 @@ def _single_thread_opencv(_worker_id: int) -> None:
 
 
 def aligned_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """Batches in file order; workers decode and align while the model runs on the previous batch."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=pin_memory, worker_init_fn=_single_thread_opencv if num_workers else None,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    """Batches in file order; workers decode and align while the model runs on the previous batch.
+
+    Workers are spawned, not forked: a child forked after the parent used OpenCV's thread pool can
+    deadlock inside OpenCV (seen here in cv2.setNumThreads).
+    """
+    workers = dict(num_workers=num_workers, worker_init_fn=_single_thread_opencv, prefetch_factor=4,
+                   multiprocessing_context="spawn") if num_workers else {}
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=pin_memory, **workers)
 
 
 __all__ = ["GALLERIES", "TARGETS", "AlignedFaces", "ImageMeta", "MetaPaths", "aligned_loader",
