@@ -71,9 +71,24 @@ def setup(device: str | None = None, timeout_minutes: float = 30.0) -> DistConte
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if chosen.type == "cuda" else "gloo"
         kwargs = {"device_id": chosen} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=timedelta(minutes=timeout_minutes), **kwargs)
+        timeout = timedelta(minutes=timeout_minutes)
+        dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size, timeout), rank=rank,
+                                world_size=world_size, timeout=timeout, **kwargs)
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store | None:
+    """Under torchrun, the rendezvous store seen through a prefix unique to this restart attempt.
+
+    torchrun's agent keeps one store across `--max-restarts` restarts; without a fresh prefix the
+    restarted workers read the dead workers' addresses from it and hang connecting to them.
+    Returns None outside torchrun (init_process_group then reads MASTER_ADDR/PORT itself).
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+    return dist.PrefixStore(f"transface/attempt_{attempt}", store)
 
 
 def teardown() -> None:

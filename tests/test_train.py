@@ -1,0 +1,264 @@
+"""train.py: learning, exact gradient accumulation, distributed equivalence, exact resume, faults, errors."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from easydict import EasyDict
+
+import train
+from backbones import get_model
+from tests.dist_utils import run_distributed
+from utils import distributed
+from utils.config import derive, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+NUM_CLASSES, IMAGES_PER_CLASS = 8, 8
+# Bitwise comparisons need a fixed thread count: BLAS libraries may otherwise pick fewer threads under
+# load and sum in another order.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_DYNAMIC": "FALSE"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def face_folder(tmp_path_factory) -> Path:
+    """Identity folders whose images share a class pattern under per-image noise: learnable in a few steps."""
+    root = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for label in range(NUM_CLASSES):
+        pattern = cv2.resize(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8), (112, 112),
+                             interpolation=cv2.INTER_NEAREST).astype(np.int16)
+        folder = root / f"id_{label:02d}"
+        folder.mkdir()
+        for index in range(IMAGES_PER_CLASS):
+            noisy = np.clip(pattern + rng.integers(-40, 41, pattern.shape), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(folder / f"{index}.png"), noisy)
+    return root
+
+
+def write_config(folder: Path, data: Path, **overrides) -> Path:
+    values = dict(network="vit_nano", embedding_size=32, dataset="folder", rec=str(data), batch_size=8,
+                  num_epoch=2, precision="fp32", num_workers=0, frequent=1, verbose=10_000, tensorboard=False,
+                  lr=1e-3, output=str(folder / "out"), dpap_prob=0.5, sample_rate=0.5, seed=7)
+    values.update(overrides)
+    path = folder / "config.py"
+    path.write_text("from easydict import EasyDict\nconfig = EasyDict(" +
+                    ", ".join(f"{key}={value!r}" for key, value in values.items()) + ")\n")
+    return path
+
+
+def logged_losses(output: Path) -> list[float]:
+    return [float(m) for m in re.findall(r"loss ([\d.]+)", (output / "training.log").read_text())]
+
+
+def load_weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_training_reduces_the_loss_on_a_learnable_dataset(tmp_path, face_folder):
+    config = write_config(tmp_path, face_folder, num_epoch=5, lr=2e-3, margin_list=(1.0, 0.0, 0.1),
+                          margin_scale=16.0)
+    assert train.main([str(config)]) == 0
+    losses = logged_losses(tmp_path / "out")
+    assert len(losses) == 5 * (NUM_CLASSES * IMAGES_PER_CLASS // 8)
+    assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4])
+    assert (tmp_path / "out" / "model.pt").is_file() and (tmp_path / "out" / "config.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, face_folder) -> Path:
+    """One complete run (DPAP, EHSM, sampled centres, flips all random) to compare resumed runs against."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    assert train.main([str(write_config(folder, face_folder, save_every=3))]) == 0
+    return folder / "out"
+
+
+def test_resume_gives_bitwise_the_same_weights_as_never_stopping(tmp_path, face_folder, uninterrupted):
+    config = str(write_config(tmp_path, face_folder, save_every=3))
+    assert train.main([config, "--max-steps", "5"]) == 0
+    assert not (tmp_path / "out" / "model.pt").exists()
+    assert train.main([config, "--resume", "auto"]) == 0
+    assert_same_weights(load_weights(tmp_path / "out" / "model.pt"), load_weights(uninterrupted / "model.pt"))
+
+
+def test_truncated_newest_checkpoint_falls_back_and_still_matches(tmp_path, face_folder, uninterrupted):
+    config = str(write_config(tmp_path, face_folder, save_every=3))
+    assert train.main([config, "--max-steps", "7"]) == 0
+    newest = sorted((tmp_path / "out" / "checkpoints").iterdir())[-1]
+    assert newest.name == "step_000000007"
+    common = newest / "common.pt"
+    common.write_bytes(common.read_bytes()[:1000])
+    assert train.main([config, "--resume", "auto"]) == 0
+    assert "incomplete or unreadable" in (tmp_path / "out" / "training.log").read_text()
+    assert_same_weights(load_weights(tmp_path / "out" / "model.pt"), load_weights(uninterrupted / "model.pt"))
+
+
+def test_sigterm_checkpoints_and_the_resumed_run_matches(tmp_path, face_folder, uninterrupted):
+    config = str(write_config(tmp_path, face_folder, save_every=3))
+    process = subprocess.Popen([sys.executable, "train.py", config], cwd=REPO, env=ONE_THREAD, stderr=subprocess.PIPE,
+                               text=True)
+    checkpoints = tmp_path / "out" / "checkpoints"
+    deadline = time.time() + 120
+    while not (checkpoints / "step_000000003").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "stopped at step" in stderr or "model.pt" not in stderr  # it stopped early or had already finished
+    assert train.main([config, "--resume", "auto"]) == 0
+    assert_same_weights(load_weights(tmp_path / "out" / "model.pt"), load_weights(uninterrupted / "model.pt"))
+
+
+def _frozen_batchnorm_run(cfg, ctx):
+    """A Run whose BatchNorm layers use running statistics, so that the result of a step does not
+    depend on how the global batch is split into micro-batches or ranks."""
+    run = train.build_run(cfg, ctx)
+    run.model.train()
+    for module in run.backbone.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.eval()
+    return run
+
+
+def _step_config(**overrides) -> EasyDict:
+    """SGD: its update is linear in the gradient, so float-level gradient differences stay float-level
+    (Adam's first step divides by |g| and turns them into sign flips where g is near zero)."""
+    path = REPO / "configs" / "base.py"
+    values = dict(network="vit_nano", embedding_size=16, num_classes=10, num_image=64, batch_size=8,
+                  precision="fp32", dpap=False, sample_rate=1.0, clip_grad_norm=0.05, lr=0.1, optimizer="sgd")
+    cfg = load_config(path, [f"{k}={v!r}" for k, v in {**values, **overrides}.items()])
+    return derive(cfg, world_size=1)
+
+
+def _global_batches(num_steps: int, batch: int):
+    generator = torch.Generator().manual_seed(3)
+    return [(torch.rand(batch, 3, 112, 112, generator=generator) * 2 - 1,
+             torch.randint(0, 10, (batch,), generator=generator)) for _ in range(num_steps)]
+
+
+def _run_steps(cfg, ctx, batches, split: int, rank: int = 0, world_size: int = 1) -> dict:
+    torch.manual_seed(0)
+    run = _frozen_batchnorm_run(cfg, ctx)
+    for images, labels in batches:
+        per_rank = len(labels) // world_size
+        images = images[rank * per_rank:(rank + 1) * per_rank]
+        labels = labels[rank * per_rank:(rank + 1) * per_rank]
+        micro = list(zip(images.chunk(split), labels.chunk(split)))
+        assert train.train_step(run, micro) is not None
+        run.step += 1
+    return {"backbone": run.backbone.state_dict(), "head": run.head.weight.detach().clone()}
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    ctx = distributed.setup("cpu")
+    batches = _global_batches(3, 16)
+    whole = _run_steps(_step_config(batch_size=16), ctx, batches, split=1)
+    accumulated = _run_steps(_step_config(batch_size=8, gradient_accumulation=2), ctx, batches, split=2)
+    for key, value in whole["backbone"].items():
+        torch.testing.assert_close(accumulated["backbone"][key], value, atol=2e-5, rtol=1e-4, msg=key)
+    torch.testing.assert_close(accumulated["head"], whole["head"], atol=2e-5, rtol=1e-4)
+
+
+def _distributed_steps(rank, world_size, batches):
+    ctx = distributed.setup("cpu")
+    ctx = distributed.DistContext(rank=rank, local_rank=rank, world_size=world_size, device=ctx.device)
+    result = _run_steps(_step_config(batch_size=16 // world_size), ctx, batches, split=1, rank=rank,
+                        world_size=world_size)
+    return {"backbone": result["backbone"], "head": result["head"]}
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch():
+    batches = _global_batches(3, 16)
+    single = _run_steps(_step_config(batch_size=16), distributed.setup("cpu"), batches, split=1)
+    ranks = run_distributed(_distributed_steps, 2, batches)
+    for key, value in single["backbone"].items():
+        for result in ranks:
+            torch.testing.assert_close(result["backbone"][key], value, atol=2e-5, rtol=1e-4, msg=key)
+    torch.testing.assert_close(torch.cat([r["head"] for r in ranks]), single["head"], atol=2e-5, rtol=1e-4)
+
+
+def test_non_finite_losses_skip_steps_then_stop_with_a_clear_error():
+    cfg = _step_config(max_nonfinite_steps=2)
+    run = _frozen_batchnorm_run(cfg, distributed.setup("cpu"))
+    before = {k: v.clone() for k, v in run.backbone.state_dict().items()}
+    images = torch.full((8, 3, 112, 112), float("nan"))
+    labels = torch.zeros(8, dtype=torch.int64)
+    assert train.train_step(run, [(images, labels)]) is None
+    assert_same_weights(run.backbone.state_dict(), before)
+    with pytest.raises(train.TrainingDiverged, match="2 steps in a row"):
+        train.train_step(run, [(images, labels)])
+
+
+def test_config_and_data_mismatches_exit_with_a_clear_message(tmp_path, face_folder, capsys):
+    assert train.main([str(write_config(tmp_path, face_folder, num_classes=9))]) == 2
+    assert "num_classes is 9 but the data" in capsys.readouterr().err
+    assert train.main([str(write_config(tmp_path, face_folder, precision="fp16"))]) == 2
+    assert "fp16" in capsys.readouterr().err
+    assert train.main([str(write_config(tmp_path, face_folder, rec=""))]) == 2
+    assert "--set rec=" in capsys.readouterr().err
+    weights = tmp_path / "micro.pt"
+    torch.save(get_model("vit_micro", 32).state_dict(), weights)
+    assert train.main([str(write_config(tmp_path, face_folder)), "--init", str(weights)]) == 2
+    assert "do not fit network 'vit_nano'" in capsys.readouterr().err
+
+
+def test_init_starts_from_pretrained_weights(tmp_path, face_folder):
+    torch.manual_seed(1)
+    weights = tmp_path / "init.pt"
+    pretrained = get_model("vit_nano", 32).state_dict()
+    torch.save(pretrained, weights)
+    config = str(write_config(tmp_path, face_folder, lr=1e-12))
+    assert train.main([config, "--init", str(weights), "--max-steps", "1"]) == 0
+    common = load_weights(next((tmp_path / "out" / "checkpoints").iterdir()) / "common.pt")
+    torch.testing.assert_close(common["backbone"]["pos_embed"], pretrained["pos_embed"])
+
+
+@pytest.mark.slow
+def test_killed_worker_under_torchrun_restarts_and_matches_an_uninterrupted_run(tmp_path, face_folder):
+    def launch(folder: Path) -> subprocess.Popen:
+        folder.mkdir()
+        config = write_config(folder, face_folder, save_every=2, num_epoch=3, resume=True)
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
+                   "--standalone", "train.py", str(config)]
+        return subprocess.Popen(command, cwd=REPO, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+
+    clean = launch(tmp_path / "clean")
+    output, _ = clean.communicate(timeout=600)
+    assert clean.returncode == 0, output
+
+    faulty = launch(tmp_path / "faulty")
+    checkpoints = tmp_path / "faulty" / "out" / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints / "step_000000002").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-f", "-P", str(faulty.pid), "train.py"], capture_output=True,
+                             text=True).stdout.split()
+    assert workers, "no worker process found to kill"
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    output, _ = faulty.communicate(timeout=600)
+    assert faulty.returncode == 0, output
+    assert "resuming from" in (tmp_path / "faulty" / "out" / "training.log").read_text()
+    assert_same_weights(load_weights(tmp_path / "faulty" / "out" / "model.pt"),
+                        load_weights(tmp_path / "clean" / "out" / "model.pt"))

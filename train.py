@@ -1,0 +1,344 @@
+"""Train a TransFace backbone.
+
+    python train.py CONFIG [--set key=value ...] [--resume auto] [--init weights.pt]
+    torchrun --nproc_per_node=8 train.py CONFIG
+
+One optimizer step: uint8 batch -> device flip and normalise -> DPAP -> backbone (through DDP) with patch
+information -> EHSM weights -> Partial FC loss -> backward, for `gradient_accumulation` micro-batches, then
+clipping, optimizer steps and the learning rate of the next step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import dataset
+import losses
+from backbones import get_model, read_state_dict
+from dpap import DPAP
+from eval.verification import TrainingVerifier
+from partial_fc import PartialFC, shard_weight
+from utils import config as config_utils
+from utils import distributed
+from utils.checkpoint import CheckpointManager, atomic_save, rng_state, set_rng_state
+from utils.errors import UserError
+from utils.monitor import Scalars, SpeedMeter, format_seconds, memory_text, setup_logging
+from utils.optim import build_optimizer, lr_at, set_lr
+
+log = logging.getLogger("transface.train")
+
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
+
+@dataclass
+class Run:
+    """Everything a training run owns; the checkpoint schema is `common_state` + `local_state`."""
+
+    cfg: dict
+    ctx: distributed.DistContext
+    backbone: torch.nn.Module  # the bare network, for saving and evaluation
+    model: torch.nn.Module  # the network the step calls: DDP and/or torch.compile around `backbone`
+    head: PartialFC
+    backbone_optimizer: torch.optim.Optimizer
+    head_optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    generators: dict[str, torch.Generator]
+    dpap: DPAP | None
+    step: int = 0  # optimizer steps done
+    nonfinite_in_a_row: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.cfg.steps_per_epoch
+
+    def common_state(self) -> dict:
+        return {"backbone": self.backbone.state_dict(),
+                "backbone_optimizer": self.backbone_optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "best": dict(self.best),
+                "total_batch_size": self.cfg.total_batch_size, "config": config_utils.to_json(self.cfg)}
+
+    def local_state(self) -> dict:
+        return {"head": self.head.state_dict(), "head_optimizer": self.head_optimizer.state_dict(),
+                "rng": rng_state(self.generators), "nonfinite_in_a_row": self.nonfinite_in_a_row}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_utils.add_config_arguments(parser)
+    parser.add_argument("--resume", choices=["auto", "no"], default=None,
+                        help="auto: continue from the newest complete checkpoint in the output folder "
+                             "(default: the config's `resume`)")
+    parser.add_argument("--init", default=None, help="start from these backbone weights (overrides config.init)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: this rank's GPU, else CPU)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many optimizer steps in total, with a checkpoint (for smoke tests)")
+    return parser.parse_args(argv)
+
+
+def build_run(cfg, ctx) -> Run:
+    backbone = get_model(cfg.network, cfg.embedding_size,
+                         **({} if cfg.gradient_checkpointing is None
+                            else {"using_checkpoint": cfg.gradient_checkpointing}))
+    if cfg.init:
+        backbone.load_state_dict(_checked_init(cfg))
+    backbone = backbone.to(ctx.device)
+    model = distributed.wrap_ddp(backbone, ctx, broadcast_buffers=False)
+    if cfg.compile:
+        model = torch.compile(model)
+    margin = losses.CombinedMarginLoss(cfg.margin_scale, *cfg.margin_list,
+                                       interclass_filtering_threshold=cfg.interclass_filtering_threshold,
+                                       exact_gradient=cfg.margin_exact_gradient)
+    head = PartialFC(margin, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, seed=cfg.seed).to(ctx.device)
+    generators = {name: torch.Generator(ctx.device).manual_seed(cfg.seed * 100 + ctx.rank + offset)
+                  for offset, name in enumerate(("augment", "dpap"))}
+    return Run(cfg=cfg, ctx=ctx, backbone=backbone, model=model, head=head,
+               backbone_optimizer=build_optimizer(cfg, [backbone]), head_optimizer=build_optimizer(cfg, [head]),
+               scaler=torch.amp.GradScaler(ctx.device.type, enabled=cfg.precision == "fp16", growth_interval=100),
+               generators=generators, dpap=DPAP.from_config(cfg) if cfg.dpap else None)
+
+
+def _checked_init(cfg) -> dict:
+    state = read_state_dict(cfg.init)
+    with torch.device("meta"):
+        expected = get_model(cfg.network, cfg.embedding_size).state_dict()
+    if {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in expected.items()}:
+        raise UserError(f"init weights '{cfg.init}' do not fit network '{cfg.network}' with embedding_size "
+                        f"{cfg.embedding_size}; pass weights of that network or change the config.")
+    return state
+
+
+def restore(run: Run, manager: CheckpointManager) -> bool:
+    """Load the newest complete checkpoint into `run`; class centres are re-sharded if the world size changed."""
+    found = manager.load_latest()
+    if found is None:
+        return False
+    common, parts = found
+    if common["total_batch_size"] != run.cfg.total_batch_size:
+        log.warning("global batch changed from %d to %d; the step counter is kept and the rest of the epoch is "
+                    "drawn from the new shards", common["total_batch_size"], run.cfg.total_batch_size)
+    run.backbone.load_state_dict(common["backbone"])
+    run.backbone_optimizer.load_state_dict(common["backbone_optimizer"])
+    run.scaler.load_state_dict(common["scaler"])
+    run.step, run.best = common["step"], dict(common["best"])
+    same_world = len(parts) == run.ctx.world_size
+    if same_world:
+        mine = parts[run.ctx.rank]
+        run.head.load_state_dict(mine["head"])
+        run.head_optimizer.load_state_dict(mine["head_optimizer"])
+        set_rng_state(mine["rng"], run.generators)
+        run.nonfinite_in_a_row = mine["nonfinite_in_a_row"]
+    else:
+        _reshard_head(run, parts)
+        log.warning("world size changed from %d to %d: class centres re-sharded, random states re-seeded",
+                    len(parts), run.ctx.world_size)
+    return True
+
+
+def _reshard_head(run: Run, parts: list[dict]) -> None:
+    """Class centres and their optimizer state saved by another number of ranks, re-split for this one."""
+    run.head.load_full_weight(torch.cat([part["head"]["weight"] for part in parts]))  # [num_classes, D]
+    saved = [part["head_optimizer"] for part in parts]
+    state = {}
+    for param_id, first in saved[0]["state"].items():
+        state[param_id] = {}
+        for key, value in first.items():
+            if torch.is_tensor(value) and value.ndim == 2:  # per-class rows: momentum, Adam moments
+                full = torch.cat([s["state"][param_id][key] for s in saved])  # [num_classes, D]
+                value = shard_weight(full, run.ctx.rank, run.ctx.world_size)
+            state[param_id][key] = value
+    run.head_optimizer.load_state_dict({"state": state, "param_groups": saved[0]["param_groups"]})
+
+
+def save(run: Run, manager: CheckpointManager) -> None:
+    folder = manager.save(run.step, run.common_state(), run.local_state())
+    log.info("checkpoint saved to %s", folder)
+
+
+def save_backbone(run: Run) -> None:
+    """model.pt: the bare backbone state_dict, loadable by the released evaluation code."""
+    if run.ctx.is_main:
+        atomic_save(run.backbone.state_dict(), Path(run.cfg.output) / "model.pt")
+
+
+def train_step(run: Run, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float] | None:
+    """One optimizer step over the (images, labels) micro-batches; None when the step was skipped."""
+    cfg, device = run.cfg, run.ctx.device
+    dtype = AUTOCAST_DTYPES[cfg.precision]
+    num_micro = len(micro_batches)
+    total_loss = torch.zeros((), device=device)
+    ehsm_stats, num_perturbed = [], 0
+    for index, (images, labels) in enumerate(micro_batches):  # images [B, 3, H, W] in [-1, 1] on the device
+        last = index == num_micro - 1
+        sync = contextlib.nullcontext() if last or not run.ctx.distributed else run.model.no_sync()
+        with sync:
+            with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                if run.dpap is not None:  # the scoring pass runs in the training precision too
+                    images, perturbed = run.dpap(run.backbone, images, run.generators["dpap"])
+                    num_perturbed += perturbed
+                embedding, _, patch_std = run.model(images, with_patch_info=True)
+                weights = None
+                if cfg.ehsm:
+                    weights = losses.ehsm_weights(patch_std.float(), cfg.ehsm_gamma, cfg.ehsm_top_k, cfg.ehsm_rule)
+                    ehsm_stats.append(weights)
+                loss = run.head(embedding, labels, weights) / num_micro
+            run.scaler.scale(loss).backward()
+        total_loss += loss.detach()
+    # One CPU-GPU sync per step: a non-finite loss must be known before the optimizer steps.
+    loss_value = total_loss.item()
+    if not torch.isfinite(total_loss):
+        return _skip_nonfinite(run, loss_value)
+    run.nonfinite_in_a_row = 0
+    run.scaler.unscale_(run.backbone_optimizer)
+    if cfg.clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(run.backbone.parameters(), cfg.clip_grad_norm)
+    run.scaler.step(run.backbone_optimizer)
+    run.scaler.step(run.head_optimizer)
+    run.scaler.update()
+    _zero_grad(run)
+    stats = {"loss": loss_value, "perturbed_fraction": num_perturbed / (num_micro * cfg.batch_size)}
+    if ehsm_stats:
+        weights = torch.cat(ehsm_stats)
+        stats.update(ehsm_weight_mean=weights.mean().item(), ehsm_weight_std=weights.std().item())
+    return stats
+
+
+def _zero_grad(run: Run) -> None:
+    run.backbone_optimizer.zero_grad(set_to_none=True)
+    run.head_optimizer.zero_grad(set_to_none=True)
+
+
+def _skip_nonfinite(run: Run, loss_value: float) -> None:
+    run.nonfinite_in_a_row += 1
+    _zero_grad(run)
+    if run.scaler.is_enabled():
+        run.scaler.update(run.scaler.get_scale() / 2)
+    log.warning("step %d: loss is %s; step skipped (%d in a row)", run.step, loss_value, run.nonfinite_in_a_row)
+    if run.nonfinite_in_a_row >= run.cfg.max_nonfinite_steps:
+        raise TrainingDiverged(f"the loss was not finite for {run.nonfinite_in_a_row} steps in a row at step "
+                               f"{run.step}; lower lr, raise warmup_epoch or use precision='bf16', then resume.")
+    return None
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row."""
+
+
+def _agreed(flag: bool, ctx) -> bool:
+    """True on every rank when `flag` is true on any (so all ranks stop at the same step)."""
+    if not ctx.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=ctx.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def train(run: Run, train_set, manager: CheckpointManager, verifier, max_steps: int | None, stop_requested) -> bool:
+    """Run optimizer steps until the end (True) or a stop request (False), checkpointing on the way."""
+    cfg, ctx = run.cfg, run.ctx
+    last_step = cfg.total_steps if max_steps is None else min(max_steps, cfg.total_steps)
+    loader = dataset.build_loader(train_set, cfg.batch_size, ctx.rank, ctx.world_size, cfg.seed, cfg.num_workers,
+                                  ctx.device)
+    augment = dataset.build_device_augment(cfg, train_set, ctx.device, generator=run.generators["augment"])
+    meter = SpeedMeter(cfg.total_batch_size, cfg.total_steps, run.step)
+    scalars = Scalars(cfg.output, cfg.tensorboard and ctx.is_main)
+    run.model.train()
+    try:
+        while run.step < last_step:
+            epoch, step_in_epoch = divmod(run.step, cfg.steps_per_epoch)
+            loader.sampler.set_epoch(epoch)
+            loader.sampler.set_start(step_in_epoch * cfg.batch_size * cfg.gradient_accumulation)
+            batches = iter(loader)
+            for _ in range(step_in_epoch, min(cfg.steps_per_epoch, step_in_epoch + last_step - run.step)):
+                set_lr([run.backbone_optimizer, run.head_optimizer],
+                       lr_at(run.step, cfg.lr, cfg.total_steps, cfg.warmup_steps, cfg.lr_scheduler, cfg.lr_power))
+                stats = train_step(run, [augment(next(batches)) for _ in range(cfg.gradient_accumulation)])
+                run.step += 1
+                if stats is not None and (run.step % cfg.frequent == 0 or run.step == last_step):
+                    _log_step(run, stats, meter, scalars)
+                if verifier is not None and (run.step % cfg.verbose == 0 or run.step == cfg.total_steps):
+                    verifier(run, scalars)
+                stop = _agreed(stop_requested(), ctx)
+                epoch_end = run.step % cfg.steps_per_epoch == 0
+                if epoch_end or run.step == cfg.total_steps:
+                    save_backbone(run)
+                if stop or epoch_end or run.step == last_step or (cfg.save_every and run.step % cfg.save_every == 0):
+                    save(run, manager)
+                if stop:
+                    log.warning("stopped at step %d on request; continue with --resume auto", run.step)
+                    return False
+    finally:
+        scalars.close()
+    return True
+
+
+def _log_step(run: Run, stats: dict, meter: SpeedMeter, scalars: Scalars) -> None:
+    speed, eta = meter.report(run.step)
+    lr = run.backbone_optimizer.param_groups[0]["lr"]
+    scale = run.scaler.get_scale() if run.scaler.is_enabled() else 1.0
+    log.info("step %d/%d epoch %d loss %.4f lr %.3e %.1f samples/s scale %.0f mem %s eta %s",
+             run.step, run.cfg.total_steps, run.epoch, stats["loss"], lr, speed, scale,
+             memory_text(run.ctx.device), format_seconds(eta))
+    scalars.add({f"train/{k}": v for k, v in stats.items()} | {"train/lr": lr, "train/samples_per_s": speed},
+                run.step)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    stop_requested, previous_handler = _catch_sigterm()
+    try:
+        cfg = config_utils.load_config(args.config, args.overrides)
+        if args.init is not None:
+            cfg.init = args.init
+        if args.resume is not None:
+            cfg.resume = args.resume == "auto"
+        ctx = distributed.setup(args.device)
+        setup_logging(cfg.output, ctx.rank)
+        distributed.seed_everything(cfg.seed, ctx.rank)
+        train_set = dataset.build_dataset(cfg)
+        cfg = dataset.resolve_data_counts(cfg, train_set)
+        cfg = config_utils.derive(cfg, ctx.world_size)
+        if cfg.precision == "fp16" and ctx.device.type == "cpu":
+            raise UserError("precision 'fp16' needs a GPU; on a CPU use --set precision=bf16 or precision=fp32.")
+        run = build_run(cfg, ctx)
+        manager = CheckpointManager(cfg.output, ctx.rank, ctx.world_size, cfg.save_last)
+        if cfg.resume and restore(run, manager):
+            log.info("resumed at step %d (epoch %d)", run.step, run.epoch)
+        if ctx.is_main:
+            (Path(cfg.output) / "config.json").write_text(config_utils.to_json(cfg))
+        log.info("%s: %d images, %d classes, %d steps of %d images (%d per epoch), world size %d, device %s",
+                 cfg.network, cfg.num_image, cfg.num_classes, cfg.total_steps, cfg.total_batch_size,
+                 cfg.steps_per_epoch, ctx.world_size, ctx.device)
+        verifier = TrainingVerifier.from_config(cfg, ctx) if cfg.val_targets else None
+        train(run, train_set, manager, verifier, args.max_steps, stop_requested)
+        return 0
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        distributed.teardown()
+
+
+def _catch_sigterm():
+    """(a function telling whether SIGTERM arrived, the previous handler): on preemption the loop
+    checkpoints and stops after the current step instead of dying mid-step."""
+    requested = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: requested.append(True))
+    return (lambda: bool(requested)), previous
+
+
+if __name__ == "__main__":
+    sys.exit(main())
