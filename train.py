@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import dataset
 import losses
@@ -251,6 +253,8 @@ def train(run: Run, train_set, manager: CheckpointManager, verifier, max_steps: 
     augment = dataset.build_device_augment(cfg, train_set, ctx.device, generator=run.generators["augment"])
     meter = SpeedMeter(cfg.total_batch_size, cfg.total_steps, run.step)
     scalars = Scalars(cfg.output, cfg.tensorboard and ctx.is_main)
+    progress = tqdm(total=last_step, initial=run.step, unit="step", dynamic_ncols=True,
+                    disable=not (ctx.is_main and sys.stderr.isatty()))
     run.model.train()
     try:
         while run.step < last_step:
@@ -263,6 +267,7 @@ def train(run: Run, train_set, manager: CheckpointManager, verifier, max_steps: 
                        lr_at(run.step, cfg.lr, cfg.total_steps, cfg.warmup_steps, cfg.lr_scheduler, cfg.lr_power))
                 stats = train_step(run, [augment(next(batches)) for _ in range(cfg.gradient_accumulation)])
                 run.step += 1
+                progress.update()
                 if stats is not None and (run.step % cfg.frequent == 0 or run.step == last_step):
                     _log_step(run, stats, meter, scalars)
                 if verifier is not None and (run.step % cfg.verbose == 0 or run.step == cfg.total_steps):
@@ -277,6 +282,7 @@ def train(run: Run, train_set, manager: CheckpointManager, verifier, max_steps: 
                     log.warning("stopped at step %d on request; continue with --resume auto", run.step)
                     return False
     finally:
+        progress.close()
         scalars.close()
     return True
 
@@ -313,13 +319,17 @@ def main(argv=None) -> int:
         manager = CheckpointManager(cfg.output, ctx.rank, ctx.world_size, cfg.save_last)
         if cfg.resume and restore(run, manager):
             log.info("resumed at step %d (epoch %d)", run.step, run.epoch)
+        elif not cfg.resume and manager.has_checkpoints():
+            raise UserError(f"output folder '{cfg.output}' holds checkpoints of an earlier run; continue it with "
+                            "--resume auto, or set another output (--set output=...) to start afresh.")
         if ctx.is_main:
             (Path(cfg.output) / "config.json").write_text(config_utils.to_json(cfg))
         log.info("%s: %d images, %d classes, %d steps of %d images (%d per epoch), world size %d, device %s",
                  cfg.network, cfg.num_image, cfg.num_classes, cfg.total_steps, cfg.total_batch_size,
                  cfg.steps_per_epoch, ctx.world_size, ctx.device)
         verifier = TrainingVerifier.from_config(cfg, ctx) if cfg.val_targets else None
-        train(run, train_set, manager, verifier, args.max_steps, stop_requested)
+        with logging_redirect_tqdm():
+            train(run, train_set, manager, verifier, args.max_steps, stop_requested)
         return 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,6 +218,10 @@ def test_config_and_data_mismatches_exit_with_a_clear_message(tmp_path, face_fol
     assert "fp16" in capsys.readouterr().err
     assert train.main([str(write_config(tmp_path, face_folder, rec=""))]) == 2
     assert "--set rec=" in capsys.readouterr().err
+    (tmp_path / "out" / "checkpoints" / "step_000000001").mkdir(parents=True)
+    assert train.main([str(write_config(tmp_path, face_folder))]) == 2
+    assert "holds checkpoints of an earlier run" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "out" / "checkpoints")
     weights = tmp_path / "micro.pt"
     torch.save(get_model("vit_micro", 32).state_dict(), weights)
     assert train.main([str(write_config(tmp_path, face_folder)), "--init", str(weights)]) == 2
@@ -262,3 +267,24 @@ def test_killed_worker_under_torchrun_restarts_and_matches_an_uninterrupted_run(
     assert "resuming from" in (tmp_path / "faulty" / "out" / "training.log").read_text()
     assert_same_weights(load_weights(tmp_path / "faulty" / "out" / "model.pt"),
                         load_weights(tmp_path / "clean" / "out" / "model.pt"))
+
+
+def _resume_in_two_processes(rank, world_size, config):
+    cfg = derive(load_config(config, ["num_classes=8", "num_image=64"]), world_size)
+    ctx = distributed.setup("cpu")
+    run = train.build_run(cfg, ctx)
+    manager = train.CheckpointManager(cfg.output, ctx.rank, ctx.world_size)
+    assert train.restore(run, manager)
+    state = run.head_optimizer.state_dict()["state"][0]
+    return {"step": run.step, "weight": run.head.weight.detach(), "exp_avg": state["exp_avg"]}
+
+
+def test_resuming_on_another_world_size_reshards_the_class_centres(tmp_path, face_folder):
+    config = write_config(tmp_path, face_folder, sample_rate=1.0)
+    assert train.main([str(config), "--max-steps", "3"]) == 0
+    saved = load_weights(tmp_path / "out" / "checkpoints" / "step_000000003" / "rank_00000.pt")
+    ranks = run_distributed(_resume_in_two_processes, 2, str(config))
+    assert [r["step"] for r in ranks] == [3, 3]
+    assert [len(r["weight"]) for r in ranks] == [4, 4]
+    assert torch.equal(torch.cat([r["weight"] for r in ranks]), saved["head"]["weight"])
+    assert torch.equal(torch.cat([r["exp_avg"] for r in ranks]), saved["head_optimizer"]["state"][0]["exp_avg"])

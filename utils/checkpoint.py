@@ -117,6 +117,9 @@ class CheckpointManager:
             if int(_STEP_DIR.match(folder.name).group(1)) < oldest_kept:
                 shutil.rmtree(folder, ignore_errors=True)
 
+    def has_checkpoints(self) -> bool:
+        return bool(self._step_dirs())
+
     def load_latest(self) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """(common, every rank's part) of the newest checkpoint that loads whole, or None."""
         for folder in self._step_dirs():

@@ -61,10 +61,15 @@ def pick_device(local_rank: int, device: str | None = None) -> torch.device:
 
 
 def setup(device: str | None = None, timeout_minutes: float = 30.0) -> DistContext:
-    """Start the process group when launched by torchrun (WORLD_SIZE > 1); return this rank's context."""
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", 0)
-    world_size = _env_int("WORLD_SIZE", 1)
+    """Start the process group when launched by torchrun (WORLD_SIZE > 1), or use the one already started;
+    return this rank's context."""
+    if dist.is_available() and dist.is_initialized():  # started by the caller (e.g. a test harness)
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        local_rank = _env_int("LOCAL_RANK", rank)
+    else:
+        rank = _env_int("RANK", 0)
+        local_rank = _env_int("LOCAL_RANK", 0)
+        world_size = _env_int("WORLD_SIZE", 1)
     chosen = pick_device(local_rank, device)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
