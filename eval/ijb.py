@@ -24,6 +24,10 @@ RANKS = (1, 5, 10)
 FPIRS = (0.01, 0.1)
 # Elements of a float64 scratch block (128 MiB); bounds the memory of pooling and scoring.
 BLOCK_ELEMENTS = 2**24
+# Images per pooling block times D; the float64 block (8 MiB) stays in cache-friendly reach.
+POOL_BLOCK_ELEMENTS = 2**20
+# Template ids below this use a direct look-up table (8 bytes per possible id).
+LOOKUP_TABLE_LIMIT = 2**26
 
 
 def far_key(far: float) -> str:
@@ -65,10 +69,12 @@ def template_features(feats: np.ndarray, templates: np.ndarray, medias: np.ndarr
     num_images, dim = feats.shape
     template_ids, template_rows, group_sizes = _media_groups(templates, medias)
     pooled = np.zeros((len(template_ids), dim))  # [T, D]
-    block = max(1, BLOCK_ELEMENTS // dim)
+    block = max(1, POOL_BLOCK_ELEMENTS // dim)
+    buffer = np.empty((min(block, num_images), dim))  # reused: fresh blocks would cost page faults
     for start in range(0, num_images, block):
         stop = min(start + block, num_images)
-        image_feats = feats[start:stop].astype(np.float64)  # [b, D]
+        image_feats = buffer[:stop - start]  # [b, D] float64
+        np.copyto(image_feats, feats[start:stop])
         if feats_flip is not None:
             image_feats += feats_flip[start:stop]
         weights = 1.0 / group_sizes[start:stop]  # [b]
@@ -85,7 +91,18 @@ def template_features(feats: np.ndarray, templates: np.ndarray, medias: np.ndarr
 
 
 def template_rows_of(template_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of `wanted` ids in the ascending `template_ids`: (rows [M], found [M] bool)."""
+    """Rows of `wanted` ids in the ascending `template_ids`: (rows [M], found [M] bool).
+
+    IJB ids are small non-negative integers, so a direct look-up table (a few MB) replaces a binary
+    search per pair; other ids fall back to np.searchsorted.
+    """
+    largest = int(template_ids[-1])
+    if template_ids[0] >= 0 and largest < LOOKUP_TABLE_LIMIT:
+        lookup = np.full(largest + 2, -1, dtype=np.int64)  # the last entry stands for "out of range"
+        lookup[template_ids] = np.arange(len(template_ids))
+        rows = lookup[np.where((wanted >= 0) & (wanted <= largest), wanted, largest + 1)]
+        found = rows >= 0
+        return np.where(found, rows, 0), found
     rows = np.searchsorted(template_ids, wanted).clip(max=len(template_ids) - 1)
     return rows, template_ids[rows] == wanted
 
@@ -108,8 +125,10 @@ def _dense_block_scores(template_feats: np.ndarray, rows_a: np.ndarray, rows_b: 
     rows_per_block = max(1, BLOCK_ELEMENTS // len(used_b))
     block_of_pair = pair_a // rows_per_block  # [P]
     scores = np.empty(len(rows_a))
+    buffer = np.empty((min(rows_per_block, len(used_a)), len(used_b)))  # reused for every block
     for block, start in enumerate(range(0, len(used_a), rows_per_block)):
-        similarity = template_feats[used_a[start:start + rows_per_block]] @ feats_b_t  # [rows, B]
+        feats_a = template_feats[used_a[start:start + rows_per_block]]  # [rows, D]
+        similarity = np.matmul(feats_a, feats_b_t, out=buffer[:len(feats_a)])  # [rows, B]
         in_block = np.flatnonzero(block_of_pair == block)
         scores[in_block] = similarity[pair_a[in_block] - start, pair_b[in_block]]
     return scores

@@ -258,6 +258,14 @@ def _single_thread_opencv(_worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
+def collate_aligned(batch: list[tuple[torch.Tensor, int, bool]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images [B, 3, S, S] uint8, indices [B], ok [B]). Stacked by NumPy: torch.stack's threaded copy
+    took 0.2 s per batch of 64 on a busy 2-core machine, 20x the decoding time."""
+    images, indices, ok = zip(*batch)
+    stacked = np.stack([image.numpy() for image in images])  # [B, 3, S, S]
+    return torch.from_numpy(stacked), torch.tensor(indices), torch.tensor(ok)
+
+
 def aligned_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """Batches in file order; workers decode and align while the model runs on the previous batch.
 
@@ -266,9 +274,23 @@ def aligned_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memo
     """
     workers = dict(num_workers=num_workers, worker_init_fn=_single_thread_opencv, prefetch_factor=4,
                    multiprocessing_context="spawn") if num_workers else {}
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=pin_memory, **workers)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=pin_memory,
+                      collate_fn=collate_aligned, **workers)
 
 
-__all__ = ["GALLERIES", "TARGETS", "AlignedFaces", "ImageMeta", "MetaPaths", "aligned_loader",
-           "check_images_exist", "meta_prefix", "read_identification_csv", "read_image_meta",
-           "read_landmarks", "read_pairs", "read_template_media"]
+__all__ = [
+    "GALLERIES",
+    "TARGETS",
+    "AlignedFaces",
+    "ImageMeta",
+    "MetaPaths",
+    "aligned_loader",
+    "check_images_exist",
+    "collate_aligned",
+    "meta_prefix",
+    "read_identification_csv",
+    "read_image_meta",
+    "read_landmarks",
+    "read_pairs",
+    "read_template_media",
+]

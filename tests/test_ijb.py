@@ -60,7 +60,7 @@ def test_template_features_equal_a_per_template_loop(flip, detector, norm_score)
 def test_template_features_do_not_depend_on_the_block_size(monkeypatch):
     feats, feats_flip, faceness, templates, medias = _random_meta(1)
     _, whole = ijb.template_features(feats, templates, medias, feats_flip, faceness)
-    monkeypatch.setattr(ijb, "BLOCK_ELEMENTS", 7 * feats.shape[1])  # 7 images per block
+    monkeypatch.setattr(ijb, "POOL_BLOCK_ELEMENTS", 7 * feats.shape[1])  # 7 images per block
     _, blocked = ijb.template_features(feats, templates, medias, feats_flip, faceness)
     np.testing.assert_allclose(blocked, whole, atol=1e-12)
 
@@ -89,10 +89,12 @@ def test_pair_scores_equal_a_direct_loop(method, monkeypatch):
     np.testing.assert_allclose(scores, expected, atol=1e-6, rtol=0)
 
 
-def test_template_rows_of_reports_unknown_ids():
-    rows, found = ijb.template_rows_of(np.array([3, 7, 9]), np.array([7, 8, 9, 100, 1]))
-    assert found.tolist() == [True, False, True, False, False]
-    assert rows[found].tolist() == [1, 2]
+@pytest.mark.parametrize("table_limit", [2**26, 0])  # look-up table, binary search
+def test_template_rows_of_reports_unknown_ids(table_limit, monkeypatch):
+    monkeypatch.setattr(ijb, "LOOKUP_TABLE_LIMIT", table_limit)
+    rows, found = ijb.template_rows_of(np.array([3, 7, 9]), np.array([7, 8, 9, 100, 1, -5, 3]))
+    assert found.tolist() == [True, False, True, False, False, False, True]
+    assert rows[found].tolist() == [1, 2, 0]
 
 
 def _scan_nearest(fpr, tpr, far):
