@@ -203,6 +203,7 @@ def run_verification(template_ids: np.ndarray, template_feats: np.ndarray, paths
     """1:1: pair scores, TAR@FAR table, ROC plot; returns the table."""
     rows_a, rows_b, labels = _pair_rows(template_ids, paths.pairs)
     scores = ijb.pair_scores(template_feats, rows_a, rows_b)
+    del rows_a, rows_b  # 250 MB on IJB-C that the ROC does not need
     _atomic_write(out_dir / f"{prefix}.npy", lambda stream: np.save(stream, scores))
     fpr, tpr = ijb.roc(labels, scores)
     table = ijb.tar_at_far(fpr, tpr, rule=rule)

@@ -116,9 +116,9 @@ def _dense_block_scores(template_feats: np.ndarray, rows_a: np.ndarray, rows_b: 
     num_templates = len(template_feats)
     used_a = np.flatnonzero(np.bincount(rows_a, minlength=num_templates))  # [A] template rows
     used_b = np.flatnonzero(np.bincount(rows_b, minlength=num_templates))  # [B]
-    local_a = np.empty(num_templates, dtype=np.int64)
+    local_a = np.empty(num_templates, dtype=np.int32)  # int32: P-sized index arrays at half the memory
     local_a[used_a] = np.arange(len(used_a))
-    local_b = np.empty(num_templates, dtype=np.int64)
+    local_b = np.empty(num_templates, dtype=np.int32)
     local_b[used_b] = np.arange(len(used_b))
     pair_a, pair_b = local_a[rows_a], local_b[rows_b]  # [P] positions in used_a / used_b
     feats_b_t = np.ascontiguousarray(template_feats[used_b].T)  # [D, B]
