@@ -61,8 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="all: 1:1, plus 1:N when its meta files exist")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="add the embedding of the mirrored image (released: on)")
-    parser.add_argument("--norm-score", action=argparse.BooleanOptionalAction, default=False,
-                        help="L2-normalise each image feature before pooling (released: off)")
+    parser.add_argument("--norm-score", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep each image feature's norm as its quality weight, as the released "
+                             "use_norm_score=True; --no-norm-score L2-normalises image features first")
     parser.add_argument("--detector-score", action=argparse.BooleanOptionalAction, default=True,
                         help="weight each image feature by its faceness score (released: on)")
     parser.add_argument("--features", default=None,
@@ -277,7 +278,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     feats, feats_flip, faceness = image_features(args, meta, out_dir, prefix)
     template_ids, template_feats = ijb.template_features(
         feats, meta.templates, meta.medias, feats_flip=feats_flip if args.flip else None,
-        faceness=faceness if args.detector_score else None, norm_score=args.norm_score)
+        faceness=faceness if args.detector_score else None, normalize_images=not args.norm_score)
     settings = {key: getattr(args, key) for key in ("target", "network", "model_prefix", "features", "flip",
                                                     "norm_score", "detector_score", "table_rule", "protocol")}
     settings["table_rule_meaning"] = ijb.TABLE_RULES[args.table_rule]

@@ -49,7 +49,7 @@ def _media_groups(templates: np.ndarray, medias: np.ndarray) -> tuple[np.ndarray
 
 def template_features(feats: np.ndarray, templates: np.ndarray, medias: np.ndarray,
                       feats_flip: np.ndarray | None = None, faceness: np.ndarray | None = None,
-                      norm_score: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                      normalize_images: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Pool image embeddings into L2-normalised template features.
 
     Args:
@@ -57,13 +57,14 @@ def template_features(feats: np.ndarray, templates: np.ndarray, medias: np.ndarr
         templates, medias: [N] template and media id of each image.
         feats_flip: [N, D] embeddings of the mirrored images (flip test), added to `feats`.
         faceness: [N] detector scores that multiply each image feature (detector score), or None.
-        norm_score: L2-normalise each image feature before the faceness weight and pooling.
+        normalize_images: L2-normalise each image feature before the faceness weight and pooling (the
+            released use_norm_score=False).
     Returns:
         (template ids [T] ascending, features [T, D] float64 with unit norm; a template whose pooled
         feature is zero stays zero).
 
     The template feature is sum over media of the mean over the media's images, i.e. a weighted sum of
-    image features with weight faceness / (|f| if norm_score) / (images in the media). That sparse
+    image features with weight faceness / (|f| if normalize_images) / (images in the media). That sparse
     [T, N] weight matrix times the features is computed in image blocks, in float64.
     """
     num_images, dim = feats.shape
@@ -78,7 +79,7 @@ def template_features(feats: np.ndarray, templates: np.ndarray, medias: np.ndarr
         if feats_flip is not None:
             image_feats += feats_flip[start:stop]
         weights = 1.0 / group_sizes[start:stop]  # [b]
-        if norm_score:
+        if normalize_images:
             weights = weights / np.linalg.norm(image_feats, axis=1)
         if faceness is not None:
             weights = weights * faceness[start:stop]

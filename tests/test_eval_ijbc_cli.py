@@ -85,12 +85,12 @@ def ijbc(tmp_path_factory):
     return root, model, root / "results" / "run"
 
 
-def _direct_scores(out, meta_root, flip=True, detector=True, norm_score=False):
+def _direct_scores(out, meta_root, flip=True, detector=True, normalize_images=False):
     """Pair scores from the saved features by a per-template loop, pairs in file order."""
     paths = MetaPaths.of(meta_root, "IJBC")
     saved = np.load(out / "ijbc_features.npz")
     image_feats = saved["feats"].astype(np.float64) + (saved["feats_flip"] if flip else 0)
-    if norm_score:
+    if normalize_images:
         image_feats /= np.linalg.norm(image_feats, axis=1, keepdims=True)
     if detector:
         image_feats *= saved["faceness"][:, None]
@@ -159,11 +159,11 @@ def test_features_flag_reproduces_the_table_of_the_run_that_saved_them(ijbc):
 
 def test_switches_change_the_pooling_as_documented(ijbc):
     root, _, out = ijbc
-    argv = _features_argv(root, out, "switches", "--no-flip", "--norm-score", "--no-detector-score",
+    argv = _features_argv(root, out, "switches", "--no-flip", "--no-norm-score", "--no-detector-score",
                           "--protocol", "1:1", "--table-rule", "interpolated")
     assert eval_ijbc.main(argv) == 0
     switched = root / "results" / "switches"
-    expected = _direct_scores(out, root / "IJBC", flip=False, detector=False, norm_score=True)
+    expected = _direct_scores(out, root / "IJBC", flip=False, detector=False, normalize_images=True)
     np.testing.assert_allclose(np.load(switched / "ijbc.npy"), expected, atol=1e-6)
     assert not (switched / "ijbc_1N_result.json").exists()
     assert json.loads((switched / "ijbc_settings.json").read_text())["table_rule"] == "interpolated"

@@ -28,10 +28,10 @@ def _random_meta(seed: int, num_images: int = 300, num_templates: int = 40, dim:
     return feats, feats_flip, faceness, templates, medias
 
 
-def _loop_template_features(feats, feats_flip, faceness, templates, medias, norm_score):
+def _loop_template_features(feats, feats_flip, faceness, templates, medias, normalize_images):
     """The released algorithm, one template and one media at a time."""
     image_feats = feats.astype(np.float64) + (0 if feats_flip is None else feats_flip)
-    if norm_score:
+    if normalize_images:
         image_feats = image_feats / np.linalg.norm(image_feats, axis=1, keepdims=True)
     if faceness is not None:
         image_feats = image_feats * faceness[:, None]
@@ -45,14 +45,14 @@ def _loop_template_features(feats, feats_flip, faceness, templates, medias, norm
     return result
 
 
-@pytest.mark.parametrize("flip, detector, norm_score", [(True, True, False), (False, True, False),
+@pytest.mark.parametrize("flip, detector, normalize_images", [(True, True, False), (False, True, False),
                                                         (True, False, True), (False, False, False)])
-def test_template_features_equal_a_per_template_loop(flip, detector, norm_score):
+def test_template_features_equal_a_per_template_loop(flip, detector, normalize_images):
     feats, feats_flip, faceness, templates, medias = _random_meta(0)
     feats_flip = feats_flip if flip else None
     faceness = faceness if detector else None
-    ids, pooled = ijb.template_features(feats, templates, medias, feats_flip, faceness, norm_score)
-    expected = _loop_template_features(feats, feats_flip, faceness, templates, medias, norm_score)
+    ids, pooled = ijb.template_features(feats, templates, medias, feats_flip, faceness, normalize_images)
+    expected = _loop_template_features(feats, feats_flip, faceness, templates, medias, normalize_images)
     assert list(ids) == sorted(expected)
     np.testing.assert_allclose(pooled, np.stack([expected[t] for t in ids]), atol=1e-6, rtol=0)
 
@@ -68,7 +68,7 @@ def test_template_features_do_not_depend_on_the_block_size(monkeypatch):
 def test_template_features_leave_callers_arrays_unchanged():
     feats, feats_flip, faceness, templates, medias = _random_meta(2)
     copies = [a.copy() for a in (feats, feats_flip, faceness, templates, medias)]
-    ijb.template_features(feats, templates, medias, feats_flip, faceness, norm_score=True)
+    ijb.template_features(feats, templates, medias, feats_flip, faceness, normalize_images=True)
     for before, after in zip(copies, (feats, feats_flip, faceness, templates, medias)):
         np.testing.assert_array_equal(before, after)
 
