@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.distributed as dist
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -71,7 +73,7 @@ class Run:
 
     def local_state(self) -> dict:
         return {"head": self.head.state_dict(), "head_optimizer": self.head_optimizer.state_dict(),
-                "rng": rng_state(self.generators), "nonfinite_in_a_row": self.nonfinite_in_a_row}
+                "rng": rng_state(self.generators, self.ctx.device), "nonfinite_in_a_row": self.nonfinite_in_a_row}
 
 
 def parse_args(argv):
@@ -88,9 +90,10 @@ def parse_args(argv):
 
 
 def build_run(cfg, ctx) -> Run:
-    backbone = get_model(cfg.network, cfg.embedding_size,
-                         **({} if cfg.gradient_checkpointing is None
-                            else {"using_checkpoint": cfg.gradient_checkpointing}))
+    overrides = {"attn_impl": cfg.attention}
+    if cfg.gradient_checkpointing is not None:
+        overrides["using_checkpoint"] = cfg.gradient_checkpointing
+    backbone = get_model(cfg.network, cfg.embedding_size, **overrides)
     if cfg.init:
         backbone.load_state_dict(_checked_init(cfg))
     backbone = backbone.to(ctx.device)
@@ -101,12 +104,27 @@ def build_run(cfg, ctx) -> Run:
                                        interclass_filtering_threshold=cfg.interclass_filtering_threshold,
                                        exact_gradient=cfg.margin_exact_gradient)
     head = PartialFC(margin, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, seed=cfg.seed).to(ctx.device)
-    generators = {name: torch.Generator(ctx.device).manual_seed(cfg.seed * 100 + ctx.rank + offset)
-                  for offset, name in enumerate(("augment", "dpap"))}
+    generators = {name: torch.Generator(ctx.device).manual_seed(_seed(cfg.seed, ctx.rank, stream))
+                  for stream, name in enumerate(("augment", "dpap"))}
     return Run(cfg=cfg, ctx=ctx, backbone=backbone, model=model, head=head,
                backbone_optimizer=build_optimizer(cfg, [backbone]), head_optimizer=build_optimizer(cfg, [head]),
-               scaler=torch.amp.GradScaler(ctx.device.type, enabled=cfg.precision == "fp16", growth_interval=100),
-               generators=generators, dpap=DPAP.from_config(cfg) if cfg.dpap else None)
+               scaler=_grad_scaler(cfg, ctx), generators=generators,
+               dpap=DPAP.from_config(cfg) if cfg.dpap else None)
+
+
+def _seed(seed: int, rank: int, stream: int) -> int:
+    """Independent seeds for every (rank, stream) pair."""
+    return int(np.random.SeedSequence([seed, rank, stream]).generate_state(1)[0])
+
+
+def _grad_scaler(cfg, ctx) -> torch.amp.GradScaler:
+    """The fp16 loss scaler (disabled otherwise). With several ranks, overflow checks are all-reduced: each
+    rank's class-centre shard overflows on its own, and ranks with different scales would take different
+    backbone steps."""
+    enabled = cfg.precision == "fp16"
+    if enabled and ctx.distributed:
+        return ShardedGradScaler(ctx.device.type, growth_interval=100)
+    return torch.amp.GradScaler(ctx.device.type, enabled=enabled, growth_interval=100)
 
 
 def _checked_init(cfg) -> dict:
@@ -121,10 +139,11 @@ def _checked_init(cfg) -> dict:
 
 def restore(run: Run, manager: CheckpointManager) -> bool:
     """Load the newest complete checkpoint into `run`; class centres are re-sharded if the world size changed."""
-    found = manager.load_latest()
+    found = manager.load_latest(all_agree=lambda ok: distributed.all_ranks(ok, run.ctx))
     if found is None:
         return False
     common, parts = found
+    _check_compatible(run.cfg, common)
     if common["total_batch_size"] != run.cfg.total_batch_size:
         log.warning("global batch changed from %d to %d; the step counter is kept and the rest of the epoch is "
                     "drawn from the new shards", common["total_batch_size"], run.cfg.total_batch_size)
@@ -132,18 +151,27 @@ def restore(run: Run, manager: CheckpointManager) -> bool:
     run.backbone_optimizer.load_state_dict(common["backbone_optimizer"])
     run.scaler.load_state_dict(common["scaler"])
     run.step, run.best = common["step"], dict(common["best"])
-    same_world = len(parts) == run.ctx.world_size
-    if same_world:
+    if common["world_size"] == run.ctx.world_size:
         mine = parts[run.ctx.rank]
         run.head.load_state_dict(mine["head"])
         run.head_optimizer.load_state_dict(mine["head_optimizer"])
-        set_rng_state(mine["rng"], run.generators)
+        set_rng_state(mine["rng"], run.generators, run.ctx.device)
         run.nonfinite_in_a_row = mine["nonfinite_in_a_row"]
     else:
-        _reshard_head(run, parts)
+        _reshard_head(run, [parts[r] for r in sorted(parts)])
         log.warning("world size changed from %d to %d: class centres re-sharded, random states re-seeded",
                     len(parts), run.ctx.world_size)
     return True
+
+
+def _check_compatible(cfg, common: dict) -> None:
+    """A checkpoint resumes only the same model: stop with one sentence instead of a shape error."""
+    saved = json.loads(common["config"])
+    changed = [f"{key} {saved[key]!r} -> {cfg[key]!r}" for key in ("network", "embedding_size", "num_classes")
+               if saved[key] != cfg[key]]
+    if changed:
+        raise UserError(f"the checkpoint in '{cfg.output}' was trained with other settings ({', '.join(changed)}); "
+                        "resume with the same settings, or set another output to start a new run.")
 
 
 def _reshard_head(run: Run, parts: list[dict]) -> None:
@@ -195,7 +223,7 @@ def train_step(run: Run, micro_batches: list[tuple[torch.Tensor, torch.Tensor]])
                 loss = run.head(embedding, labels, weights) / num_micro
             run.scaler.scale(loss).backward()
         total_loss += loss.detach()
-    # One CPU-GPU sync per step: a non-finite loss must be known before the optimizer steps.
+    # A CPU-GPU sync: a non-finite loss must be known before the optimizer steps.
     loss_value = total_loss.item()
     if not torch.isfinite(total_loss):
         return _skip_nonfinite(run, loss_value)
@@ -235,15 +263,6 @@ class TrainingDiverged(RuntimeError):
     """Too many non-finite losses in a row."""
 
 
-def _agreed(flag: bool, ctx) -> bool:
-    """True on every rank when `flag` is true on any (so all ranks stop at the same step)."""
-    if not ctx.distributed:
-        return flag
-    value = torch.tensor([float(flag)], device=ctx.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
 def train(run: Run, train_set, manager: CheckpointManager, verifier, max_steps: int | None, stop_requested) -> bool:
     """Run optimizer steps until the end (True) or a stop request (False), checkpointing on the way."""
     cfg, ctx = run.cfg, run.ctx
@@ -272,7 +291,7 @@ def train(run: Run, train_set, manager: CheckpointManager, verifier, max_steps: 
                     _log_step(run, stats, meter, scalars)
                 if verifier is not None and (run.step % cfg.verbose == 0 or run.step == cfg.total_steps):
                     verifier(run, scalars)
-                stop = _agreed(stop_requested(), ctx)
+                stop = distributed.any_rank(stop_requested(), ctx)  # all ranks stop at the same step
                 epoch_end = run.step % cfg.steps_per_epoch == 0
                 if epoch_end or run.step == cfg.total_steps:
                     save_backbone(run)
@@ -315,6 +334,7 @@ def main(argv=None) -> int:
         cfg = config_utils.derive(cfg, ctx.world_size)
         if cfg.precision == "fp16" and ctx.device.type == "cpu":
             raise UserError("precision 'fp16' needs a GPU; on a CPU use --set precision=bf16 or precision=fp32.")
+        _check_val_targets(cfg)
         run = build_run(cfg, ctx)
         manager = CheckpointManager(cfg.output, ctx.rank, ctx.world_size, cfg.save_last)
         if cfg.resume and restore(run, manager):
@@ -340,6 +360,15 @@ def main(argv=None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         distributed.teardown()
+
+
+def _check_val_targets(cfg) -> None:
+    """On every rank, so that a missing file stops all ranks instead of rank 0 alone."""
+    for name in cfg.val_targets:
+        path = Path(cfg.rec) / f"{name}.bin"
+        if not path.is_file():
+            raise UserError(f"verification set '{path}' (val_targets entry '{name}') does not exist; put the .bin "
+                            "file beside train.rec or remove the name from val_targets.")
 
 
 def _catch_sigterm():

@@ -219,9 +219,6 @@ class VisionTransformer(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.using_checkpoint = enable
-
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "mask_token"}
 

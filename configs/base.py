@@ -13,6 +13,7 @@ config = EasyDict(
     embedding_size=512,  # size of the face embedding
     gradient_checkpointing=None,  # None: the variant's released setting; True/False forces it
     compile=False,  # torch.compile the backbone
+    attention="sdpa",  # "sdpa": PyTorch's fused kernels; "explicit": fp32 softmax(QK^T)V as the released code
     init="",  # path to pretrained backbone weights (a state_dict .pt) to start from
     # ---- classifier and loss ----
     # (m1, m2, m3) of the target logit cos(m1*theta + m2) - m3: ArcFace (1, .5, 0), CosFace (1, 0, .4)
@@ -31,7 +32,8 @@ config = EasyDict(
     dpap_k=7,  # number of dominant patches perturbed per chosen image
     dpap_prob=0.2,  # probability that an image of the batch is chosen
     dpap_alpha=1.0,  # lambda ~ U(0, alpha), the amplitude mixing weight
-    dpap_ratio=1.0,  # centred fraction of the shifted spectrum that is mixed (1.0: all of it)
+    dpap_ratio=1.0,  # area fraction of the centred shifted spectrum that is mixed, window side
+    #                  int(side * sqrt(ratio)) as released (1.0: all of it)
     dpap_quantize=True,  # truncate perturbed pixels to uint8 as the released code does
     # ---- optimisation ----
     optimizer="adamw",  # "adamw" or "sgd"
@@ -78,6 +80,7 @@ nullable = {
 
 # Keys limited to a fixed set of values.
 choices = {
+    "attention": ("sdpa", "explicit"),
     "ehsm_rule": ("released", "entropy_mean", "entropy_sum"),
     "optimizer": ("adamw", "sgd"),
     "lr_scheduler": ("polynomial", "cosine"),

@@ -138,3 +138,7 @@ def test_released_configs_load_with_released_hyper_parameters(name):
     assert config.num_epoch == (35 if name in ("glint360k_vit_l",) or not glint else 40)
     assert config.optimizer == "adamw" and config.weight_decay == 0.1 and config.precision == "fp16"
     assert config.margin_list == (1.0, 0.5, 0.0) and config.rec == ""
+
+
+def test_a_single_name_is_accepted_for_a_list_of_names(tmp_path):
+    assert load_config(write_config(tmp_path, ""), ["val_targets=lfw"]).val_targets == ("lfw",)

@@ -8,6 +8,7 @@ from easydict import EasyDict
 
 from backbones import get_model
 from utils.checkpoint import CheckpointManager
+from utils.errors import UserError
 from utils.optim import build_optimizer, lr_at, param_groups
 
 
@@ -63,7 +64,7 @@ def test_checkpoints_round_trip_and_only_the_last_n_are_kept(tmp_path):
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["step_000000020", "step_000000030"]
     common, parts = manager.load_latest()
-    assert common["value"].item() == 30.0 and parts[0]["rank_value"].item() == 30.0
+    assert common["value"].item() == 30.0 and parts[0]["rank_value"].item() == 30.0 and set(parts) == {0}
     assert common["world_size"] == 1 and not list((tmp_path / "checkpoints").rglob(".*tmp*"))
 
 
@@ -84,8 +85,47 @@ def test_checkpoint_missing_a_rank_file_is_incomplete(tmp_path):
         _save(manager, 5, 5.0)
     _save(rank0, 6, 6.0)  # rank 1 never wrote step 6
     common, parts = rank1.load_latest()
-    assert common["value"].item() == 5.0 and len(parts) == 2
+    assert common["value"].item() == 5.0 and set(parts) == {1}  # same world size: only its own part
 
 
 def test_no_checkpoint_means_none(tmp_path):
     assert CheckpointManager(tmp_path, rank=0, world_size=1).load_latest() is None
+
+
+def test_a_folder_still_being_written_never_causes_the_last_complete_one_to_be_pruned(tmp_path):
+    rank0 = CheckpointManager(tmp_path, rank=0, world_size=2, keep_last=1)
+    rank1 = CheckpointManager(tmp_path, rank=1, world_size=2, keep_last=1)
+    for manager in (rank0, rank1):
+        _save(manager, 1, 1.0)
+    _save(rank0, 2, 2.0)  # rank 1 has not written step 2 yet
+    assert (tmp_path / "checkpoints" / "step_000000001").is_dir()
+    _save(rank1, 2, 2.0)
+    _save(rank0, 3, 3.0)  # now step 2 is complete, so step 1 may go
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000000002", "step_000000003"]
+
+
+def test_ranks_fall_back_together_when_one_rank_cannot_load(tmp_path):
+    managers = [CheckpointManager(tmp_path, rank=r, world_size=2) for r in range(2)]
+    for step in (1, 2):
+        for manager in managers:
+            _save(manager, step, float(step))
+    (tmp_path / "checkpoints" / "step_000000002" / "rank_00001.pt").write_bytes(b"torn")
+    # rank 0 alone could load step 2; the agreement says rank 1 cannot, so both take step 1
+    rank1_loads = {"step_000000002": False, "step_000000001": True}
+    attempts = iter(["step_000000002", "step_000000001"])
+    common, parts = managers[0].load_latest(all_agree=lambda ok: ok and rank1_loads[next(attempts)])
+    assert common["value"].item() == 1.0 and set(parts) == {0}
+
+
+def test_resume_fails_clearly_when_no_checkpoint_loads(tmp_path):
+    manager = CheckpointManager(tmp_path, rank=0, world_size=1)
+    folder = _save(manager, 1, 1.0)
+    (folder / "common.pt").write_bytes(b"torn")
+    with pytest.raises(UserError, match="none of the 1 checkpoints"):
+        manager.load_latest()
+
+
+def test_only_interrupted_saves_mean_starting_afresh(tmp_path):
+    rank0 = CheckpointManager(tmp_path, rank=0, world_size=2)
+    _save(rank0, 1, 1.0)  # rank 1 crashed before writing its part
+    assert rank0.load_latest() is None

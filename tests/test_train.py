@@ -288,3 +288,35 @@ def test_resuming_on_another_world_size_reshards_the_class_centres(tmp_path, fac
     assert [len(r["weight"]) for r in ranks] == [4, 4]
     assert torch.equal(torch.cat([r["weight"] for r in ranks]), saved["head"]["weight"])
     assert torch.equal(torch.cat([r["exp_avg"] for r in ranks]), saved["head_optimizer"]["state"][0]["exp_avg"])
+
+
+def _scaler_after_overflow_on_rank_1(rank, world_size):
+    ctx = distributed.DistContext(rank=rank, local_rank=rank, world_size=world_size, device=torch.device("cpu"))
+    scaler = train._grad_scaler(EasyDict(precision="fp16"), ctx)
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scaler.scale(param.sum()).backward()
+    if rank == 1:
+        param.grad[0] = float("inf")  # only this rank's (class-centre) gradients overflow
+    scaler.step(optimizer)
+    scaler.update()
+    return {"scale": scaler.get_scale(), "param": param.detach().clone()}
+
+
+def test_fp16_loss_scale_and_skipped_steps_agree_across_ranks():
+    """Regression: per-rank GradScalers drifted apart when one rank's class-centre shard overflowed."""
+    ranks = run_distributed(_scaler_after_overflow_on_rank_1, 2)
+    assert ranks[0]["scale"] == ranks[1]["scale"] == 65536.0 / 2
+    assert all(torch.equal(r["param"], torch.ones(3)) for r in ranks)  # both ranks skipped the step
+
+
+def test_resuming_with_another_network_is_a_clear_error(tmp_path, face_folder, capsys):
+    config = str(write_config(tmp_path, face_folder))
+    assert train.main([config, "--max-steps", "1"]) == 0
+    assert train.main([config, "--resume", "auto", "--set", "network=vit_micro"]) == 2
+    assert "network 'vit_nano' -> 'vit_micro'" in capsys.readouterr().err
+
+
+def test_missing_verification_set_is_reported_before_training(tmp_path, face_folder, capsys):
+    assert train.main([str(write_config(tmp_path, face_folder, val_targets=("lfw",)))]) == 2
+    assert "lfw.bin" in capsys.readouterr().err

@@ -1,12 +1,14 @@
 """The one owner of training checkpoints: atomic writes, retention, and finding the newest complete one.
 
 A checkpoint is a folder `<output>/checkpoints/step_<N>/` holding
-  common.pt       written by rank 0: backbone, its optimizer, scaler, step, epoch, world size, config;
-  rank_<r>.pt     written by every rank: its class-centre shard, that shard's optimizer state, the
-                  rank's RNG states and data position.
-Every file is written to a temporary name and renamed, so a file that exists is whole. A checkpoint is
-complete when common.pt and one rank file per saved rank exist and load; a torn or truncated one is
-skipped in favour of the previous. No collective is needed to save, so a rank can save on preemption.
+  world_size      written first by rank 0: how many rank files make the checkpoint complete;
+  common.pt       written by rank 0: backbone, its optimizer, scaler, step, world size, config;
+  rank_<r>.pt     written by every rank: its class-centre shard, that shard's optimizer state and the
+                  rank's random states.
+Every file is written to a temporary name and renamed, so a file that exists is whole. Saving needs no
+collective, so every rank can save on preemption. Loading tries folders newest first; all ranks must load
+their part of a folder (they agree through a collective) or all move on to the previous one, so a torn or
+truncated checkpoint is skipped consistently. Folders must be on a file system every rank sees.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,26 +43,28 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """Every random state of this process: Python, NumPy, torch CPU and CUDA, and named generators."""
+def rng_state(generators: dict[str, torch.Generator] | None = None,
+              device: torch.device | None = None) -> dict[str, Any]:
+    """Every random state of this process: Python, NumPy, torch, this rank's CUDA device, named generators."""
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
         # NumPy's key array travels as a tensor so the file loads with weights_only=True.
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
         "generators": {name: g.get_state() for name, g in (generators or {}).items()},
     }
 
 
-def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None,
+                  device: torch.device | None = None) -> None:
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
     for name, generator in (generators or {}).items():
         if name in state["generators"]:
             generator.set_state(state["generators"][name])
@@ -86,54 +91,90 @@ class CheckpointManager:
         folder = self.step_dir(step)
         folder.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
+            _atomic_write_text(folder / "world_size", str(self.world_size))
             atomic_save({"schema": SCHEMA_VERSION, "world_size": self.world_size, **common},
                         folder / "common.pt")
         atomic_save({"schema": SCHEMA_VERSION, "rank": self.rank, **local}, folder / f"rank_{self.rank:05d}.pt")
         if self.rank == 0:
-            self._prune()
+            self._prune(keep=folder)
         return folder
 
+    def has_checkpoints(self) -> bool:
+        return bool(self._step_dirs())
+
     def _step_dirs(self) -> list[Path]:
+        """Checkpoint folders, newest first."""
         if not self.root.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in self.root.iterdir() if (m := _STEP_DIR.match(p.name))]
         return [p for _, p in sorted(found, reverse=True)]
 
     @staticmethod
-    def _files_present(folder: Path) -> bool:
-        common = folder / "common.pt"
-        if not common.is_file():
-            return False
-        ranks = sorted(folder.glob("rank_*.pt"))
-        return bool(ranks) and ranks[-1].name == f"rank_{len(ranks) - 1:05d}.pt"
+    def _saved_world_size(folder: Path) -> int | None:
+        try:
+            return int((folder / "world_size").read_text())
+        except (OSError, ValueError):
+            return None
 
-    def _prune(self) -> None:
-        """Delete checkpoints older than the newest `keep_last` whose files are all present."""
-        complete = [p for p in self._step_dirs() if self._files_present(p)]
-        if len(complete) < self.keep_last:
+    def _complete(self, folder: Path) -> bool:
+        world_size = self._saved_world_size(folder)
+        return world_size is not None and (folder / "common.pt").is_file() and all(
+            (folder / f"rank_{r:05d}.pt").is_file() for r in range(world_size))
+
+    def _prune(self, keep: Path) -> None:
+        """Delete folders older than the newest `keep_last` complete ones. `keep`, just written by rank 0, is
+        never deleted, and counts only once every rank has written its part."""
+        kept = [p for p in self._step_dirs() if self._complete(p)][:self.keep_last]
+        if len(kept) < self.keep_last:
             return
-        oldest_kept = int(_STEP_DIR.match(complete[self.keep_last - 1].name).group(1))
         for folder in self._step_dirs():
-            if int(_STEP_DIR.match(folder.name).group(1)) < oldest_kept:
+            if folder.name < kept[-1].name and folder != keep:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def has_checkpoints(self) -> bool:
-        return bool(self._step_dirs())
+    def _load_parts(self, folder: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        """(common, {rank: part}): this rank's part only when the world size is unchanged, else every part
+        (the class centres must then be re-sharded)."""
+        if not self._complete(folder):
+            raise FileNotFoundError(f"{folder} lacks files (a save that was interrupted)")
+        saved_world = self._saved_world_size(folder)
+        common = _load(folder / "common.pt")
+        ranks = [self.rank] if saved_world == self.world_size else range(saved_world)
+        return common, {r: _load(folder / f"rank_{r:05d}.pt") for r in ranks}
 
-    def load_latest(self) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        """(common, every rank's part) of the newest checkpoint that loads whole, or None."""
-        for folder in self._step_dirs():
+    def load_latest(self, all_agree: Callable[[bool], bool] = bool
+                    ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]] | None:
+        """(common, {rank: part}) of the newest checkpoint every rank can load, or None when there is none.
+
+        `all_agree(ok)` must return True on every rank only if `ok` is True on every rank (a collective
+        in a distributed run), so that all ranks resume from the same folder.
+        """
+        folders = self._step_dirs()
+        for folder in folders:
             try:
-                common = _load(folder / "common.pt")
-                saved_world = int(common["world_size"])
-                parts = [_load(folder / f"rank_{r:05d}.pt") for r in range(saved_world)]
-            except Exception as exc:  # a torn or truncated checkpoint: fall back to the previous one
-                log.warning("checkpoint %s is incomplete or unreadable (%s: %s); trying an older one",
-                            folder, type(exc).__name__, exc)
+                loaded, problem = self._load_parts(folder), None
+            except Exception as exc:  # a torn or truncated file: every rank falls back together
+                loaded, problem = None, f"{type(exc).__name__}: {exc}"
+            if not all_agree(loaded is not None):
+                log.warning("checkpoint %s is incomplete or unreadable (%s); trying an older one",
+                            folder, problem or "on another rank")
                 continue
+            common, parts = loaded
             if common.get("schema") != SCHEMA_VERSION:
                 raise UserError(f"checkpoint {folder} has schema {common.get('schema')}, this version reads "
                                 f"{SCHEMA_VERSION}; resume it with the version that wrote it.")
             log.info("resuming from %s", folder)
             return common, parts
+        # Folders with missing files are saves a crash interrupted; starting afresh is right. Folders whose
+        # files are all there but do not load are damage a user must see.
+        if any(self._complete(folder) for folder in folders):
+            raise UserError(f"none of the {len(folders)} checkpoints in {self.root} could be loaded (see the "
+                            "warnings above); remove that folder to start afresh, or restore a checkpoint.")
+        if folders:
+            log.warning("no checkpoint in %s was ever completed; starting from the beginning", self.root)
         return None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -93,6 +93,8 @@ def _coerce(key: str, value: Any, default: Any, nullable: Mapping[str, type], so
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif isinstance(default, tuple):
+        if not default and isinstance(value, str):  # --set val_targets=lfw
+            value = (value,)
         ok = isinstance(value, (list, tuple))
         if ok:
             value = tuple(value)

@@ -56,7 +56,10 @@ def pick_device(local_rank: int, device: str | None = None) -> torch.device:
             chosen = torch.device("cuda", local_rank % torch.cuda.device_count())
         return chosen
     if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible); "
+                            "start at most one process per GPU, or pass --device cpu to train on the CPU.")
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
@@ -101,13 +104,6 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) when there is none."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def seed_everything(seed: int, rank: int = 0) -> None:
     """Seed Python, NumPy and torch (all devices) with `seed + rank` so ranks draw different samples."""
     rank_seed = seed + rank
@@ -116,9 +112,18 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(rank_seed)
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank when `flag` is true on any rank (one small all-reduce)."""
+    if not ctx.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=ctx.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def all_ranks(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank only when `flag` is true on every rank."""
+    return not any_rank(not flag, ctx)
 
 
 def wrap_ddp(model: torch.nn.Module, ctx: DistContext, **kwargs) -> torch.nn.Module:
