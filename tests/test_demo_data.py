@@ -82,8 +82,8 @@ def test_pair_labels_match_the_identities_the_generator_drew(tiny):
 
 
 def test_hard_impostors_share_skin_and_hair_colour_when_possible():
-    pairs = demo.plan_pairs(demo.DemoSpec(num_train_ids=1, num_val_ids=60, num_pairs=40), hard=True)
-    spec = demo.DemoSpec(num_train_ids=1, num_val_ids=60)
+    spec = demo.DemoSpec(num_train_ids=1, num_val_ids=60, num_pairs=40)
+    pairs = demo.plan_pairs(spec, hard=True)
     impostors = [pair for pair in pairs if not pair.same]
     people = {index: demo.identity_of(spec, index) for index in spec.val_ids()}
     matched = [(people[p.first].skin, people[p.first].hair_colour) == (people[p.second].skin,
@@ -186,9 +186,11 @@ def test_contact_sheet_has_one_row_per_identity_and_a_loose_crop_column(tmp_path
     assert sheet.shape == (2 * 112, (3 + 2 + 1) * 112, 3)
 
 
-def test_cli_refuses_to_overwrite_and_rejects_bad_counts(tiny, capsys):
+def test_cli_refuses_to_overwrite_rejects_bad_counts_and_checks_only_existing_sets(tiny, capsys):
     root, _ = tiny
     assert demo.main(["--out", str(root), "--workers", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert demo.main(["--out", str(root / "new"), "--num-pairs", "4"]) == 2
     assert "--num-pairs" in capsys.readouterr().err
+    assert demo.main(["--out", str(root / "missing"), "--check"]) == 2
+    assert "generate the demo data first" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import csv
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from eval.verification import kfold_accuracy
 from tools.demo_faces import (
@@ -338,8 +340,10 @@ def generate(spec: DemoSpec, out_dir: str | Path, num_workers: int = 1, overwrit
     """Write the whole demo set under `out_dir`; returns the manifest (also written as manifest.json)."""
     spec.validate()
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.json").exists() and not overwrite:
-        raise UserError(f"'{out_dir}' already holds demo data; choose another --out or pass --overwrite.")
+    if (out_dir / "manifest.json").exists():
+        if not overwrite:
+            raise UserError(f"'{out_dir}' already holds demo data; choose another --out or pass --overwrite.")
+        shutil.rmtree(out_dir / IJB_TARGET / "loose_crop", ignore_errors=True)  # no stale images stay
     out_dir.mkdir(parents=True, exist_ok=True)
     pool = (ProcessPoolExecutor(num_workers, initializer=_single_thread_opencv) if num_workers > 1 else None)
     try:
@@ -405,14 +409,18 @@ def trivial_baselines(bin_path: str | Path) -> dict[str, float]:
 def check(out_dir: str | Path) -> dict[str, dict[str, float]]:
     """Baselines of every verification set under `out_dir`."""
     out_dir = Path(out_dir)
+    for name in VERIFICATION_SETS:
+        if not (out_dir / f"{name}.bin").is_file():
+            raise UserError(f"'{out_dir / name}.bin' does not exist; generate the demo data first: "
+                            f"python -m tools.make_demo_data --out {out_dir}")
     return {name: trivial_baselines(out_dir / f"{name}.bin") for name in VERIFICATION_SETS}
 
 
 # ---- contact sheet ----
 
 def contact_sheet(spec: DemoSpec, path: str | Path, num_ids: int = 6, num_views: int = 7) -> None:
-    """PNG grid: one training identity per row; normal photos, two hard ones, and a loose crop with its
-    landmarks."""
+    """PNG grid: one training identity per row; `num_views` normal photos, two hard ones, and a loose
+    crop with its landmarks in red."""
     rows = []
     for index in range(min(num_ids, spec.num_train_ids)):
         person = identity_of(spec, index)
@@ -424,10 +432,14 @@ def contact_sheet(spec: DemoSpec, path: str | Path, num_ids: int = 6, num_views:
         face = render_loose(person, sample_view(rng), rng)
         tiles.append(_letterbox(face.image, face.landmarks, 112))
         rows.append(np.concatenate(tiles, axis=1))
-    sheet = np.concatenate(rows, axis=0)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-        raise UserError(f"could not write the contact sheet '{path}'; check the folder and the .png suffix.")
+    sheet = Image.fromarray(np.concatenate(rows, axis=0))
+    # A 256-colour palette keeps the README image near 300 KB instead of 1.4 MB.
+    sheet = sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"the contact sheet '{path}' must be a .png file.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
 
 
 def _letterbox(image: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
