@@ -22,11 +22,11 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from utils.config import require
 from utils.errors import UserError
+from utils.images import IMAGE_SIZE, normalize
 from utils.recordio import IndexedRecordReader, RecordIOError, decode_image, first_label, unpack
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SIZE = 112  # aligned face crops are 112x112
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 ALIGN_HINT = ("training needs aligned 112x112 faces: align them with a 5-point similarity transform "
               "(for example insightface's norm_crop) or resize crops that are already aligned, then retry")
@@ -453,13 +453,12 @@ def flip_and_normalize(images: torch.Tensor, flip: bool = True,
 
     Runs where `images` is; the flip draws come from `generator` (on its own device) when given.
     """
-    pixels = images.float()  # a new tensor: the caller's batch is left as it is
     if flip:
-        draw_device = generator.device if generator is not None else pixels.device
-        flip_mask = torch.rand(len(pixels), generator=generator, device=draw_device) < 0.5  # [B]
-        flip_mask = flip_mask.to(pixels.device, non_blocking=True)[:, None, None, None]  # [B, 1, 1, 1]
-        pixels = torch.where(flip_mask, pixels.flip(-1), pixels)
-    return pixels.div_(255).sub_(0.5).div_(0.5)  # as ToTensor + Normalize(0.5, 0.5) of the released code
+        draw_device = generator.device if generator is not None else images.device
+        flip_mask = torch.rand(len(images), generator=generator, device=draw_device) < 0.5  # [B]
+        flip_mask = flip_mask.to(images.device, non_blocking=True)[:, None, None, None]  # [B, 1, 1, 1]
+        images = torch.where(flip_mask, images.flip(-1), images)
+    return normalize(images)
 
 
 class BatchJpegDecoder:

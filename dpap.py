@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
-
-PIXEL_MAX = 255.0
+from utils.images import PIXEL_MAX, normalize, to_pixels
 
 
 def spectrum_window(height: int, width: int, ratio: float,
@@ -101,16 +100,6 @@ def _patch_pixel_index(images_shape: torch.Size, image_index: torch.Tensor, cell
     return corner[..., None, None, None] + within  # [M, K, C, P, P]
 
 
-def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 255], the released arithmetic."""
-    return (images * 0.5 + 0.5) * PIXEL_MAX
-
-
-def from_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """[0, 255] -> [-1, 1], the released arithmetic."""
-    return (pixels / PIXEL_MAX - 0.5) / 0.5
-
-
 def perturb_chosen(images: torch.Tensor, chosen: torch.Tensor, chosen_patch_weights: torch.Tensor,
                    k: int = 7, alpha: float = 1.0, ratio: float = 1.0, patch_size: int = 9,
                    quantize: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -154,7 +143,7 @@ def perturb_chosen(images: torch.Tensor, chosen: torch.Tensor, chosen_patch_weig
         pixels = pixels.trunc()  # the released uint8 cast of the clipped value
     out = images.clone()
     # [B*C*H*W] <- [M*K*C*P*P]; target patches are distinct, so no two writes collide.
-    out.view(-1).index_copy_(0, target.view(-1), from_pixels(pixels).to(out.dtype).view(-1))
+    out.view(-1).index_copy_(0, target.view(-1), normalize(pixels).to(out.dtype).view(-1))
     return out
 
 

@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from backbones import load_backbone
-from tools.inference import IMAGE_SIZE, load_face, to_input
+from tools.inference import load_face, to_input
 from utils.errors import UserError
+from utils.images import IMAGE_SIZE
 
 INPUT_NAME = "data"
 OUTPUT_NAME = "embedding"

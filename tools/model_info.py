@@ -28,8 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from backbones import RELEASED_AS, VARIANTS, get_model
 from utils.errors import UserError
+from utils.images import IMAGE_SIZE
 
-IMAGE_SIZE = 112
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MEASURE_BATCH_SIZES = (2, 4)  # BatchNorm1d needs more than one sample in training mode
 

@@ -23,8 +23,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dataset import ALIGN_HINT, IMAGE_SIZE, scan_image_folder
+from dataset import ALIGN_HINT, scan_image_folder
 from utils.errors import UserError
+from utils.images import IMAGE_SIZE
 from utils.recordio import IndexedRecordWriter, IRHeader, pack
 
 JPEG_START = b"\xff\xd8\xff"

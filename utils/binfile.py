@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 
 from utils.errors import UserError
+from utils.images import IMAGE_SIZE
 from utils.recordio import decode_image
-
-IMAGE_SIZE = 112
 
 
 class _BoolDtype:
