@@ -13,7 +13,6 @@ ijbc.png (ROC), ijbc_settings.json (the switches and table rule), ijbc_1N_result
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from backbones import load_backbone
 from eval import ijb
+from eval.embed import embed_batch
 from eval.ijb_data import (
     TARGETS,
     AlignedFaces,
@@ -113,26 +113,20 @@ def extract_features(model: torch.nn.Module, meta: ImageMeta, image_dir: Path, d
     dataset = AlignedFaces(image_dir, meta.names, meta.landmarks)
     loader = aligned_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
     feats = feats_flip = None
-    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
     with tqdm(total=len(dataset), unit="img", desc="features", file=sys.stderr) as progress:
         for images, indices, ok in loader:
             if not bool(ok.all()):
                 row = int(indices[~ok][0])
                 raise UserError(f"image '{image_dir / meta.names[row]}' (line {row + 1} of {meta.source}) "
                                 "could not be decoded; replace the file.")
-            x = images.to(device, non_blocking=True).float().div_(255).sub_(0.5).div_(0.5)  # [B, 3, H, W]
-            if flip:
-                x = torch.cat([x, x.flip(3)])  # [2B, 3, H, W]: images, then their mirrors
-            with autocast:
-                embeddings = model(x).float().cpu().numpy()  # [B or 2B, D]
+            plain, mirrored = embed_batch(model, images, device, amp_dtype, flip)  # [B, D] each
             if feats is None:
-                feats = np.empty((len(dataset), embeddings.shape[1]), dtype=np.float32)
+                feats = np.empty((len(dataset), plain.shape[1]), dtype=np.float32)
                 feats_flip = np.empty_like(feats) if flip else None
             rows = indices.numpy()
-            feats[rows] = embeddings[:len(rows)]
+            feats[rows] = plain
             if flip:
-                feats_flip[rows] = embeddings[len(rows):]
+                feats_flip[rows] = mirrored
             progress.update(len(rows))
     return feats, feats_flip
 

@@ -12,7 +12,6 @@ accuracy on the other 9 folds, and the fold's accuracy is measured with it. Repo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from backbones import load_backbone
+from eval.embed import embed_batch
 from utils.binfile import decode_bin_images, load_bin
 from utils.distributed import pick_device
 from utils.errors import UserError
@@ -75,19 +75,14 @@ def kfold_accuracy(distances: np.ndarray, issame: np.ndarray, thresholds: np.nda
     return fold_correct[np.arange(num_folds), best] / sizes
 
 
-@torch.no_grad()
 def embed(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int,
           amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of the images and of their mirrors, each [M, D] float32 (the model's mode is unchanged)."""
-    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
     plain, mirrored = [], []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device).float().div(255).sub(0.5).div(0.5)  # [b, 3, H, W]
-        with autocast:
-            out = model(torch.cat([x, x.flip(3)])).float()  # [2b, D]: images, then mirrors
-        plain.append(out[:len(x)].cpu().numpy())
-        mirrored.append(out[len(x):].cpu().numpy())
+        batch_plain, batch_mirrored = embed_batch(model, images[start:start + batch_size], device, amp_dtype)
+        plain.append(batch_plain)
+        mirrored.append(batch_mirrored)
     return np.concatenate(plain), np.concatenate(mirrored)
 
 
