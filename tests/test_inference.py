@@ -173,3 +173,11 @@ def test_unreadable_image_is_a_clear_error(setup, tmp_path, capsys):
     broken.write_bytes(b"not an image")
     assert inference.main([*setup["args"], str(broken)]) == 2
     assert "cannot read image" in capsys.readouterr().err
+
+
+def test_cuda_device_without_cuda_exits_2_with_the_message(setup, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    assert inference.main([*setup["args"], "--device", "cuda", str(setup["folder"] / "face0.png")]) == 2
+    captured = capsys.readouterr()
+    assert "device 'cuda' was asked for but CUDA is not available" in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""

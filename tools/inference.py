@@ -22,9 +22,10 @@ import torch
 
 from backbones import load_backbone
 from eval.align import align_face
+from utils.distributed import pick_device
 from utils.errors import UserError
+from utils.images import IMAGE_SIZE, normalize
 
-IMAGE_SIZE = 112
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 NUM_LANDMARK_VALUES = 10  # 5 points, (x, y) each
 
@@ -88,8 +89,8 @@ def load_face(path: str | Path, landmarks: np.ndarray | None = None) -> np.ndarr
 
 def to_input(faces: np.ndarray) -> np.ndarray:
     """uint8 RGB faces [B, 112, 112, 3] -> network input float32 [B, 3, 112, 112] in [-1, 1]."""
-    pixels = faces.astype(np.float32).transpose(0, 3, 1, 2)  # [B, 3, H, W]
-    return (pixels / 255.0 - 0.5) / 0.5
+    pixels = torch.from_numpy(faces).permute(0, 3, 1, 2)  # [B, H, W, 3] -> [B, 3, H, W]
+    return normalize(pixels).numpy()
 
 
 def torch_embedder(model: torch.nn.Module, device: torch.device) -> Embedder:
@@ -181,10 +182,7 @@ def build_embedder(args: argparse.Namespace) -> Embedder:
         return onnx_embedder(args.onnx)
     if not (args.network and args.weights):
         raise UserError("no model given; pass --network NAME --weights model.pt, or --onnx model.onnx.")
-    if args.device:
-        device = torch.device(args.device)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(0, args.device)
     return torch_embedder(load_backbone(args.network, args.weights), device)
 
 
