@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from collections import Counter
 from pathlib import Path
@@ -174,6 +175,32 @@ def test_make_bin_writes_pairs_that_load_back(tmp_path):
     assert issame == [True, False]
     names = ["person_0/00.jpg", "person_0/01.jpg", "person_0/00.jpg", "person_1/01.jpg"]
     assert images == [(tmp_path / "faces" / name).read_bytes() for name in names]
+
+
+def test_make_bin_stores_other_formats_as_png_of_the_same_pixels(tmp_path):
+    rgb = write_folder(tmp_path / "faces", [1], suffix=".bmp")["person_0/00.bmp"]
+    (tmp_path / "pairs.txt").write_text("person_0/00.bmp person_0/00.bmp 1\n")
+    make_bin.make_bin(tmp_path / "pairs.txt", tmp_path / "faces", tmp_path / "set.bin")
+    images, _ = load_bin(tmp_path / "set.bin")
+    assert images[0].startswith(pack_rec.PNG_START)
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1], rgb)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is not a decodable image"),  # an empty file once gave an OpenCV traceback in pack_rec
+    (b"not an image", "is not a decodable image"),
+    (None, "is 120x120, not 112x112"),
+])
+def test_make_bin_and_pack_rec_refuse_a_bad_image_naming_it(tmp_path, content, message):
+    write_folder(tmp_path / "faces", [1], size=120 if content is None else 112)
+    bad = tmp_path / "faces" / "person_0" / "00.png"
+    if content is not None:
+        bad.write_bytes(content)
+    (tmp_path / "pairs.txt").write_text("person_0/00.png person_0/00.png 1\n")
+    with pytest.raises(UserError, match=re.escape(f"'{bad}' {message}")):
+        make_bin.make_bin(tmp_path / "pairs.txt", tmp_path / "faces", tmp_path / "set.bin")
+    with pytest.raises(UserError, match=re.escape(f"'{bad}' {message}")):
+        pack_folder(tmp_path / "faces", tmp_path / "rec")
 
 
 def test_make_bin_names_the_bad_pairs_line(tmp_path):

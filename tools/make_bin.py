@@ -14,14 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from dataset import ALIGN_HINT, IMAGE_SIZE
-from tools.rec2image import payload_suffix
+from tools.pack_rec import EncodeOptions, encode_file
 from utils.binfile import save_bin
 from utils.errors import UserError
-from utils.recordio import decode_image
+
+BIN_ENCODING = EncodeOptions(encoding="png", keep_bytes=True)  # JPEG/PNG kept byte for byte, others as PNG
 
 
 def read_pairs(pairs_path: str | Path) -> list[tuple[str, str, bool]]:
@@ -46,17 +43,7 @@ def stored_bytes(path: Path) -> bytes:
     """The bytes a .bin keeps for the image at `path`, after checking it is an aligned 112x112 face."""
     if not path.is_file():
         raise UserError(f"image '{path}' listed in the pairs file does not exist.")
-    data = path.read_bytes()
-    try:
-        image = decode_image(data)
-    except ValueError:
-        raise UserError(f"'{path}' is not a decodable image.") from None
-    if tuple(image.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
-        raise UserError(f"'{path}' is {image.shape[2]}x{image.shape[1]}, not 112x112; {ALIGN_HINT}.")
-    if payload_suffix(data) is not None:
-        return data
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    return cv2.imencode(".png", bgr)[1].tobytes()
+    return encode_file(str(path), BIN_ENCODING)
 
 
 def make_bin(pairs_path: str | Path, image_dir: str | Path, output: str | Path) -> int:

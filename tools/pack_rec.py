@@ -43,9 +43,9 @@ class EncodeOptions:
 def encode_file(path: str, options: EncodeOptions) -> bytes:
     """The payload stored for the image file at `path`: its own bytes or a fresh JPEG/PNG encoding."""
     data = Path(path).read_bytes()
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
-        raise UserError(f"'{path}' is not a decodable image; remove or replace it and pack again.")
+        raise UserError(f"'{path}' is not a decodable image; remove or replace it and run again.")
     if bgr.shape[:2] != (options.image_size, options.image_size):
         raise UserError(f"'{path}' is {bgr.shape[1]}x{bgr.shape[0]}, not {options.image_size}x"
                         f"{options.image_size}; {ALIGN_HINT}.")
