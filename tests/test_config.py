@@ -142,3 +142,10 @@ def test_released_configs_load_with_released_hyper_parameters(name):
 
 def test_a_single_name_is_accepted_for_a_list_of_names(tmp_path):
     assert load_config(write_config(tmp_path, ""), ["val_targets=lfw"]).val_targets == ("lfw",)
+
+
+def test_a_misspelled_device_is_a_clear_error():
+    from utils.distributed import pick_device
+
+    with pytest.raises(UserError, match="'gpu' is not a device name"):
+        pick_device(0, "gpu")

@@ -49,7 +49,10 @@ def _env_int(name: str, default: int) -> int:
 def pick_device(local_rank: int, device: str | None = None) -> torch.device:
     """`device` if given ("cpu", "cuda", "cuda:1"), else this rank's GPU when CUDA exists, else the CPU."""
     if device is not None:
-        chosen = torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except RuntimeError:
+            raise UserError(f"device '{device}' is not a device name; use cpu, cuda or cuda:N.") from None
         if chosen.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"device '{device}' was asked for but CUDA is not available; use --device cpu.")
         if chosen.type == "cuda" and chosen.index is None:
