@@ -16,6 +16,7 @@ geometry and texture.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -80,6 +81,18 @@ class Identity:
         return ",".join(f"{value:.6f}" for value in numbers)
 
 
+class Occluder(NamedTuple):
+    """Something in front of the face, in face-frame pixels."""
+
+    kind: int  # 0 a hand-like blob, 1 a bar (sunglasses, a scarf edge), 2 a mask over the lower face
+    x: float
+    y: float
+    width: float
+    height: float
+    angle: float  # degrees
+    grey: float  # grey level mixed with the clothes colour
+
+
 @dataclass(frozen=True)
 class View:
     """One photo of a person: pose, expression, scene and camera."""
@@ -99,7 +112,7 @@ class View:
     background: tuple[tuple[float, float, float], tuple[float, float, float]]  # two colours
     background_angle: float  # radians, direction of the background stripes
     clothes: tuple[float, float, float]
-    occluder: tuple[float, ...] | None  # kind, x, y, width, height, angle, grey level
+    occluder: Occluder | None
     blur_sigma: float  # pixels of the 112x112 aligned image
     noise_sigma: float  # grey levels
     jpeg_quality: int
@@ -163,9 +176,9 @@ def sample_view(rng: np.random.Generator, hard: bool = False) -> View:
     occluded = rng.random() < (0.5 if hard else 0.15)
     occluder = None
     if occluded:
-        occluder = (float(rng.integers(3)), _uniform(rng, 30, 82), _uniform(rng, 35, 100),
-                    _uniform(rng, 18, 50), _uniform(rng, 10, 30), _uniform(rng, -40, 40),
-                    _uniform(rng, 20, 235))
+        occluder = Occluder(int(rng.integers(3)), _uniform(rng, 30, 82), _uniform(rng, 35, 100),
+                            _uniform(rng, 18, 50), _uniform(rng, 10, 30), _uniform(rng, -40, 40),
+                            _uniform(rng, 20, 235))
     light = _uniform(rng, 0.2, 0.8) if hard else _uniform(rng, 0.0, 0.45)
     return View(
         yaw=_uniform(rng, -max_yaw, max_yaw),
@@ -216,8 +229,8 @@ class _Projector:
         self.matrix = matrix
         self.scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
 
-    def __call__(self, points: np.ndarray, lift: float = 0.0) -> np.ndarray:
-        """Points [P, 2] in the face frame, raised `lift` off the head surface -> pixels [P, 2]."""
+    def __call__(self, points: np.ndarray, lift: float | np.ndarray = 0.0) -> np.ndarray:
+        """Points [P, 2] in the face frame, raised `lift` (scalar or [P]) off the head surface -> pixels [P, 2]."""
         dx = points[:, 0] - CENTRE_X
         dy = points[:, 1] - HEAD_CENTRE_Y
         inside = 1 - (dx / self.radius_x) ** 2 - (dy / self.radius_y) ** 2
@@ -273,7 +286,7 @@ class _Painter:
         ring = np.column_stack([np.cos(t), np.sin(t)])  # [8, 2]
         radius = np.broadcast_to(np.asarray(radius, np.float64), (len(centres),))
         points = centres[:, None, :] + radius[:, None, None] * ring  # [P, 8, 2]
-        pixels = np.round(self.project(points.reshape(-1, 2), lift) * _ONE).astype(np.int32)
+        pixels = np.round(self.project(points.reshape(-1, 2), lift) * _ONE).astype(np.int32)  # [P*8, 2]
         polygons = list(pixels.reshape(len(centres), sides, 2))  # P polygons of [8, 2]
         cv2.fillPoly(self.canvas, polygons, tuple(float(c) for c in colour), cv2.LINE_AA, _SHIFT)
 
@@ -300,8 +313,7 @@ _LANDMARK_LIFT = np.array([4.0, 4.0, 14.0, 3.0, 3.0])  # how far each landmark s
 def landmarks(identity: Identity, view: View, matrix: np.ndarray) -> np.ndarray:
     """The 5 landmarks [5, 2] in pixels of the image drawn with `matrix`."""
     project = _Projector(identity, view, matrix)
-    points = landmarks_face_frame(identity, view)
-    return np.stack([project(points[i:i + 1], _LANDMARK_LIFT[i])[0] for i in range(5)])
+    return project(landmarks_face_frame(identity, view), _LANDMARK_LIFT)
 
 
 def _skin(identity: Identity) -> np.ndarray:

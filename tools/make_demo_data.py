@@ -307,7 +307,7 @@ def write_ijb_set(spec: DemoSpec, out_dir: Path, pool) -> IjbPlan:
     landmark_lines, media_lines = [], []
     for image, (data, points, faceness) in zip(plan.images, rendered):
         (crop_dir / image.name).write_bytes(data)
-        coordinates = " ".join(f"{value:.3f}" for value in points.reshape(-1))
+        coordinates = " ".join(f"{value:.3f}" for value in points.reshape(-1))  # [5, 2] -> x1 y1 ... x5 y5
         landmark_lines.append(f"{image.name} {coordinates} {faceness:.4f}\n")
         media_lines.append(f"{image.name} {image.template} {image.media}\n")
     prefix = IJB_TARGET.lower()
