@@ -1,8 +1,10 @@
-# Entry points for people and CI. `make install` once, then `make test` or `make demo`.
+# Entry points for people and CI: `make demo` runs the whole pipeline on the demo data, `make test` the suite.
 PYTHON ?= python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DATA ?= demo_data
+DEMO_OUTPUT ?= work_dirs/demo
 
-.PHONY: install test lint bench
+.PHONY: install lint test demo demo-data demo-train demo-eval bench
 
 install:
 	$(PYTHON) -m pip install $(TORCH_SPEC)
@@ -14,5 +16,24 @@ lint:
 test: lint
 	$(PYTHON) -m pytest
 
+demo: install demo-data demo-train demo-eval
+
+# The data is generated once (manifest.json is written last); delete $(DEMO_DATA) to make it again.
+demo-data:
+	test -f $(DEMO_DATA)/manifest.json || $(PYTHON) -m tools.make_demo_data --out $(DEMO_DATA) --seed 0
+
+# --resume auto: a second `make demo` continues (or finds finished) the run in $(DEMO_OUTPUT).
+demo-train:
+	$(PYTHON) train.py configs/demo.py --resume auto --set rec=$(DEMO_DATA) output=$(DEMO_OUTPUT)
+
+demo-eval:
+	$(PYTHON) eval_ijbc.py --model-prefix $(DEMO_OUTPUT)/model.pt --network vit_nano \
+		--image-path $(DEMO_DATA)/IJBC --result-dir $(DEMO_OUTPUT) --job ijbc --target IJBC --num-workers 2
+
 bench:
 	$(PYTHON) -m bench.bench_backbone
+	$(PYTHON) -m bench.bench_train_step
+	$(PYTHON) -m bench.bench_dpap
+	$(PYTHON) -m bench.bench_partial_fc
+	$(PYTHON) -m bench.bench_data
+	$(PYTHON) -m bench.bench_ijb
