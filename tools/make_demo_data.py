@@ -24,6 +24,7 @@ import argparse
 import csv
 import itertools
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -345,7 +346,10 @@ def generate(spec: DemoSpec, out_dir: str | Path, num_workers: int = 1, overwrit
             raise UserError(f"'{out_dir}' already holds demo data; choose another --out or pass --overwrite.")
         shutil.rmtree(out_dir / IJB_TARGET / "loose_crop", ignore_errors=True)  # no stale images stay
     out_dir.mkdir(parents=True, exist_ok=True)
-    pool = (ProcessPoolExecutor(num_workers, initializer=_single_thread_opencv) if num_workers > 1 else None)
+    # Workers come from a fork server: a child forked from a process that already ran OpenCV's thread pool
+    # can deadlock inside OpenCV (seen in the test suite).
+    pool = (ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("forkserver"),
+                                initializer=_single_thread_opencv) if num_workers > 1 else None)
     try:
         start = time.perf_counter()
         write_training_set(spec, out_dir, pool)

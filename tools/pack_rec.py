@@ -118,7 +118,9 @@ class _NoPool:
 
 
 def _pool(num_workers: int):
-    return multiprocessing.Pool(num_workers) if num_workers > 1 else _NoPool()
+    """Encoding workers from a fork server: a child forked from a process that already ran OpenCV's thread
+    pool can deadlock inside OpenCV."""
+    return multiprocessing.get_context("forkserver").Pool(num_workers) if num_workers > 1 else _NoPool()
 
 
 def write_records(output_dir: Path, blocks: list[tuple[int, list]], records: Iterator[tuple[IRHeader, bytes]],
