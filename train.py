@@ -209,7 +209,7 @@ def train_step(run: Run, micro_batches: list[tuple[torch.Tensor, torch.Tensor]])
     ehsm_stats, num_perturbed = [], 0
     for index, (images, labels) in enumerate(micro_batches):  # images [B, 3, H, W] in [-1, 1] on the device
         last = index == num_micro - 1
-        sync = contextlib.nullcontext() if last or not run.ctx.distributed else run.model.no_sync()
+        sync = contextlib.nullcontext() if last or not run.ctx.distributed else _ddp(run.model).no_sync()
         with sync:
             with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 if run.dpap is not None:  # the scoring pass runs in the training precision too
@@ -240,6 +240,11 @@ def train_step(run: Run, micro_batches: list[tuple[torch.Tensor, torch.Tensor]])
         weights = torch.cat(ehsm_stats)
         stats.update(ehsm_weight_mean=weights.mean().item(), ehsm_weight_std=weights.std().item())
     return stats
+
+
+def _ddp(model: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:
+    """The DDP wrapper inside `model`, which torch.compile may have wrapped once more."""
+    return getattr(model, "_orig_mod", model)
 
 
 def _zero_grad(run: Run) -> None:
