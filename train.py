@@ -149,7 +149,8 @@ def restore(run: Run, manager: CheckpointManager) -> bool:
                     "drawn from the new shards", common["total_batch_size"], run.cfg.total_batch_size)
     run.backbone.load_state_dict(common["backbone"])
     run.backbone_optimizer.load_state_dict(common["backbone_optimizer"])
-    run.scaler.load_state_dict(common["scaler"])
+    if common["scaler"] and run.scaler.is_enabled():  # empty when the saved run did not use fp16
+        run.scaler.load_state_dict(common["scaler"])
     run.step, run.best = common["step"], dict(common["best"])
     if common["world_size"] == run.ctx.world_size:
         mine = parts[run.ctx.rank]
