@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,12 +21,13 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from utils.config import require
 from utils.errors import UserError
-from utils.images import IMAGE_SIZE, normalize
+from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, normalize
 from utils.recordio import IndexedRecordReader, RecordIOError, decode_image, first_label, unpack
+from utils.seeding import derive_seed, seed_everything
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+DATASET_KINDS = ("recordio", "folder", "synthetic")
 ALIGN_HINT = ("training needs aligned 112x112 faces: align them with a 5-point similarity transform "
               "(for example insightface's norm_crop) or resize crops that are already aligned, then retry")
 _JPEG_START = b"\xff\xd8"
@@ -414,10 +414,7 @@ class WorkerSeeder:
         self.rank = rank
 
     def __call__(self, worker_id: int) -> None:
-        worker_seed = int(np.random.SeedSequence([self.seed, self.rank, worker_id]).generate_state(1)[0])
-        random.seed(worker_seed)
-        np.random.seed(worker_seed)
-        torch.manual_seed(worker_seed)
+        seed_everything(derive_seed(self.seed, self.rank, worker_id))
 
 
 def collate_encoded(batch: Sequence) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:

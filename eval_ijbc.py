@@ -13,10 +13,10 @@ ijbc.png (ROC), ijbc_settings.json (the switches and table rule), ijbc_1N_result
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,9 @@ from eval.ijb_data import (
     read_pairs,
 )
 from utils.distributed import pick_device
-from utils.errors import UserError
+from utils.errors import UserError, entry_point
+from utils.files import atomic_write, atomic_write_text
+from utils.precision import autocast_dtype
 
 PROTOCOLS = ("1:1", "1:N", "all")
 
@@ -81,28 +83,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(file object) on a temporary file beside `path`, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, value) -> None:
-    _atomic_write(path, lambda stream: stream.write((json.dumps(value, indent=2) + "\n").encode()))
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def _autocast_dtype(args: argparse.Namespace) -> torch.dtype | None:
-    if args.fp16:
-        return torch.float16
-    if args.bf16:
-        return torch.bfloat16
-    return None
+    return autocast_dtype("fp16" if args.fp16 else "bf16" if args.bf16 else "fp32")
 
 
 @torch.inference_mode()
@@ -188,8 +174,8 @@ def save_roc_plot(fpr: np.ndarray, tpr: np.ndarray, stem: Path, title: str, labe
     axis.set_ylabel("True Positive Rate")
     axis.set_title(title)
     axis.legend(loc="lower right")
-    for suffix in (".pdf", ".png"):
-        figure.savefig(stem.with_suffix(suffix), dpi=150)
+    for kind in ("pdf", "png"):
+        atomic_write(stem.with_suffix(f".{kind}"), functools.partial(figure.savefig, format=kind, dpi=150))
     plt.close(figure)
 
 
@@ -199,7 +185,7 @@ def run_verification(template_ids: np.ndarray, template_feats: np.ndarray, paths
     rows_a, rows_b, labels = _pair_rows(template_ids, paths.pairs)
     scores = ijb.pair_scores(template_feats, rows_a, rows_b)
     del rows_a, rows_b  # 250 MB on IJB-C that the ROC does not need
-    _atomic_write(out_dir / f"{prefix}.npy", lambda stream: np.save(stream, scores))
+    atomic_write(out_dir / f"{prefix}.npy", lambda stream: np.save(stream, scores))
     fpr, tpr = ijb.roc(labels, scores)
     table = ijb.tar_at_far(fpr, tpr, rule=rule)
     _write_json(out_dir / f"{prefix}_result.json", table)
@@ -255,7 +241,7 @@ def image_features(args: argparse.Namespace, meta: ImageMeta, out_dir: Path,
     arrays = {"feats": feats, "faceness": meta.faceness}
     if feats_flip is not None:
         arrays["feats_flip"] = feats_flip
-    _atomic_write(out_dir / f"{prefix}_features.npz", lambda stream: np.savez(stream, **arrays))
+    atomic_write(out_dir / f"{prefix}_features.npz", lambda stream: np.savez(stream, **arrays))
     return feats, feats_flip, meta.faceness
 
 
@@ -286,13 +272,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     return results
 
 
+@entry_point
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        evaluate(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    evaluate(parse_args(argv))
     return 0
 
 

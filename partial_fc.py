@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import UserError
+from utils.seeding import derive_seed
 
 # Centres are drawn N(0, INIT_STD^2) in blocks of this many classes, each from its own generator
 # seeded by (seed, block): a shard draws only the blocks it overlaps, and the full matrix does not
@@ -61,8 +61,7 @@ def init_class_centres(num_classes: int, embedding_size: int, start: int, stop: 
     for block in range(start // _INIT_BLOCK_ROWS, math.ceil(stop / _INIT_BLOCK_ROWS)):
         block_start = block * _INIT_BLOCK_ROWS
         block_stop = min(block_start + _INIT_BLOCK_ROWS, num_classes)
-        block_seed = int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
-        generator = torch.Generator().manual_seed(block_seed)
+        generator = torch.Generator().manual_seed(derive_seed(seed, block))
         rows = torch.normal(0.0, INIT_STD, (block_stop - block_start, embedding_size),
                             generator=generator)  # [block rows, D]
         blocks.append(rows[max(start, block_start) - block_start:min(stop, block_stop) - block_start])

@@ -19,7 +19,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from tqdm import tqdm
@@ -33,15 +32,15 @@ from eval.verification import TrainingVerifier
 from partial_fc import PartialFC, shard_weight
 from utils import config as config_utils
 from utils import distributed
-from utils.checkpoint import CheckpointManager, atomic_save, rng_state, set_rng_state
-from utils.errors import UserError
+from utils.checkpoint import CheckpointManager, rng_state, set_rng_state
+from utils.errors import UserError, entry_point
+from utils.files import atomic_save, atomic_write_text
 from utils.monitor import Scalars, SpeedMeter, format_seconds, memory_text, setup_logging
 from utils.optim import build_optimizer, lr_at, set_lr
+from utils.precision import autocast
+from utils.seeding import derive_seed, seed_everything
 
 log = logging.getLogger("transface.train")
-
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
-
 
 @dataclass
 class Run:
@@ -104,17 +103,12 @@ def build_run(cfg, ctx) -> Run:
                                        interclass_filtering_threshold=cfg.interclass_filtering_threshold,
                                        exact_gradient=cfg.margin_exact_gradient)
     head = PartialFC(margin, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, seed=cfg.seed).to(ctx.device)
-    generators = {name: torch.Generator(ctx.device).manual_seed(_seed(cfg.seed, ctx.rank, stream))
+    generators = {name: torch.Generator(ctx.device).manual_seed(derive_seed(cfg.seed, ctx.rank, stream))
                   for stream, name in enumerate(("augment", "dpap"))}
     return Run(cfg=cfg, ctx=ctx, backbone=backbone, model=model, head=head,
                backbone_optimizer=build_optimizer(cfg, [backbone]), head_optimizer=build_optimizer(cfg, [head]),
                scaler=_grad_scaler(cfg, ctx), generators=generators,
                dpap=DPAP.from_config(cfg) if cfg.dpap else None)
-
-
-def _seed(seed: int, rank: int, stream: int) -> int:
-    """Independent seeds for every (rank, stream) pair."""
-    return int(np.random.SeedSequence([seed, rank, stream]).generate_state(1)[0])
 
 
 def _grad_scaler(cfg, ctx) -> torch.amp.GradScaler:
@@ -205,7 +199,6 @@ def train_step(run: Run, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]
                ) -> dict[str, float | torch.Tensor] | None:
     """One optimizer step over the (images, labels) micro-batches; None when the step was skipped."""
     cfg, device = run.cfg, run.ctx.device
-    dtype = AUTOCAST_DTYPES[cfg.precision]
     num_micro = len(micro_batches)
     total_loss = torch.zeros((), device=device)
     ehsm_stats, num_perturbed = [], 0
@@ -213,7 +206,7 @@ def train_step(run: Run, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]
         last = index == num_micro - 1
         sync = contextlib.nullcontext() if last or not run.ctx.distributed else _ddp(run.model).no_sync()
         with sync:
-            with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device, cfg.precision):
                 if run.dpap is not None:  # the scoring pass runs in the training precision too
                     images, perturbed = run.dpap(run.backbone, images, run.generators["dpap"])
                     num_perturbed += perturbed
@@ -325,6 +318,7 @@ def _log_step(run: Run, stats: dict, meter: SpeedMeter, scalars: Scalars) -> Non
     scalars.add(values | {"train/lr": lr, "train/samples_per_s": speed}, run.step)
 
 
+@entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
     stop_requested, previous_handler = _catch_sigterm()
@@ -336,7 +330,7 @@ def main(argv=None) -> int:
             cfg.resume = args.resume == "auto"
         ctx = distributed.setup(args.device)
         setup_logging(cfg.output, ctx.rank)
-        distributed.seed_everything(cfg.seed, ctx.rank)
+        seed_everything(cfg.seed + ctx.rank)  # ranks draw different samples
         train_set = dataset.build_dataset(cfg)
         cfg = dataset.resolve_data_counts(cfg, train_set)
         cfg = config_utils.derive(cfg, ctx.world_size)
@@ -351,7 +345,7 @@ def main(argv=None) -> int:
             raise UserError(f"output folder '{cfg.output}' holds checkpoints of an earlier run; continue it with "
                             "--resume auto, or set another output (--set output=...) to start afresh.")
         if ctx.is_main:
-            (Path(cfg.output) / "config.json").write_text(config_utils.to_json(cfg))
+            atomic_write_text(Path(cfg.output) / "config.json", config_utils.to_json(cfg))
         log.info("%s: %d images, %d classes, %d steps of %d images (%d per epoch), world size %d, device %s",
                  cfg.network, cfg.num_image, cfg.num_classes, cfg.total_steps, cfg.total_batch_size,
                  cfg.steps_per_epoch, ctx.world_size, ctx.device)
@@ -359,9 +353,6 @@ def main(argv=None) -> int:
         with logging_redirect_tqdm():
             train(run, train_set, manager, verifier, args.max_steps, stop_requested)
         return 0
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+ATTENTION_KINDS = ("sdpa", "explicit")  # fused kernels; the released fp32 softmax
+
 
 class PatchInfo(NamedTuple):
     embedding: torch.Tensor  # [B, num_features]
@@ -67,8 +69,8 @@ class Attention(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
-        if attn_impl not in ("sdpa", "explicit"):
-            raise ValueError(f"attn_impl must be 'sdpa' or 'explicit', got {attn_impl!r}")
+        if attn_impl not in ATTENTION_KINDS:
+            raise ValueError(f"attn_impl must be one of {ATTENTION_KINDS}, got {attn_impl!r}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5

@@ -13,8 +13,7 @@ import torch
 
 from backbones import get_model
 from utils.distributed import pick_device
-
-DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from utils.precision import PRECISIONS, autocast
 
 
 def _sync(device: torch.device) -> None:
@@ -22,14 +21,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_second(model, x, train: bool, dtype, steps: int, warmup: int) -> float:
-    """Images/s of forward (inference) or forward+backward (train) under autocast with `dtype`."""
+def images_per_second(model, x, train: bool, precision: str, steps: int, warmup: int) -> float:
+    """Images/s of forward (inference) or forward+backward (train) under autocast in `precision`."""
     model.train(train)
     device = x.device
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step():
-        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device.type, precision):
             if train:
                 embedding, _, patch_std = model(x, with_patch_info=True)
                 loss = embedding.float().square().mean() + patch_std.float().mean()
@@ -56,7 +55,7 @@ def main(argv=None) -> None:
     parser.add_argument("--network", default="vit_micro")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--precision", choices=list(DTYPES), default=None,
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="autocast dtype (default: fp32 on CPU, fp16 and bf16 on CUDA)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -74,7 +73,7 @@ def main(argv=None) -> None:
     print(f"{'precision':<10}{'mode':<12}{'explicit img/s':>16}{'sdpa img/s':>14}{'ratio':>8}")
     for precision in precisions:
         for train in (True, False):
-            rates = [images_per_second(model, x, train, DTYPES[precision], args.steps, args.warmup)
+            rates = [images_per_second(model, x, train, precision, args.steps, args.warmup)
                      for model in (explicit, sdpa)]
             mode = "train" if train else "inference"
             print(f"{precision:<10}{mode:<12}{rates[0]:>16.1f}{rates[1]:>14.1f}{rates[1] / rates[0]:>7.2f}x")

@@ -29,7 +29,7 @@ from torch import nn
 
 import dpap
 from backbones import get_model
-from utils.errors import UserError
+from utils.errors import UserError, entry_point
 
 
 def released_amplitude_mix(src: np.ndarray, ref: np.ndarray, lam: float, ratio: float) -> np.ndarray:
@@ -210,6 +210,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -219,19 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     print("command: python -m bench.bench_dpap " + " ".join(sys.argv[1:] if argv is None else argv))
-    try:
-        for name in devices:
-            device = torch.device(name)
-            if device.type == "cuda" and not torch.cuda.is_available():
-                raise UserError(f"--devices {name} was asked for but CUDA is not available; use --devices cpu.")
-            bench_perturb(args.perturb_batches, device, args.rounds, cfg)
-            if device.type == "cuda":
-                bench_step(args.cuda_network, args.cuda_batch, device, True, args.rounds, cfg)
-            else:
-                bench_step(args.cpu_network, args.cpu_batch, device, False, args.rounds, cfg)
-    except UserError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    for name in devices:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--devices {name} was asked for but CUDA is not available; use --devices cpu.")
+        bench_perturb(args.perturb_batches, device, args.rounds, cfg)
+        if device.type == "cuda":
+            bench_step(args.cuda_network, args.cuda_batch, device, True, args.rounds, cfg)
+        else:
+            bench_step(args.cpu_network, args.cpu_batch, device, False, args.rounds, cfg)
     return 0
 
 

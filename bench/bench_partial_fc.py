@@ -28,8 +28,8 @@ import torch
 from losses import CombinedMarginLoss
 from partial_fc import PartialFC
 from utils.distributed import pick_device
+from utils.precision import PRECISIONS, autocast
 
-DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLE_RATES = (1.0, 0.1)
 
 
@@ -57,9 +57,9 @@ def make_batch(num_classes: int, batch_size: int, embedding_size: int, device: t
     return embeddings, labels
 
 
-def train_step(pfc, optimizer, embeddings, labels, dtype) -> None:
+def train_step(pfc, optimizer, embeddings, labels, precision) -> None:
     device_type = embeddings.device.type
-    with torch.autocast(device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with autocast(device_type, precision):
         loss = pfc(embeddings, labels)
     loss.backward()
     optimizer.step()
@@ -76,11 +76,11 @@ def seconds_per_step(args, num_classes: int, sample_rate: float, device: torch.d
         base = torch.cuda.memory_allocated(device)
     pfc, optimizer = build(num_classes, sample_rate, args.embedding_size, args.optimizer, device)
     for _ in range(args.warmup):
-        train_step(pfc, optimizer, embeddings, labels, DTYPES[args.precision])
+        train_step(pfc, optimizer, embeddings, labels, args.precision)
     _sync(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        train_step(pfc, optimizer, embeddings, labels, DTYPES[args.precision])
+        train_step(pfc, optimizer, embeddings, labels, args.precision)
     _sync(device)
     elapsed = (time.perf_counter() - start) / args.steps
     peak_mib = float("nan")
@@ -105,17 +105,16 @@ def peak_rss_growth_mib(args, num_classes: int, sample_rate: float) -> float:
     A small warm-up configuration first loads the code paths, so their pages are not counted.
     """
     device = torch.device("cpu")
-    dtype = DTYPES[args.precision]
     warmup_embeddings, warmup_labels = make_batch(100, args.batch_size, args.embedding_size, device)
     train_step(*build(100, sample_rate, args.embedding_size, args.optimizer, device), warmup_embeddings,
-               warmup_labels, dtype)
+               warmup_labels, args.precision)
     embeddings, labels = make_batch(num_classes, args.batch_size, args.embedding_size, device)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # reset VmHWM to the current RSS
     before_kib = _proc_status_kib("VmRSS")
     pfc, optimizer = build(num_classes, sample_rate, args.embedding_size, args.optimizer, device)
     for _ in range(2):
-        train_step(pfc, optimizer, embeddings, labels, dtype)
+        train_step(pfc, optimizer, embeddings, labels, args.precision)
     return (_proc_status_kib("VmHWM") - before_kib) / 1024
 
 
@@ -137,7 +136,7 @@ def parse_args(argv):
     parser.add_argument("--embedding-size", type=int, default=512)
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--precision", choices=list(DTYPES), default=None,
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="autocast dtype of the cosine product (default: fp16 on CUDA, fp32 on CPU)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)

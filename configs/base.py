@@ -7,6 +7,12 @@ merges it over this file, rejects unknown keys and wrong types, and computes the
 
 from easydict import EasyDict
 
+from backbones.vit import ATTENTION_KINDS
+from dataset import DATASET_KINDS
+from losses import EHSM_RULES
+from utils.optim import LR_SCHEDULES, OPTIMIZERS
+from utils.precision import PRECISIONS
+
 config = EasyDict(
     # ---- model ----
     network="vit_t",  # a name from backbones.get_model (see README's network table)
@@ -80,12 +86,12 @@ nullable = {
 
 # Keys limited to a fixed set of values.
 choices = {
-    "attention": ("sdpa", "explicit"),
-    "ehsm_rule": ("released", "entropy_mean", "entropy_sum"),
-    "optimizer": ("adamw", "sgd"),
-    "lr_scheduler": ("polynomial", "cosine"),
-    "precision": ("fp16", "bf16", "fp32"),
-    "dataset": ("recordio", "folder", "synthetic"),
+    "attention": ATTENTION_KINDS,
+    "ehsm_rule": EHSM_RULES,
+    "optimizer": OPTIMIZERS,
+    "lr_scheduler": LR_SCHEDULES,
+    "precision": PRECISIONS,
+    "dataset": DATASET_KINDS,
 }
 
 # Keys of the released arcface_torch/TransFace configs that this project names differently.

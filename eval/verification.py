@@ -24,7 +24,7 @@ from backbones import load_backbone
 from eval.embed import embed_batch
 from utils.binfile import decode_bin_images, load_bin
 from utils.distributed import pick_device
-from utils.errors import UserError
+from utils.errors import UserError, entry_point
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class TrainingVerifier:
         return results
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="10-fold verification accuracy on .bin pair sets")
     parser.add_argument("--model-prefix", required=True, help="backbone weights (.pt state_dict)")
@@ -151,16 +152,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
     args = parser.parse_args(argv)
-    try:
-        device = pick_device(0, args.device)
-        model = load_backbone(args.network, args.model_prefix).to(device)
-        for path in args.bins:
-            result = evaluate(model, VerificationSet.load(path), device, args.batch_size)
-            print(f"{Path(path).stem}: accuracy {result['accuracy'] * 100:.3f} ± {result['std'] * 100:.3f} % "
-                  f"(10-fold, flip), XNorm {result['xnorm']:.3f}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    device = pick_device(0, args.device)
+    model = load_backbone(args.network, args.model_prefix).to(device)
+    for path in args.bins:
+        result = evaluate(model, VerificationSet.load(path), device, args.batch_size)
+        print(f"{Path(path).stem}: accuracy {result['accuracy'] * 100:.3f} ± {result['std'] * 100:.3f} % "
+              f"(10-fold, flip), XNorm {result['xnorm']:.3f}")
     return 0
 
 

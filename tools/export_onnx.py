@@ -17,9 +17,14 @@ MatMul and Softmax from opset 14.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/<tool>.py
+    import _by_path
+
+    _by_path.rerun_as_module(__file__)
+
 import argparse
-import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +35,8 @@ from torch import nn
 
 from backbones import load_backbone
 from tools.inference import load_face, to_input
-from utils.errors import UserError
+from utils.errors import UserError, entry_point
+from utils.files import atomic_write_bytes
 from utils.images import IMAGE_SIZE
 
 INPUT_NAME = "data"
@@ -144,11 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     output = Path(args.output)
-    partial = output.with_name(output.name + ".partial")
-    try:
+    with tempfile.TemporaryDirectory(prefix="export_onnx_") as scratch:
+        partial = Path(scratch) / output.name
         if not MIN_OPSET <= args.opset <= MAX_OPSET:
             raise UserError(f"--opset {args.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET} "
                             "(attention needs at least 14).")
@@ -170,12 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: ONNX Runtime and PyTorch embeddings differ by more than {args.tolerance:g} on "
                   f"{', '.join(failures)}; '{output}' was not written.", file=sys.stderr)
             return 1
-        os.replace(partial, output)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        partial.unlink(missing_ok=True)
+        atomic_write_bytes(output, partial.read_bytes())
     batch = "batch" if args.dynamic_batch else "1"
     print(f"wrote {output}: input '{INPUT_NAME}' [{batch}, 3, {IMAGE_SIZE}, {IMAGE_SIZE}] float32 RGB in "
           f"[-1, 1], output '{OUTPUT_NAME}' [{batch}, {model.num_features}]")

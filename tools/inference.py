@@ -10,6 +10,11 @@ nose tip, left and right mouth corner, as (x, y) pixels), aligned here onto the 
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/<tool>.py
+    import _by_path
+
+    _by_path.rerun_as_module(__file__)
+
 import argparse
 import re
 import sys
@@ -23,10 +28,9 @@ import torch
 from backbones import load_backbone
 from eval.align import align_face
 from utils.distributed import pick_device
-from utils.errors import UserError
-from utils.images import IMAGE_SIZE, normalize
+from utils.errors import UserError, entry_point
+from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, normalize
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 NUM_LANDMARK_VALUES = 10  # 5 points, (x, y) each
 
 # float32 [B, 3, 112, 112] -> float32 [B, D]
@@ -169,9 +173,9 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"folder '{folder}' does not exist; pass a directory of face images.")
-    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
-        raise UserError(f"folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+        raise UserError(f"folder '{folder}' holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     return paths
 
 
@@ -243,26 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.batch_size < 1:
-            raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
-        paths, names = collect_inputs(args)
-        landmarks = collect_landmarks(args, names)
-        embedder = build_embedder(args)
-        embeddings = embed_files(embedder, paths, landmarks, args.batch_size, args.flip, args.normalize)
-        if args.compare:
-            print(f"cosine similarity: {cosine_similarity(embeddings[0], embeddings[1]):.6f}")
-        if args.output:
-            names_path = write_embeddings(args.output, embeddings, names)
-            print(f"wrote {args.output} {tuple(embeddings.shape)} and {names_path}")
-        elif not args.compare:
-            for name, embedding in zip(names, embeddings):
-                print(f"{name}: {embedding.shape[0]}-d embedding, L2 norm {np.linalg.norm(embedding):.4f}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    paths, names = collect_inputs(args)
+    landmarks = collect_landmarks(args, names)
+    embedder = build_embedder(args)
+    embeddings = embed_files(embedder, paths, landmarks, args.batch_size, args.flip, args.normalize)
+    if args.compare:
+        print(f"cosine similarity: {cosine_similarity(embeddings[0], embeddings[1]):.6f}")
+    if args.output:
+        names_path = write_embeddings(args.output, embeddings, names)
+        print(f"wrote {args.output} {tuple(embeddings.shape)} and {names_path}")
+    elif not args.compare:
+        for name, embedding in zip(names, embeddings):
+            print(f"{name}: {embedding.shape[0]}-d embedding, L2 norm {np.linalg.norm(embedding):.4f}")
     return 0
 
 

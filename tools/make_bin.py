@@ -10,13 +10,18 @@ formats as PNG.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/<tool>.py
+    import _by_path
+
+    _by_path.rerun_as_module(__file__)
+
 import argparse
 import sys
 from pathlib import Path
 
 from tools.pack_rec import EncodeOptions, encode_file
 from utils.binfile import save_bin
-from utils.errors import UserError
+from utils.errors import UserError, entry_point
 
 BIN_ENCODING = EncodeOptions(encoding="png", keep_bytes=True)  # JPEG/PNG kept byte for byte, others as PNG
 
@@ -56,17 +61,14 @@ def make_bin(pairs_path: str | Path, image_dir: str | Path, output: str | Path) 
     return len(pairs)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", required=True, help="text file of 'path_a path_b 0|1' lines")
     parser.add_argument("--images", required=True, help="folder the pair paths are relative to")
     parser.add_argument("--output", required=True, help="the .bin file to write")
     args = parser.parse_args(argv)
-    try:
-        num_pairs = make_bin(args.pairs, args.images, args.output)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    num_pairs = make_bin(args.pairs, args.images, args.output)
     print(f"wrote {num_pairs} pairs to {args.output}")
     return 0
 

@@ -20,6 +20,11 @@ Written under --out:
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/<tool>.py
+    import _by_path
+
+    _by_path.rerun_as_module(__file__)
+
 import argparse
 import csv
 import itertools
@@ -51,7 +56,7 @@ from tools.demo_faces import (
 )
 from tools.pack_rec import write_records
 from utils.binfile import decode_bin_images, load_bin, save_bin
-from utils.errors import UserError
+from utils.errors import UserError, entry_point
 from utils.recordio import IRHeader
 
 VERIFICATION_SETS = ("demo_lfw", "demo_hard")
@@ -461,6 +466,7 @@ def _letterbox(image: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
 
 # ---- command line ----
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = DemoSpec()
@@ -481,19 +487,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = DemoSpec(args.seed, args.num_train_ids, args.images_per_id, args.num_val_ids, args.num_pairs,
                     args.num_ijb_ids, args.templates_per_id)
-    try:
-        if not args.check:
-            start = time.perf_counter()
-            generate(spec, args.out, args.workers, args.overwrite)
-            if args.contact_sheet:
-                contact_sheet(spec, args.contact_sheet)
-            print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
-        for name, results in check(args.out).items():
-            shown = ", ".join(f"{method} {accuracy * 100:.1f}%" for method, accuracy in results.items())
-            print(f"{name}: trivial baselines (10-fold accuracy of cosine similarity): {shown}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not args.check:
+        start = time.perf_counter()
+        generate(spec, args.out, args.workers, args.overwrite)
+        if args.contact_sheet:
+            contact_sheet(spec, args.contact_sheet)
+        print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
+    for name, results in check(args.out).items():
+        shown = ", ".join(f"{method} {accuracy * 100:.1f}%" for method, accuracy in results.items())
+        print(f"{name}: trivial baselines (10-fold accuracy of cosine similarity): {shown}")
     return 0
 
 

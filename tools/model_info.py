@@ -18,6 +18,11 @@ extrapolated over the identical blocks, which is exact and keeps the big network
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/<tool>.py
+    import _by_path
+
+    _by_path.rerun_as_module(__file__)
+
 import argparse
 import sys
 from collections.abc import Sequence
@@ -27,10 +32,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from backbones import RELEASED_AS, VARIANTS, get_model
-from utils.errors import UserError
+from utils.errors import UserError, entry_point
 from utils.images import IMAGE_SIZE
+from utils.precision import PRECISIONS, autocast
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MEASURE_BATCH_SIZES = (2, 4)  # BatchNorm1d needs more than one sample in training mode
 
 
@@ -72,8 +77,7 @@ def saved_tensor_bytes(model: nn.Module, batch_size: int, precision: str = "fp32
 
     device = next(model.parameters()).device
     images = torch.zeros(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
-    autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(device, precision):
         model.train()(images)
     return sum(storage_bytes.values())
 
@@ -147,26 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--network", help="a registered backbone name")
     parser.add_argument("--all", action="store_true", help="every registered network")
     parser.add_argument("--batch-size", type=int, default=128, help="training batch for activation memory")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp16",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp16",
                         help="autocast dtype of the activation-memory measurement (training default fp16)")
     parser.add_argument("--markdown", action="store_true",
                         help="print the README table (name, width, depth, heads, params, GFLOPs, released as)")
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if bool(args.network) == args.all:
-            raise UserError("give either --network NAME or --all.")
-        if args.batch_size < 1:
-            raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
-        names = list(VARIANTS) if args.all else [args.network]
-        rows = [describe(name, args.batch_size, args.precision, with_memory=not args.markdown)
-                for name in names]
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if bool(args.network) == args.all:
+        raise UserError("give either --network NAME or --all.")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    names = list(VARIANTS) if args.all else [args.network]
+    rows = [describe(name, args.batch_size, args.precision, with_memory=not args.markdown)
+            for name in names]
     if args.markdown:
         print(format_markdown(rows))
     else:

@@ -10,6 +10,11 @@ one record per identity whose label is [first image key, end image key). MXNet 1
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/<tool>.py
+    import _by_path
+
+    _by_path.rerun_as_module(__file__)
+
 import argparse
 import multiprocessing
 import os
@@ -24,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset import ALIGN_HINT, scan_image_folder
-from utils.errors import UserError
+from utils.errors import UserError, entry_point
 from utils.images import IMAGE_SIZE
 from utils.recordio import IndexedRecordWriter, IRHeader, pack
 
@@ -162,6 +167,7 @@ def write_records(output_dir: Path, blocks: list[tuple[int, list]], records: Ite
     (output_dir / "property").write_text(f"{num_classes},{image_size[0]},{image_size[1]}\n")
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="folder with one sub-folder of aligned face images per identity")
@@ -179,12 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.quality <= 100:
         parser.error("--quality must be in 1..100")
     options = EncodeOptions(args.encoding, args.quality, args.keep_bytes, args.image_size)
-    try:
-        summary = pack_folder(args.input, args.output, options, args.shuffle, args.seed, args.workers,
-                              progress=True, overwrite=args.overwrite)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = pack_folder(args.input, args.output, options, args.shuffle, args.seed, args.workers,
+                          progress=True, overwrite=args.overwrite)
     print(f"packed {summary.num_images} images of {summary.num_classes} identities into {args.output}")
     return 0
 

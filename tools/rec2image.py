@@ -9,6 +9,11 @@ zero-padded so that sorted names follow label and key order: packing the folder 
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/<tool>.py
+    import _by_path
+
+    _by_path.rerun_as_module(__file__)
+
 import argparse
 import sys
 from pathlib import Path
@@ -17,7 +22,7 @@ from tqdm import tqdm
 
 from dataset import RecordDataset
 from tools.pack_rec import JPEG_START, PNG_START
-from utils.errors import UserError
+from utils.errors import entry_point
 from utils.recordio import RecordIOError, first_label, unpack
 
 
@@ -55,16 +60,13 @@ def unpack_records(input_dir: str | Path, output_dir: str | Path,
     return len(source) - len(skipped), skipped
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="folder holding train.rec and train.idx")
     parser.add_argument("output", help="folder to write <label>/<key>.jpg files into")
     args = parser.parse_args(argv)
-    try:
-        num_written, skipped = unpack_records(args.input, args.output, progress=True)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    num_written, skipped = unpack_records(args.input, args.output, progress=True)
     for name in skipped:
         print(f"skipped {name}", file=sys.stderr)
     print(f"wrote {num_written} images to {args.output}" + (f", skipped {len(skipped)}" if skipped else ""))

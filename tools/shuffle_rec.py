@@ -10,6 +10,11 @@ keeping each record's key and bytes. `property` is copied.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/<tool>.py
+    import _by_path
+
+    _by_path.rerun_as_module(__file__)
+
 import argparse
 import random
 import shutil
@@ -20,7 +25,7 @@ from tqdm import tqdm
 
 from dataset import RecordDataset
 from tools.pack_rec import pack_order, write_records
-from utils.errors import UserError
+from utils.errors import UserError, entry_point
 from utils.recordio import IndexedRecordWriter, first_label, unpack
 
 
@@ -69,6 +74,7 @@ def _shuffle_identities(source: RecordDataset, output_dir: Path, seed: int, prog
     write_records(output_dir, blocks, records, source.num_classes, source.image_size)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="folder holding train.rec and train.idx")
@@ -76,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutation")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing train.rec in output")
     args = parser.parse_args(argv)
-    try:
-        num_images = shuffle_records(args.input, args.output, args.seed, args.overwrite, progress=True)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    num_images = shuffle_records(args.input, args.output, args.seed, args.overwrite, progress=True)
     print(f"wrote a shuffled copy of {num_images} images to {args.output}")
     return 0
 

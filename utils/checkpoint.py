@@ -14,7 +14,6 @@ truncated checkpoint is skipped consistently. Folders must be on a file system e
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 import shutil
@@ -26,21 +25,12 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.files import atomic_save, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state(generators: dict[str, torch.Generator] | None = None,
@@ -91,7 +81,7 @@ class CheckpointManager:
         folder = self.step_dir(step)
         folder.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
-            _atomic_write_text(folder / "world_size", str(self.world_size))
+            atomic_write_text(folder / "world_size", str(self.world_size))
             atomic_save({"schema": SCHEMA_VERSION, "world_size": self.world_size, **common},
                         folder / "common.pt")
         atomic_save({"schema": SCHEMA_VERSION, "rank": self.rank, **local}, folder / f"rank_{self.rank:05d}.pt")
@@ -173,8 +163,3 @@ class CheckpointManager:
             log.warning("no checkpoint in %s was ever completed; starting from the beginning", self.root)
         return None
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -8,11 +8,9 @@ the code asks `DistContext` for ranks and the device and never reads the environ
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -105,14 +103,6 @@ def _attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed Python, NumPy and torch (all devices) with `seed + rank` so ranks draw different samples."""
-    rank_seed = seed + rank
-    random.seed(rank_seed)
-    np.random.seed(rank_seed % 2**32)
-    torch.manual_seed(rank_seed)
 
 
 def any_rank(flag: bool, ctx: DistContext) -> bool:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import torch
 
 IMAGE_SIZE = 112  # aligned face crops are 112x112
+
+# File types every folder reader takes (compared lower-case): what OpenCV's pip wheels decode.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".pbm",
+                    ".pgm", ".ppm", ".pxm", ".pnm", ".sr", ".ras", ".hdr", ".pic", ".avif", ".gif")
 PIXEL_MAX = 255.0
 
 

@@ -10,6 +10,9 @@ from torch import nn
 
 from utils.errors import UserError
 
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("polynomial", "cosine")
+
 
 def lr_at(step: int, base_lr: float, total_steps: int, warmup_steps: int, schedule: str = "polynomial",
           power: float = 2.0) -> float:
