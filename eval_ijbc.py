@@ -262,6 +262,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     settings = {key: getattr(args, key) for key in ("target", "network", "model_prefix", "features", "flip",
                                                     "norm_score", "detector_score", "table_rule", "protocol")}
     settings["table_rule_meaning"] = ijb.TABLE_RULES[args.table_rule]
+    settings["rank_rule"] = ijb.RANK_RULE
     _write_json(out_dir / f"{prefix}_settings.json", settings)
     results = {}
     if args.protocol in ("1:1", "all"):

@@ -22,6 +22,8 @@ TABLE_RULES = {
 }
 RANKS = (1, 5, 10)
 FPIRS = (0.01, 0.1)
+RANK_RULE = ("rank = 1 + the number of other gallery subjects scoring at least the mate's score (ties count "
+             "against the model); TPIR@FPIR counts a mated probe only at rank 1 and above the threshold")
 # Elements of a float64 scratch block (128 MiB); bounds the memory of pooling and scoring.
 BLOCK_ELEMENTS = 2**24
 # Images per pooling block times D; the float64 block (8 MiB) stays in cache-friendly reach.
@@ -209,12 +211,13 @@ def identification(probe_feats: np.ndarray, probe_subjects: np.ndarray, gallery_
     """1:N search of probe templates in one gallery (unit-norm features, cosine scores).
 
     A probe's score for a gallery subject is its best score over that subject's gallery templates.
-    Closed set (probes whose subject is in the gallery, "mated"): rank-k accuracy is the fraction whose
-    subject is among the k best-scoring subjects (rank = number of subjects scoring strictly higher).
+    Closed set (probes whose subject is in the gallery, "mated"): a probe's rank is 1 + the number of
+    other gallery subjects scoring at least its mate's score, so a tie counts against the model (a probe
+    tied with every subject has the last rank); rank-k accuracy is the fraction with rank <= k.
     Open set: non-mated probes' best scores set the threshold t for a false positive identification rate
     f: t is the (floor(f * num_non_mated) + 1)-th largest, so at most a fraction f of them exceeds it;
-    TPIR is the fraction of mated probes found at rank 1 with a score above t. Values in percent;
-    TPIR is NaN when no probe is non-mated.
+    TPIR is the fraction of mated probes at rank 1 (same tie rule) with a score above t. Values in
+    percent; TPIR is NaN when no probe is non-mated. The scores must be finite (eval.guard).
     """
     subjects, order, starts = _subject_columns(gallery_subjects)
     subject_pos = np.searchsorted(subjects, probe_subjects).clip(max=len(subjects) - 1)  # [Q]
@@ -230,7 +233,8 @@ def identification(probe_feats: np.ndarray, probe_subjects: np.ndarray, gallery_
         own = by_subject[np.arange(stop - start), subject_pos[start:stop]]  # [q]
         mated_scores[start:stop] = own
         best_scores[start:stop] = by_subject.max(axis=1)
-        mated_ranks[start:stop] = np.count_nonzero(by_subject > own[:, None], axis=1)
+        # 0-based rank: subjects scoring >= the mate's score, less the mate itself (a tie is a miss)
+        mated_ranks[start:stop] = np.count_nonzero(by_subject >= own[:, None], axis=1) - 1
     result = {f"rank{k}": _percent(mated_ranks[mated] < k) for k in ranks}
     non_mated_best = np.sort(best_scores[~mated])[::-1]  # descending
     found_first = (mated_ranks == 0)[mated]
@@ -247,5 +251,5 @@ def identification(probe_feats: np.ndarray, probe_subjects: np.ndarray, gallery_
     return result
 
 
-__all__ = ["BLOCK_ELEMENTS", "FARS", "FPIRS", "RANKS", "TABLE_RULES", "far_key", "identification",
+__all__ = ["BLOCK_ELEMENTS", "FARS", "FPIRS", "RANKS", "RANK_RULE", "TABLE_RULES", "far_key", "identification",
            "pair_scores", "roc", "tar_at_far", "template_features", "template_rows_of"]

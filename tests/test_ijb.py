@@ -154,13 +154,15 @@ def test_roc_is_scikit_learns():
 
 
 def _brute_identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects, ranks, fpirs):
-    """Per probe: best score per gallery subject, sorted candidate list; thresholds by trying each."""
+    """NIST-style search, one probe at a time: best score per gallery subject, the candidate list sorted
+    by score with the mate after every subject tied with it (ties count against the model), the rank read
+    off that list; FPIR thresholds by trying each non-mated score."""
     gallery_ids = sorted(set(gallery_subjects.tolist()))
     mated_ranks, mated_scores, non_mated_best = [], [], []
     for feat, subject in zip(probe_feats, probe_subjects):
         per_subject = {s: max(float(feat @ g) for g, gs in zip(gallery_feats, gallery_subjects) if gs == s)
                        for s in gallery_ids}
-        candidates = sorted(per_subject, key=lambda s: -per_subject[s])
+        candidates = sorted(per_subject, key=lambda s: (-per_subject[s], s == subject))
         if subject in per_subject:
             mated_ranks.append(candidates.index(subject))
             mated_scores.append(per_subject[subject])
@@ -198,6 +200,34 @@ def test_identification_equals_brute_force(seed, monkeypatch):
         assert got[key] == pytest.approx(value, abs=1e-9), key
     assert got["num_mated"] + got["num_non_mated"] == 150
     assert 0 < got["tpir@fpir=0.1"] < got["rank1"] < got["rank10"] <= 100
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_identification_with_forced_ties_equals_brute_force(seed, monkeypatch):
+    """Features in {-1, 0, 1}^3 give integer scores in -3..3, so most probes tie with some subject; the
+    released count of strictly higher subjects put a probe tied with its mate at rank 1."""
+    monkeypatch.setattr(ijb, "BLOCK_ELEMENTS", 100)
+    rng = np.random.default_rng(seed)
+    gallery_subjects = np.concatenate([np.arange(12), rng.choice(12, 8)])  # some subjects twice
+    gallery = rng.integers(-1, 2, (len(gallery_subjects), 3)).astype(np.float64)
+    probe_subjects = rng.choice(18, 200)  # subjects 12..17 are not in the gallery
+    probes = rng.integers(-1, 2, (200, 3)).astype(np.float64)
+    ranks, fpirs = (1, 2, 5, 10), (0.01, 0.1, 0.5)
+    got = ijb.identification(probes, probe_subjects, gallery, gallery_subjects, ranks=ranks, fpirs=fpirs)
+    expected = _brute_identification(probes, probe_subjects, gallery, gallery_subjects, ranks, fpirs)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    assert 0 < got["rank1"] < got["rank5"] < 100
+
+
+def test_probe_tied_with_every_gallery_subject_is_found_last():
+    """The issue's case: a probe scoring the same (0) for all five subjects is at rank 5, not rank 1."""
+    gallery = np.eye(6)[1:]  # five subjects, all orthogonal to the probe
+    probes = np.eye(6)[[0, 0]]
+    result = ijb.identification(probes, np.array([13, 99]), gallery, np.arange(10, 15),
+                                ranks=(1, 4, 5), fpirs=(0.5,))
+    assert (result["rank1"], result["rank4"], result["rank5"]) == (0.0, 0.0, 100.0)
+    assert result["tpir@fpir=0.5"] == 0.0
 
 
 def test_identification_without_non_mated_probes_gives_nan_tpir():
