@@ -332,9 +332,11 @@ def reference_sampled_steps(case: dict, optimizer_name: str, sampled_per_step: l
     return losses, centres.detach(), state["momentum_buffer" if optimizer_name == "sgd" else "exp_avg"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_distributed_run_equals_one_process_on_the_same_global_batch(world_size):
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}_processes")
+def distributed_case(request):
+    """(world_size, case, per-rank results, the one-process reference of the first step): one run of
+    `distributed_worker` per world size, shared by the tests below, each of which pins one property."""
+    world_size = request.param
     inputs, labels, weights = make_batch(10, classes=None)
     inputs = inputs[:, :INPUT_SIZE].contiguous()
     step_batches = [make_batch(11 + step, classes=[1, 4, 8]) for step in range(2)]
@@ -343,39 +345,98 @@ def test_distributed_run_equals_one_process_on_the_same_global_batch(world_size)
                 step_embeddings=[b[0] for b in step_batches], step_labels=[b[1] for b in step_batches])
     results = run_distributed(distributed_worker, world_size, case)
 
-    # Same initial centres, loss, centre gradients and backbone gradients (after DDP's averaging).
-    full_init = init_class_centres(NUM_CLASSES, EMBEDDING_SIZE, 0, NUM_CLASSES, seed=SEED)
-    centres = full_init.clone().requires_grad_(True)
+    centres = init_class_centres(NUM_CLASSES, EMBEDDING_SIZE, 0, NUM_CLASSES, seed=SEED).requires_grad_(True)
     embeddings = backbone(inputs)
     embeddings.retain_grad()
-    expected = reference_loss(embeddings, centres, labels, weights)
-    expected.backward()
+    loss = reference_loss(embeddings, centres, labels, weights)
+    loss.backward()
+    reference = dict(loss=loss.detach(), centres=centres.detach(), centre_grad=centres.grad,
+                     embedding_grad=embeddings.grad, backbone_grad=[p.grad for p in backbone.parameters()])
+    return world_size, case, results, reference
+
+
+@pytest.mark.slow
+def test_distributed_initial_centres_equal_the_one_process_matrix(distributed_case):
+    _, _, results, reference = distributed_case
     for result in results:
-        assert torch.equal(result["initial_full_weight"], full_init)
-        torch.testing.assert_close(result["loss"], expected.detach(), **TOLERANCE)
-        for got, want in zip(result["backbone_grad"], [p.grad for p in backbone.parameters()]):
+        assert torch.equal(result["initial_full_weight"], reference["centres"])
+
+
+@pytest.mark.slow
+def test_distributed_loss_equals_one_process_on_the_same_global_batch(distributed_case):
+    _, _, results, reference = distributed_case
+    for result in results:
+        torch.testing.assert_close(result["loss"], reference["loss"], **TOLERANCE)
+
+
+@pytest.mark.slow
+def test_distributed_backbone_gradients_after_ddp_averaging_equal_one_process(distributed_case):
+    _, _, results, reference = distributed_case
+    for result in results:
+        for got, want in zip(result["backbone_grad"], reference["backbone_grad"], strict=True):
             assert_close_at_scale(got, want)
-    assert_close_at_scale(torch.cat([r["centre_grad"] for r in results]), centres.grad)
-    # Each rank's embedding gradient is world_size times dL/d(its embeddings): DDP divides it back.
+
+
+@pytest.mark.slow
+def test_distributed_centre_gradient_shards_join_into_the_one_process_gradient(distributed_case):
+    _, _, results, reference = distributed_case
+    assert_close_at_scale(torch.cat([r["centre_grad"] for r in results]), reference["centre_grad"])
+
+
+@pytest.mark.slow
+def test_each_rank_embedding_gradient_is_world_size_times_the_one_process_gradient(distributed_case):
+    """DDP divides the backbone gradient by the world size; the gather's backward multiplies it back."""
+    world_size, _, results, reference = distributed_case
     gathered_grad = torch.cat([r["embedding_grad"] for r in results]) / world_size
-    assert_close_at_scale(gathered_grad, embeddings.grad)
+    assert_close_at_scale(gathered_grad, reference["embedding_grad"])
 
-    # Sampling: every positive kept, loss and the centres after SGD-momentum / AdamW steps as one process.
-    for optimizer_name in ("sgd", "adamw"):
-        sampled_per_step = [torch.cat([r[optimizer_name]["sampled"][step] for r in results]) for step in range(2)]
-        for sampled, step_labels in zip(sampled_per_step, case["step_labels"]):
-            assert set(step_labels.tolist()) <= set(sampled.tolist())
-            assert sampled.numel() < NUM_CLASSES
-        losses, full_weight, full_state = reference_sampled_steps(case, optimizer_name, sampled_per_step)
-        for result in results:
-            torch.testing.assert_close(result[optimizer_name]["losses"], losses, **TOLERANCE)
-            assert_close_at_scale(result[optimizer_name]["full_weight"], full_weight)
-            assert_close_at_scale(result[optimizer_name]["full_state"], full_state)
 
-    # Gather/re-shard is exact, and a mistake on one rank raises the same UserError on every rank.
-    assert all(result["round_trip_exact"] for result in results)
+def _sampled_per_step(case, results, optimizer_name) -> list[torch.Tensor]:
+    """The global class ids sampled at each step, joined over the ranks."""
+    return [torch.cat([r[optimizer_name]["sampled"][step] for r in results])
+            for step in range(len(case["step_labels"]))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer_name", ["sgd", "adamw"])
+def test_distributed_sampling_keeps_every_positive_and_drops_some_negatives(distributed_case, optimizer_name):
+    _, case, results, _ = distributed_case
+    for sampled, step_labels in zip(_sampled_per_step(case, results, optimizer_name), case["step_labels"],
+                                    strict=True):
+        assert set(step_labels.tolist()) <= set(sampled.tolist())
+        assert sampled.numel() < NUM_CLASSES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer_name", ["sgd", "adamw"])
+def test_distributed_sampled_steps_equal_one_process_on_the_sampled_classes(distributed_case, optimizer_name):
+    """Losses, centres and the optimizer state after SGD-momentum / AdamW steps with sampling."""
+    _, case, results, _ = distributed_case
+    losses, full_weight, full_state = reference_sampled_steps(case, optimizer_name,
+                                                              _sampled_per_step(case, results, optimizer_name))
     for result in results:
-        label_error, size_error = result["errors"]
+        torch.testing.assert_close(result[optimizer_name]["losses"], losses, **TOLERANCE)
+        assert_close_at_scale(result[optimizer_name]["full_weight"], full_weight)
+        assert_close_at_scale(result[optimizer_name]["full_state"], full_state)
+
+
+@pytest.mark.slow
+def test_gathering_and_resharding_the_centres_is_exact(distributed_case):
+    _, _, results, _ = distributed_case
+    assert [result["round_trip_exact"] for result in results] == [True] * len(results)
+
+
+@pytest.mark.slow
+def test_a_bad_label_on_one_rank_raises_the_same_user_error_on_every_rank(distributed_case):
+    _, _, results, _ = distributed_case
+    for result in results:
+        label_error = result["errors"][0]
         assert f"label {NUM_CLASSES + 5}" in label_error and "num_classes" in label_error
-        per_rank = GLOBAL_BATCH // world_size
-        assert f"{per_rank - 1} to {per_rank} samples" in size_error
+
+
+@pytest.mark.slow
+def test_a_shorter_batch_on_one_rank_raises_the_same_user_error_on_every_rank(distributed_case):
+    world_size, _, results, _ = distributed_case
+    per_rank = GLOBAL_BATCH // world_size
+    for result in results:
+        assert f"{per_rank - 1} to {per_rank} samples" in result["errors"][1]

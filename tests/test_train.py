@@ -115,20 +115,39 @@ def test_truncated_newest_checkpoint_falls_back_and_still_matches(tmp_path, face
     assert_same_weights(load_weights(tmp_path / "out" / "model.pt"), load_weights(uninterrupted / "model.pt"))
 
 
-def test_sigterm_checkpoints_and_the_resumed_run_matches(tmp_path, face_folder, uninterrupted):
-    config = str(write_config(tmp_path, face_folder, save_every=3))
+def checkpoint_weights(output: Path, step: int) -> dict:
+    folder = output / "checkpoints" / f"step_{step:09d}"
+    return {**load_weights(folder / "common.pt")["backbone"],
+            "head.weight": load_weights(folder / "rank_00000.pt")["head"]["weight"]}
+
+
+def test_sigterm_stops_with_a_checkpoint_and_the_resumed_run_matches(tmp_path, face_folder):
+    """Regression: this test once passed without the SIGTERM path running (the run could finish first, and
+    the stderr check accepted any run). 40 epochs are 320 steps: the signal arrives long before the end."""
+    long_run = dict(save_every=3, num_epoch=40)
+    config = str(write_config(tmp_path, face_folder, **long_run))
     process = subprocess.Popen([sys.executable, "train.py", config], cwd=REPO, env=ONE_THREAD, stderr=subprocess.PIPE,
                                text=True)
-    checkpoints = tmp_path / "out" / "checkpoints"
+    first_checkpoint = tmp_path / "out" / "checkpoints" / "step_000000003"
     deadline = time.time() + 120
-    while not (checkpoints / "step_000000003").exists() and time.time() < deadline and process.poll() is None:
+    while not first_checkpoint.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be signalled"
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
-    assert "stopped at step" in stderr or "model.pt" not in stderr  # it stopped early or had already finished
-    assert train.main([config, "--resume", "auto"]) == 0
-    assert_same_weights(load_weights(tmp_path / "out" / "model.pt"), load_weights(uninterrupted / "model.pt"))
+    stopped = re.search(r"stopped at step (\d+) on request", stderr)
+    assert stopped, stderr
+    step = int(stopped.group(1))
+    assert 3 <= step < 320
+    assert (tmp_path / "out" / "checkpoints" / f"step_{step:09d}").is_dir()
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+    assert train.main([config, "--resume", "auto", "--max-steps", str(step + 2)]) == 0
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert train.main([str(write_config(reference, face_folder, **long_run)), "--max-steps", str(step + 2)]) == 0
+    assert_same_weights(checkpoint_weights(tmp_path / "out", step + 2), checkpoint_weights(reference / "out", step + 2))
 
 
 def _frozen_batchnorm_run(cfg, ctx):
