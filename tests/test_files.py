@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from utils.errors import UserError
 from utils.files import atomic_save, atomic_write, atomic_write_text, remove_stale_temporaries
 
 
@@ -39,7 +40,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         stream.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(UserError, match="No space left on device"):  # a full disk is the user's to fix
         atomic_write(path, write_half_then_fail)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

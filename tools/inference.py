@@ -29,6 +29,7 @@ from backbones import load_backbone
 from eval.align import align_face
 from utils.distributed import pick_device
 from utils.errors import UserError, entry_point
+from utils.files import atomic_write, atomic_write_text, make_folder
 from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, normalize
 
 NUM_LANDMARK_VALUES = 10  # 5 points, (x, y) each
@@ -220,11 +221,10 @@ def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[s
     path = Path(path)
     if path.suffix != ".npy":
         raise UserError(f"--output '{path}' must end in .npy.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        np.save(handle, embeddings)
+    make_folder(path.parent)
+    atomic_write(path, lambda stream: np.save(stream, embeddings))
     names_path = path.with_suffix(".txt")
-    names_path.write_text("".join(f"{name}\n" for name in names))
+    atomic_write_text(names_path, "".join(f"{name}\n" for name in names))
     return names_path
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from tools.pack_rec import EncodeOptions, encode_file
 from utils.binfile import save_bin
 from utils.errors import UserError, entry_point
+from utils.files import make_folder
 
 BIN_ENCODING = EncodeOptions(encoding="png", keep_bytes=True)  # JPEG/PNG kept byte for byte, others as PNG
 
@@ -56,7 +57,7 @@ def make_bin(pairs_path: str | Path, image_dir: str | Path, output: str | Path) 
     image_dir = Path(image_dir)
     pairs = read_pairs(pairs_path)
     images = [stored_bytes(image_dir / path) for path_a, path_b, _ in pairs for path in (path_a, path_b)]
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    make_folder(Path(output).parent)
     save_bin(output, images, [issame for _, _, issame in pairs])
     return len(pairs)
 

@@ -27,6 +27,7 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/<too
 
 import argparse
 import csv
+import io
 import itertools
 import json
 import multiprocessing
@@ -57,6 +58,7 @@ from tools.demo_faces import (
 from tools.pack_rec import write_records
 from utils.binfile import decode_bin_images, load_bin, save_bin
 from utils.errors import UserError, entry_point
+from utils.files import atomic_write_bytes, atomic_write_text
 from utils.recordio import IRHeader
 
 VERIFICATION_SETS = ("demo_lfw", "demo_hard")
@@ -294,13 +296,14 @@ def _ijb_task(task: tuple[DemoSpec, IjbImage]) -> tuple[bytes, np.ndarray, float
 
 def _write_csv(path: Path, plan: IjbPlan, templates: list[int]) -> None:
     wanted = set(templates)
-    with open(path, "w", newline="", encoding="ascii") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["TEMPLATE_ID", "SUBJECT_ID", "FILENAME"])
-        for image in plan.images:
-            if image.template in wanted:
-                folder = "frames" if image.video else "img"
-                writer.writerow([image.template, image.subject, f"{folder}/{Path(image.name).stem}.jpg"])
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["TEMPLATE_ID", "SUBJECT_ID", "FILENAME"])
+    for image in plan.images:
+        if image.template in wanted:
+            folder = "frames" if image.video else "img"
+            writer.writerow([image.template, image.subject, f"{folder}/{Path(image.name).stem}.jpg"])
+    atomic_write_text(path, text.getvalue())
 
 
 def write_ijb_set(spec: DemoSpec, out_dir: Path, pool) -> IjbPlan:
@@ -312,14 +315,14 @@ def write_ijb_set(spec: DemoSpec, out_dir: Path, pool) -> IjbPlan:
     rendered = pool_map(pool, _ijb_task, [(spec, image) for image in plan.images])
     landmark_lines, media_lines = [], []
     for image, (data, points, faceness) in zip(plan.images, rendered):
-        (crop_dir / image.name).write_bytes(data)
+        atomic_write_bytes(crop_dir / image.name, data)
         coordinates = " ".join(f"{value:.3f}" for value in points.reshape(-1))  # [5, 2] -> x1 y1 ... x5 y5
         landmark_lines.append(f"{image.name} {coordinates} {faceness:.4f}\n")
         media_lines.append(f"{image.name} {image.template} {image.media}\n")
     prefix = IJB_TARGET.lower()
-    (meta_dir / f"{prefix}_name_5pts_score.txt").write_text("".join(landmark_lines))
-    (meta_dir / f"{prefix}_face_tid_mid.txt").write_text("".join(media_lines))
-    (meta_dir / f"{prefix}_template_pair_label.txt").write_text(
+    atomic_write_text(meta_dir / f"{prefix}_name_5pts_score.txt", "".join(landmark_lines))
+    atomic_write_text(meta_dir / f"{prefix}_face_tid_mid.txt", "".join(media_lines))
+    atomic_write_text(meta_dir / f"{prefix}_template_pair_label.txt",
         "".join(f"{a} {b} {label}\n" for a, b, label in plan.pairs()))
     probes = [t for per_subject in plan.verification_templates for t in per_subject]
     _write_csv(meta_dir / f"{prefix}_1N_probe_mixed.csv", plan, probes)
@@ -380,7 +383,7 @@ def generate(spec: DemoSpec, out_dir: str | Path, num_workers: int = 1, overwrit
                        for image in plan.images],
         "ijb_galleries": plan.galleries,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

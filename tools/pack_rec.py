@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from dataset import ALIGN_HINT, scan_image_folder
 from utils.errors import UserError, entry_point
+from utils.files import atomic_write_text, make_folder, read_bytes
 from utils.images import IMAGE_SIZE
 from utils.recordio import IndexedRecordWriter, IRHeader, pack
 
@@ -47,7 +48,7 @@ class EncodeOptions:
 
 def encode_file(path: str, options: EncodeOptions) -> bytes:
     """The payload stored for the image file at `path`: its own bytes or a fresh JPEG/PNG encoding."""
-    data = Path(path).read_bytes()
+    data = read_bytes(path, "image")
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise UserError(f"'{path}' is not a decodable image; remove or replace it and run again.")
@@ -102,7 +103,7 @@ def pack_folder(input_dir: str | Path, output_dir: str | Path, options: EncodeOp
     rec_path = output_dir / "train.rec"
     if rec_path.exists() and not overwrite:
         raise UserError(f"'{rec_path}' already exists; choose another output folder or pass --overwrite.")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(output_dir)
     blocks = pack_order(samples, len(classes), shuffle, seed)
     tasks = [(str(input_dir / path), options) for _, paths in blocks for path in paths]
     labels = [label for label, paths in blocks for _ in paths]
@@ -134,37 +135,27 @@ def write_records(output_dir: Path, blocks: list[tuple[int, list]], records: Ite
     in that order under keys 1..N), one identity record per label, and `property`.
 
     `records` yields (header, payload) for every item in block order; it may be lazy, so encoding
-    overlaps writing. Each image header's id becomes its key, as in insightface's files. Files are
-    written under temporary names and renamed at the end: an interrupted run leaves any earlier
-    train.rec untouched.
+    overlaps writing. Each image header's id becomes its key, as in insightface's files. Every file is
+    written atomically (utils.files): an interrupted run leaves any earlier train.rec untouched.
     """
     num_images = sum(len(items) for _, items in blocks)
     first_identity = num_images + 1
-    temporary_rec = output_dir / "train.rec.tmp"
-    temporary_idx = output_dir / "train.idx.tmp"
     ranges = [(0, 0)] * num_classes  # label -> [first image key, end image key)
-    try:
-        with IndexedRecordWriter(temporary_rec, temporary_idx) as writer:
-            writer.write(0, pack(IRHeader(0, (first_identity, first_identity + num_classes), 0, 0)))
-            key = 1
-            for label, items in blocks:
-                ranges[label] = (key, key + len(items))
-                for _ in items:
-                    header, payload = next(records)
-                    writer.write(key, pack(header._replace(id=key), payload))
-                    key += 1
-            if next(records, None) is not None:
-                raise ValueError("more records than images in the blocks")
-            for label, (start, end) in enumerate(ranges):
-                identity_key = first_identity + label
-                writer.write(identity_key, pack(IRHeader(0, (start, end), identity_key, 0)))
-    except BaseException:
-        temporary_rec.unlink(missing_ok=True)
-        temporary_idx.unlink(missing_ok=True)
-        raise
-    temporary_rec.replace(output_dir / "train.rec")
-    temporary_idx.replace(output_dir / "train.idx")
-    (output_dir / "property").write_text(f"{num_classes},{image_size[0]},{image_size[1]}\n")
+    with IndexedRecordWriter(output_dir / "train.rec", output_dir / "train.idx") as writer:
+        writer.write(0, pack(IRHeader(0, (first_identity, first_identity + num_classes), 0, 0)))
+        key = 1
+        for label, items in blocks:
+            ranges[label] = (key, key + len(items))
+            for _ in items:
+                header, payload = next(records)
+                writer.write(key, pack(header._replace(id=key), payload))
+                key += 1
+        if next(records, None) is not None:
+            raise ValueError("more records than images in the blocks")
+        for label, (start, end) in enumerate(ranges):
+            identity_key = first_identity + label
+            writer.write(identity_key, pack(IRHeader(0, (start, end), identity_key, 0)))
+    atomic_write_text(output_dir / "property", f"{num_classes},{image_size[0]},{image_size[1]}\n")
 
 
 @entry_point

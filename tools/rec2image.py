@@ -23,6 +23,7 @@ from tqdm import tqdm
 from dataset import RecordDataset
 from tools.pack_rec import JPEG_START, PNG_START
 from utils.errors import entry_point
+from utils.files import atomic_write_bytes
 from utils.recordio import RecordIOError, first_label, unpack
 
 
@@ -56,7 +57,7 @@ def unpack_records(input_dir: str | Path, output_dir: str | Path,
             continue
         folder = output_dir / f"{int(first_label(header)):0{label_width}d}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{key:0{key_width}d}{suffix}").write_bytes(payload)
+        atomic_write_bytes(folder / f"{key:0{key_width}d}{suffix}", payload)
     return len(source) - len(skipped), skipped
 
 

@@ -17,7 +17,6 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/<too
 
 import argparse
 import random
-import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from dataset import RecordDataset
 from tools.pack_rec import pack_order, write_records
 from utils.errors import UserError, entry_point
+from utils.files import atomic_write_bytes, make_folder, read_bytes
 from utils.recordio import IndexedRecordWriter, first_label, unpack
 
 
@@ -39,22 +39,19 @@ def shuffle_records(input_dir: str | Path, output_dir: str | Path, seed: int = 0
     if (output_dir / "train.rec").exists() and not overwrite:
         raise UserError(f"'{output_dir / 'train.rec'}' already exists; choose another output folder or pass "
                         "--overwrite.")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(output_dir)
     reader = source.reader
     if source.has_header:
         _shuffle_identities(source, output_dir, seed, progress)
     else:
         order = list(range(len(reader)))
         random.Random(seed).shuffle(order)
-        temporary_rec, temporary_idx = output_dir / "train.rec.tmp", output_dir / "train.idx.tmp"
-        with IndexedRecordWriter(temporary_rec, temporary_idx) as writer:
+        with IndexedRecordWriter(output_dir / "train.rec", output_dir / "train.idx") as writer:
             for position in tqdm(order, desc="shuffling", unit="rec", disable=not progress):
                 key = int(reader.keys[position])
                 writer.write(key, reader.read_at(int(reader.offsets[position]), key))
-        temporary_rec.replace(output_dir / "train.rec")
-        temporary_idx.replace(output_dir / "train.idx")
-        if (input_dir / "property").is_file():
-            shutil.copyfile(input_dir / "property", output_dir / "property")
+        if (input_dir / "property").exists():
+            atomic_write_bytes(output_dir / "property", read_bytes(input_dir / "property", "property file"))
     return len(source)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from utils.errors import UserError
+from utils.files import atomic_write_bytes
 from utils.images import IMAGE_SIZE
 from utils.recordio import decode_image
 
@@ -181,10 +182,7 @@ def save_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool]) 
     content = (_PROTO2 + _MARK + _pickled_list([bytes(image) for image in images], _binstring)
                + _pickled_list([bool(flag) for flag in issame], lambda flag: _TRUE if flag else _FALSE)
                + _TUPLE + _STOP)
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(content)
-    temporary.replace(path)
+    atomic_write_bytes(path, content)
 
 
 # ---- decoding ----

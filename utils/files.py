@@ -1,16 +1,25 @@
-"""The one way this project writes a file: whole or not at all, never through a planted symlink.
+"""The one way this project writes a file (whole or not at all, never through a planted symlink) and reads
+an input file (regular files only, so a FIFO or device named like an input never blocks a reader).
 
 Every output (checkpoints, model.pt, config.json, evaluation results, ONNX files, packed data, embeddings) goes
 through `atomic_write`: the bytes go to a temporary file created exclusively (O_EXCL, so a planted file or
 symlink is never followed) in the destination's folder, are flushed and fsynced, get the permissions the
 user's umask gives a new file, and are renamed over the destination, which replaces a symlink there instead of
 writing through it. On any failure (full disk, Ctrl-C) the temporary file is removed and the destination is
-left as it was.
+left as it was. A destination the user cannot write (a folder, a path under a file, a read-only folder, a
+full disk) is a `UserError` naming the path. The two appended streams (training.log, TensorBoard events)
+use `open_append`, which refuses a symlink or anything but a regular file at the path.
+
+Readers use `read_bytes` / `read_text`, which open without blocking, refuse anything that is not a
+regular file (after following symlinks, which users place on purpose for data) and say "is a folder"
+rather than "does not exist" when that is the problem.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +27,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+from utils.errors import UserError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -42,7 +53,12 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     removed then and `path` is untouched.
     """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=TEMP_SUFFIX)
+    if path.is_dir() and not path.is_symlink():
+        raise UserError(f"output '{path}' is a folder; give a file path.")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=TEMP_SUFFIX)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     try:
         with os.fdopen(handle, "wb") as stream:
             yield stream
@@ -50,9 +66,24 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; a file the user writes gets their umask
         os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if exc.errno in _USER_ERRNOS:
+            raise _unwritable(path, exc) from None
+        raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+# Write failures a user fixes (a path, permissions, space), as opposed to faults of the program.
+_USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+                errno.ENOSPC, errno.EDQUOT}
+
+
+def _unwritable(path: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot write '{path}' ({exc.strerror or exc}); choose a writable location, or free "
+                     "space if the disk is full.")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
@@ -73,6 +104,101 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save(obj) to `path`, atomically."""
     atomic_write(path, lambda stream: torch.save(obj, stream))
+
+
+def open_append(path: str | os.PathLike) -> IO[str]:
+    """A text stream appending to `path` (created with the user's umask), for logs that grow during a run.
+
+    Opened with O_NOFOLLOW: a symlink planted at `path` is refused, not written through; so is anything
+    that is not a regular file (a FIFO would block the run). Raises UserError naming the path.
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        handle = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"'{path}' is a symlink; remove it, this run appends to a file of its own.") from None
+        if exc.errno != errno.ENXIO:  # ENXIO: a FIFO without a reader, refused below like any non-file
+            raise _unwritable(path, exc) from None
+        handle = None
+    if handle is None or not stat.S_ISREG(os.fstat(handle).st_mode):
+        if handle is not None:
+            os.close(handle)
+        raise UserError(f"'{path}' is not a regular file; remove it, this run appends to a file of its own.")
+    os.set_blocking(handle, True)
+    return os.fdopen(handle, "a", encoding="utf-8")
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """`path` created with its parents if missing; a path under a file or without permission is a UserError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create folder '{path}' ({exc.strerror or exc}); choose a writable location.") from None
+    return path
+
+
+def real_folder(path: str | os.PathLike) -> Path:
+    """`path` as a folder this run writes into, created if missing; a symlink or a file there is a UserError
+    (files created inside a planted symlink would land in its target)."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise UserError(f"'{path}' is {'a symlink' if path.is_symlink() else 'not a folder'}; remove it or choose "
+                        "another output.")
+    return make_folder(path)
+
+
+def read_bytes(path: str | os.PathLike, what: str = "input file") -> bytes:
+    """The content of the regular file at `path` (symlinks followed).
+
+    Raises UserError naming `what` and the path when it is missing, a folder, or not a regular file (a FIFO
+    or device is refused without blocking on it).
+    """
+    path = Path(path)
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise unreadable(path, what, exc) from None
+    with os.fdopen(handle, "rb") as stream:
+        mode = os.fstat(handle).st_mode
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{what} '{path}' is {'a folder' if stat.S_ISDIR(mode) else 'not a regular file'}; "
+                            "give a regular file.")
+        os.set_blocking(handle, True)
+        return stream.read()
+
+
+def read_text(path: str | os.PathLike, what: str = "input file") -> str:
+    """`read_bytes` decoded as UTF-8; a file in another encoding is a UserError naming the byte offset."""
+    data = read_bytes(path, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} '{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
+
+
+def check_regular_file(path: str | os.PathLike, what: str, hint: str = "check the path") -> Path:
+    """`path` if it is a regular file (symlinks followed); otherwise a UserError that says what it is."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise unreadable(path, what, exc, hint) from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UserError(f"{what} '{path}' is {kind}; {hint}.")
+    return path
+
+
+def unreadable(path: Path, what: str, exc: OSError, hint: str = "check the path") -> UserError:
+    """The UserError for an input that cannot be opened: missing, a folder, or unreadable."""
+    if exc.errno == errno.ENOENT:
+        return UserError(f"{what} '{path}' does not exist; {hint}.")
+    if exc.errno == errno.EISDIR or path.is_dir():
+        return UserError(f"{what} '{path}' is a folder; {hint}.")
+    return UserError(f"cannot read {what} '{path}' ({exc.strerror or exc}); {hint}.")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from utils.files import make_folder, open_append, real_folder
+
 log = logging.getLogger("transface")
 
 
@@ -21,14 +23,16 @@ def setup_logging(output: str | Path, rank: int) -> None:
     for handler in [h for h in root.handlers if getattr(h, "transface", False)]:
         root.removeHandler(handler)
         handler.close()
+        if handler.transface == "file":  # StreamHandler.close leaves the stream open
+            handler.stream.close()
     formatter = logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stderr)]
+    handlers = {"console": logging.StreamHandler(sys.stderr)}
     if rank == 0:
-        Path(output).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(output) / "training.log"))
-    for handler in handlers:
+        make_folder(output)
+        handlers["file"] = logging.StreamHandler(open_append(Path(output) / "training.log"))
+    for kind, handler in handlers.items():
         handler.setFormatter(formatter)
-        handler.transface = True
+        handler.transface = kind
         root.addHandler(handler)
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
@@ -73,7 +77,8 @@ class Scalars:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(output) / "tensorboard"))
+            # The event file gets a fresh name (time, host, PID) inside a folder checked to be our own.
+            self.writer = SummaryWriter(log_dir=str(real_folder(Path(output) / "tensorboard")))
 
     def add(self, values: dict[str, float], step: int) -> None:
         if self.writer is None:

@@ -14,6 +14,7 @@ import os
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.files import atomic_open
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -390,31 +392,41 @@ class IndexedRecordReader:
 
 
 class IndexedRecordWriter:
-    """Writes records and their `key<TAB>offset` index exactly as MXNet's MXIndexedRecordIO('w') does."""
+    """Writes records and their `key<TAB>offset` index exactly as MXNet's MXIndexedRecordIO('w') does.
+
+    Both files are written through `utils.files.atomic_open`: they appear when the writer closes without
+    an exception; on an exception (or a kill) the destinations keep what they held and no partial file stays.
+    """
 
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
-        self._rec = open(self.rec_path, "wb")  # noqa: SIM115 - closed by close() / the context manager
-        self._idx = open(self.idx_path, "w", encoding="ascii", newline="\n")  # noqa: SIM115
+        self._files = ExitStack()
+        with self._files:  # on a failure opening the second file the first is discarded
+            self._rec = self._files.enter_context(atomic_open(self.rec_path))
+            self._idx = self._files.enter_context(atomic_open(self.idx_path))
+            self._files = self._files.pop_all()
         self._keys: set[int] = set()
+        self._offset = 0
 
     def write(self, key: int, record: bytes) -> int:
         """Append `record` under `key`; returns its offset."""
         if key in self._keys:
             raise ValueError(f"key {key} was already written to '{self.idx_path}'")
         self._keys.add(key)
-        offset = self._rec.tell()
-        self._rec.write(encode_record(record))
-        self._idx.write(write_index_line(key, offset))
+        offset = self._offset
+        chunk = encode_record(record)
+        self._rec.write(chunk)
+        self._idx.write(write_index_line(key, offset).encode("ascii"))
+        self._offset += len(chunk)
         return offset
 
     def close(self) -> None:
-        self._rec.close()
-        self._idx.close()
+        """Put both files in place."""
+        self._files.close()
 
     def __enter__(self) -> IndexedRecordWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.close()
+        self._files.__exit__(*exc_info)
