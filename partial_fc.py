@@ -52,6 +52,25 @@ def shard_weight(full_weight: torch.Tensor, rank: int, world_size: int) -> torch
     return full_weight[start:stop].clone()
 
 
+def reshard_optimizer_state(saved: list[dict], rank: int, world_size: int) -> dict:
+    """This rank's optimizer state_dict from the state_dicts saved by every rank of another world size.
+
+    `saved` holds one optimizer state_dict per saved rank, in rank order, each over a shard [C_r, D] of
+    the centres. Per-class tensors (2-D: momentum, Adam moments) are joined into [num_classes, D] and
+    re-split for `rank` of `world_size`; everything else (step counts, hyper-parameters) is taken from
+    the first rank.
+    """
+    state = {}
+    for param_id, first in saved[0]["state"].items():
+        state[param_id] = {}
+        for key, value in first.items():
+            if torch.is_tensor(value) and value.ndim == 2:
+                full = torch.cat([s["state"][param_id][key] for s in saved])  # [num_classes, D]
+                value = shard_weight(full, rank, world_size)  # [C, D]
+            state[param_id][key] = value
+    return {"state": state, "param_groups": saved[0]["param_groups"]}
+
+
 def init_class_centres(num_classes: int, embedding_size: int, start: int, stop: int,
                        seed: int = 0) -> torch.Tensor:
     """Rows [start, stop) of the full N(0, 0.01²) centre matrix [num_classes, D] for `seed`, on the CPU."""
@@ -272,6 +291,13 @@ class PartialFC(nn.Module):
                             "embedding_size against the checkpoint.")
         with torch.no_grad():
             self.weight.copy_(shard_weight(full_weight, self.rank, self.world_size))
+
+    def load_resharded(self, saved: list[dict], optimizer: torch.optim.Optimizer,
+                       saved_optimizers: list[dict]) -> None:
+        """Load the shards saved by every rank of another world size (`saved`: their state_dicts in rank
+        order, `saved_optimizers`: their optimizer state_dicts) into this shard and `optimizer`."""
+        self.load_full_weight(torch.cat([state["weight"] for state in saved]))  # [num_classes, D]
+        optimizer.load_state_dict(reshard_optimizer_state(saved_optimizers, self.rank, self.world_size))
 
     def get_extra_state(self) -> dict:
         return {"num_classes": self.num_classes, "class_start": self.class_start, "class_stop": self.class_stop}

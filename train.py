@@ -26,10 +26,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import dataset
 import losses
-from backbones import get_model, read_state_dict
+from backbones import get_model, load_backbone
 from dpap import DPAP
 from eval.verification import TrainingVerifier
-from partial_fc import PartialFC, shard_weight
+from partial_fc import PartialFC
 from utils import config as config_utils
 from utils import distributed
 from utils.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -92,9 +92,10 @@ def build_run(cfg, ctx) -> Run:
     overrides = {"attn_impl": cfg.attention}
     if cfg.gradient_checkpointing is not None:
         overrides["using_checkpoint"] = cfg.gradient_checkpointing
-    backbone = get_model(cfg.network, cfg.embedding_size, **overrides)
     if cfg.init:
-        backbone.load_state_dict(_checked_init(cfg))
+        backbone = load_backbone(cfg.network, cfg.init, cfg.embedding_size, **overrides)
+    else:
+        backbone = get_model(cfg.network, cfg.embedding_size, **overrides)
     backbone = backbone.to(ctx.device)
     model = distributed.wrap_ddp(backbone, ctx, broadcast_buffers=False)
     if cfg.compile:
@@ -121,16 +122,6 @@ def _grad_scaler(cfg, ctx) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(ctx.device.type, enabled=enabled, growth_interval=100)
 
 
-def _checked_init(cfg) -> dict:
-    state = read_state_dict(cfg.init)
-    with torch.device("meta"):
-        expected = get_model(cfg.network, cfg.embedding_size).state_dict()
-    if {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in expected.items()}:
-        raise UserError(f"init weights '{cfg.init}' do not fit network '{cfg.network}' with embedding_size "
-                        f"{cfg.embedding_size}; pass weights of that network or change the config.")
-    return state
-
-
 def restore(run: Run, manager: CheckpointManager) -> bool:
     """Load the newest complete checkpoint into `run`; class centres are re-sharded if the world size changed."""
     found = manager.load_latest(all_agree=lambda ok: distributed.all_ranks(ok, run.ctx))
@@ -153,7 +144,9 @@ def restore(run: Run, manager: CheckpointManager) -> bool:
         set_rng_state(mine["rng"], run.generators, run.ctx.device)
         run.nonfinite_in_a_row = mine["nonfinite_in_a_row"]
     else:
-        _reshard_head(run, [parts[r] for r in sorted(parts)])
+        saved = [parts[r] for r in sorted(parts)]
+        run.head.load_resharded([part["head"] for part in saved], run.head_optimizer,
+                                [part["head_optimizer"] for part in saved])
         log.warning("world size changed from %d to %d: class centres re-sharded, random states re-seeded",
                     len(parts), run.ctx.world_size)
     return True
@@ -167,21 +160,6 @@ def _check_compatible(cfg, common: dict) -> None:
     if changed:
         raise UserError(f"the checkpoint in '{cfg.output}' was trained with other settings ({', '.join(changed)}); "
                         "resume with the same settings, or set another output to start a new run.")
-
-
-def _reshard_head(run: Run, parts: list[dict]) -> None:
-    """Class centres and their optimizer state saved by another number of ranks, re-split for this one."""
-    run.head.load_full_weight(torch.cat([part["head"]["weight"] for part in parts]))  # [num_classes, D]
-    saved = [part["head_optimizer"] for part in parts]
-    state = {}
-    for param_id, first in saved[0]["state"].items():
-        state[param_id] = {}
-        for key, value in first.items():
-            if torch.is_tensor(value) and value.ndim == 2:  # per-class rows: momentum, Adam moments
-                full = torch.cat([s["state"][param_id][key] for s in saved])  # [num_classes, D]
-                value = shard_weight(full, run.ctx.rank, run.ctx.world_size)
-            state[param_id][key] = value
-    run.head_optimizer.load_state_dict({"state": state, "param_groups": saved[0]["param_groups"]})
 
 
 def save(run: Run, manager: CheckpointManager) -> None:
@@ -293,10 +271,9 @@ def train(run: Run, train_set, manager: CheckpointManager, verifier, max_steps: 
                 if verifier is not None and (run.step % cfg.verbose == 0 or run.step == cfg.total_steps):
                     verifier(run, scalars)
                 stop = distributed.any_rank(stop_requested(), ctx)  # all ranks stop at the same step
-                epoch_end = run.step % cfg.steps_per_epoch == 0
-                if epoch_end or run.step == cfg.total_steps:
+                if run.step % cfg.steps_per_epoch == 0 or run.step == cfg.total_steps:
                     save_backbone(run)
-                if stop or epoch_end or run.step == last_step or (cfg.save_every and run.step % cfg.save_every == 0):
+                if manager.is_due(run.step, last_step, stop):
                     save(run, manager)
                 if stop:
                     log.warning("stopped at step %d on request; continue with --resume auto", run.step)
@@ -338,7 +315,8 @@ def main(argv=None) -> int:
             raise UserError("precision 'fp16' needs a GPU; on a CPU use --set precision=bf16 or precision=fp32.")
         _check_val_targets(cfg)
         run = build_run(cfg, ctx)
-        manager = CheckpointManager(cfg.output, ctx.rank, ctx.world_size, cfg.save_last)
+        manager = CheckpointManager(cfg.output, ctx.rank, ctx.world_size, cfg.save_last, save_every=cfg.save_every,
+                                    steps_per_epoch=cfg.steps_per_epoch)
         if cfg.resume and restore(run, manager):
             log.info("resumed at step %d (epoch %d)", run.step, run.epoch)
         elif not cfg.resume and manager.has_checkpoints():

@@ -129,3 +129,10 @@ def test_only_interrupted_saves_mean_starting_afresh(tmp_path):
     rank0 = CheckpointManager(tmp_path, rank=0, world_size=2)
     _save(rank0, 1, 1.0)  # rank 1 crashed before writing its part
     assert rank0.load_latest() is None
+
+
+def test_save_policy_is_every_n_steps_epoch_ends_the_last_step_and_stop_requests(tmp_path):
+    manager = CheckpointManager(tmp_path, 0, 1, save_every=3, steps_per_epoch=4)
+    assert [step for step in range(1, 11) if manager.is_due(step, last_step=10)] == [3, 4, 6, 8, 9, 10]
+    assert manager.is_due(5, last_step=10, stop=True)
+    assert not CheckpointManager(tmp_path, 0, 1).is_due(4, last_step=10)  # neither every-n nor epoch ends set

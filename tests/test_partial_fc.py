@@ -8,7 +8,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from losses import CombinedMarginLoss
-from partial_fc import PartialFC, class_range, gather_full_weight, init_class_centres, shard_weight
+from partial_fc import (
+    PartialFC,
+    class_range,
+    gather_full_weight,
+    init_class_centres,
+    reshard_optimizer_state,
+    shard_weight,
+)
 from tests.dist_utils import run_distributed
 from utils.errors import UserError
 
@@ -440,3 +447,14 @@ def test_a_shorter_batch_on_one_rank_raises_the_same_user_error_on_every_rank(di
     per_rank = GLOBAL_BATCH // world_size
     for result in results:
         assert f"{per_rank - 1} to {per_rank} samples" in result["errors"][1]
+
+
+def test_optimizer_state_saved_by_three_ranks_reshards_to_two_exactly():
+    """Per-class rows are re-split; step counts and hyper-parameters are kept."""
+    full = torch.randn(NUM_CLASSES, EMBEDDING_SIZE)
+    saved = [{"state": {0: {"exp_avg": shard_weight(full, rank, 3), "step": torch.tensor(5.0)}},
+              "param_groups": [{"lr": 0.1, "params": [0]}]} for rank in range(3)]
+    resharded = [reshard_optimizer_state(saved, rank, 2) for rank in range(2)]
+    assert torch.equal(torch.cat([r["state"][0]["exp_avg"] for r in resharded]), full)
+    assert [len(r["state"][0]["exp_avg"]) for r in resharded] == [6, 5]
+    assert all(r["state"][0]["step"] == 5.0 and r["param_groups"] == saved[0]["param_groups"] for r in resharded)

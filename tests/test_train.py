@@ -244,7 +244,7 @@ def test_config_and_data_mismatches_exit_with_a_clear_message(tmp_path, face_fol
     weights = tmp_path / "micro.pt"
     torch.save(get_model("vit_micro", 32).state_dict(), weights)
     assert train.main([str(write_config(tmp_path, face_folder)), "--init", str(weights)]) == 2
-    assert "do not fit network 'vit_nano'" in capsys.readouterr().err
+    assert "does not match network 'vit_nano'" in capsys.readouterr().err
 
 
 def test_init_starts_from_pretrained_weights(tmp_path, face_folder):

@@ -65,13 +65,30 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 class CheckpointManager:
-    """Saves, prunes and finds checkpoints under `<output>/checkpoints`."""
+    """Decides when to save, and saves, prunes and finds checkpoints under `<output>/checkpoints`.
 
-    def __init__(self, output: str | Path, rank: int, world_size: int, keep_last: int = 3):
+    Args:
+        output: the run's output folder.
+        rank, world_size: this process in the run.
+        keep_last: complete checkpoints kept; older ones are deleted after each save.
+        save_every: also save after every this many optimizer steps (0: only at the points below).
+        steps_per_epoch: save at the end of every epoch (0: not at epoch ends).
+    """
+
+    def __init__(self, output: str | Path, rank: int, world_size: int, keep_last: int = 3, *,
+                 save_every: int = 0, steps_per_epoch: int = 0):
         self.root = Path(output) / "checkpoints"
         self.rank = rank
         self.world_size = world_size
         self.keep_last = keep_last
+        self.save_every = save_every
+        self.steps_per_epoch = steps_per_epoch
+
+    def is_due(self, step: int, last_step: int, stop: bool = False) -> bool:
+        """The save policy, after optimizer step `step`: on a stop request, at the run's last step, at the
+        end of an epoch, and every `save_every` steps."""
+        return (stop or step == last_step or bool(self.steps_per_epoch and step % self.steps_per_epoch == 0)
+                or bool(self.save_every and step % self.save_every == 0))
 
     def step_dir(self, step: int) -> Path:
         return self.root / f"step_{step:09d}"
