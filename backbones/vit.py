@@ -7,7 +7,7 @@ Legend: B batch, N patches (144 for 112x112 input and 9-pixel patches), D width,
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
@@ -205,10 +205,6 @@ class VisionTransformer(nn.Module):
     def patch_size(self) -> int:
         return self.patch_embed.patch_size
 
-    @property
-    def grid_size(self) -> int:
-        return self.patch_embed.grid_size
-
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -224,8 +220,11 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "mask_token"}
 
-    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised tokens after the blocks, masked positions filled with `mask_token`: [B, N, D]."""
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] -> normalised tokens after the blocks [B, N, D], float32.
+
+        In train mode with mask_ratio > 0 the dropped positions hold `mask_token`.
+        """
         x = self.patch_embed(x) + self.pos_embed  # [B, N, D]
         masking = self.training and self.mask_ratio > 0
         if masking:
@@ -250,10 +249,18 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def patch_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax of the SE gate [B, N] without the feature head (DPAP's scoring pass; no BN update)."""
-        return self._gate(self._tokens(x)).softmax(dim=1)
+        return self._gate(self.forward_features(x)).softmax(dim=1)
 
-    def forward(self, x: torch.Tensor, with_patch_info: bool = False):
-        tokens = self._tokens(x)  # [B, N, D]
+    @overload
+    def forward(self, x: torch.Tensor, with_patch_info: Literal[False] = False) -> torch.Tensor: ...
+
+    @overload
+    def forward(self, x: torch.Tensor, with_patch_info: Literal[True]) -> PatchInfo: ...
+
+    def forward(self, x: torch.Tensor, with_patch_info: bool = False) -> torch.Tensor | PatchInfo:
+        """Images [B, 3, H, W] in [-1, 1] -> embedding [B, num_features], or PatchInfo when
+        `with_patch_info` (embedding, patch_weights [B, N], patch_std [B, N])."""
+        tokens = self.forward_features(x)  # [B, N, D]
         gate = self._gate(tokens)  # [B, N]
         gated = tokens * gate.unsqueeze(-1)  # [B, N, D]
         embedding = self.feature(gated.flatten(1))  # [B, N*D] -> [B, num_features]

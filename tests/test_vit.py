@@ -128,7 +128,7 @@ def test_patch_std_is_unbiased_std_of_the_gated_tokens():
     torch.manual_seed(0)
     model = get_model("vit_nano").eval()
     x = torch.rand(2, 3, 112, 112)
-    tokens = model._tokens(x)
+    tokens = model.forward_features(x)
     gate = model.senet(tokens.flatten(1))
     gated = tokens * gate[..., None]
     mean = gated.mean(dim=2, keepdim=True)
@@ -157,10 +157,10 @@ def test_masking_replaces_tokens_only_in_train_mode():
     with torch.no_grad():
         model.mask_token.fill_(7.0)
     x = torch.rand(2, 3, 112, 112)
-    masked = (model.train()._tokens(x) == 7.0).all(dim=2)  # [B, N]
+    masked = (model.train().forward_features(x) == 7.0).all(dim=2)  # [B, N]
     assert masked.sum(dim=1).tolist() == [144 - int(144 * 0.75)] * 2
     assert masked[0].tolist() != masked[1].tolist()  # each sample draws its own mask
-    assert not (model.eval()._tokens(x) == 7.0).all(dim=2).any()
+    assert not (model.eval().forward_features(x) == 7.0).all(dim=2).any()
 
 
 def test_eval_forward_is_deterministic_and_train_forward_is_not():
