@@ -390,21 +390,6 @@ class DistributedResumableSampler(Sampler[int]):
             return remaining // self.world_size
         return math.ceil(remaining / self.world_size)
 
-    def state_dict(self, position: int) -> dict:
-        """What resuming needs, given `position`: the samples this rank consumed in the current epoch
-        (batches done x batch size). The sampler cannot count them itself: loader workers prefetch."""
-        return {"epoch": self.epoch, "consumed": self.consumed + position * self.world_size,
-                "seed": self.seed, "num_samples": self.num_samples}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue where `state` stopped; the world size may differ (see the class docstring)."""
-        if (state["seed"], state["num_samples"]) != (self.seed, self.num_samples):
-            raise UserError(f"the checkpoint's data order was made for {state['num_samples']} images with seed "
-                            f"{state['seed']}, this run has {self.num_samples} images and seed {self.seed}; "
-                            "resume with the same data and seed.")
-        self.epoch = state["epoch"]
-        self.consumed = min(state["consumed"], self.num_samples)
-
 
 class WorkerSeeder:
     """worker_init_fn seeding Python, NumPy and torch from (seed, rank, worker id); picklable for spawn."""

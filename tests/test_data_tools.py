@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from dataset import ImageFolderDataset, RecordDataset
+from tests.rec_utils import iter_chunks
 from tools import make_bin, pack_rec, rec2image, shuffle_rec
 from tools.pack_rec import EncodeOptions, pack_folder
 from utils.binfile import load_bin
 from utils.errors import UserError
-from utils.recordio import MAGIC_BYTES, IndexedRecordReader, first_label, iter_chunks, unpack
+from utils.recordio import MAGIC_BYTES, IndexedRecordReader, first_label, unpack
 
 FIXTURES = Path(__file__).parent / "data" / "recordio"
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.rec_utils import iter_chunks, iter_records
 from utils.binfile import decode_bin_images, load_bin, save_bin
 from utils.errors import UserError
 from utils.recordio import (
@@ -26,8 +27,6 @@ from utils.recordio import (
     decode_image,
     decode_record,
     encode_record,
-    iter_chunks,
-    iter_records,
     pack,
     read_index,
     unpack,

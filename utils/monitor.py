@@ -11,8 +11,6 @@ import torch
 
 from utils.files import make_folder, open_append, real_folder
 
-log = logging.getLogger("transface")
-
 
 def setup_logging(output: str | Path, rank: int) -> None:
     """Rank 0 logs INFO to stderr and `<output>/training.log`; other ranks log warnings only.

@@ -13,7 +13,7 @@ import numbers
 import os
 import struct
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
@@ -48,12 +48,6 @@ class IRHeader(NamedTuple):
     label: float | tuple[float, ...]
     id: int
     id2: int
-
-
-class Chunk(NamedTuple):
-    offset: int  # byte offset of the chunk's magic in the .rec
-    cflag: int  # continuation flag: WHOLE, FIRST, MIDDLE or LAST
-    length: int  # data bytes (padding excluded)
 
 
 def _padded(length: int) -> int:
@@ -159,34 +153,6 @@ def _check_chunk(magic: int, cflag: int, first: bool, position: int) -> None:
     allowed = (WHOLE, FIRST) if first else (MIDDLE, LAST)
     if cflag not in allowed:
         raise ValueError(f"chunk at byte {position} has continuation flag {cflag}, expected one of {allowed}")
-
-
-def iter_chunks(rec_path: str | Path) -> Iterator[Chunk]:
-    """Every chunk of a .rec in file order (for inspecting how records were split)."""
-    data = Path(rec_path).read_bytes()
-    position = 0
-    while position < len(data):
-        if position + _CHUNK_HEAD.size > len(data):
-            raise RecordIOError(f"'{rec_path}' ends inside a chunk header at byte {position}; it is truncated.")
-        magic, lrec = _CHUNK_HEAD.unpack_from(data, position)
-        if magic != MAGIC:
-            raise RecordIOError(f"'{rec_path}': no RecordIO magic at byte {position}; the file is damaged.")
-        length = lrec & _LENGTH_MASK
-        yield Chunk(position, lrec >> 29, length)
-        position += _CHUNK_HEAD.size + _padded(length)
-
-
-def iter_records(rec_path: str | Path) -> Iterator[tuple[int, bytes]]:
-    """(offset, record) for every record of a .rec read front to back, without an index."""
-    data = Path(rec_path).read_bytes()
-    position = 0
-    while position < len(data):
-        try:
-            record, end = decode_record(data, position)
-        except ValueError as exc:
-            raise RecordIOError(f"'{rec_path}' is damaged at byte {position}: {exc}.") from None
-        yield position, record
-        position = end
 
 
 # ---- index ----
