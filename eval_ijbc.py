@@ -28,6 +28,7 @@ from tqdm import tqdm
 from backbones import load_backbone
 from eval import ijb
 from eval.embed import embed_batch
+from eval.guard import check_embeddings
 from eval.ijb_data import (
     TARGETS,
     AlignedFaces,
@@ -227,9 +228,12 @@ def run_identification(template_ids: np.ndarray, template_feats: np.ndarray, pat
 
 def image_features(args: argparse.Namespace, meta: ImageMeta, out_dir: Path,
                    prefix: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Features from --features, or from the network (then saved as <prefix>_features.npz)."""
+    """Features from --features, or from the network (then saved as <prefix>_features.npz); refused by
+    eval.guard before anything is written when they are not finite."""
     if args.features:
-        return load_saved_features(Path(args.features), meta, args.flip)
+        feats, feats_flip, faceness = load_saved_features(Path(args.features), meta, args.flip)
+        guard_features(feats, feats_flip, meta, args.target)
+        return feats, feats_flip, faceness
     if not args.model_prefix:
         raise UserError("--model-prefix is not set; pass the backbone weights (.pt) or --features.")
     device = pick_device(0, args.device)
@@ -238,11 +242,20 @@ def image_features(args: argparse.Namespace, meta: ImageMeta, out_dir: Path,
     check_images_exist(image_dir, meta)
     feats, feats_flip = extract_features(model, meta, image_dir, device, args.batch_size, args.num_workers,
                                          args.flip, _autocast_dtype(args))
+    guard_features(feats, feats_flip, meta, args.target)
     arrays = {"feats": feats, "faceness": meta.faceness}
     if feats_flip is not None:
         arrays["feats_flip"] = feats_flip
+    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / f"{prefix}_features.npz", lambda stream: np.savez(stream, **arrays))
     return feats, feats_flip, meta.faceness
+
+
+def guard_features(feats: np.ndarray, feats_flip: np.ndarray | None, meta: ImageMeta, target: str) -> None:
+    """eval.guard on the image embeddings [N, D] (and their mirrors'), images named by their meta line."""
+    arrays = (feats,) if feats_flip is None else (feats, feats_flip)
+    check_embeddings(*arrays, source=target,
+                     describe=lambda row: f"'{meta.names[row]}' (line {row + 1} of {meta.source})")
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -253,9 +266,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                         f"{', '.join(str(p) for p in paths.galleries.values())}; copy them into meta/.")
     meta = read_image_meta(paths)
     out_dir = Path(args.result_dir) / args.job
-    out_dir.mkdir(parents=True, exist_ok=True)
     prefix = args.target.lower()
     feats, feats_flip, faceness = image_features(args, meta, out_dir, prefix)
+    out_dir.mkdir(parents=True, exist_ok=True)
     template_ids, template_feats = ijb.template_features(
         feats, meta.templates, meta.medias, feats_flip=feats_flip if args.flip else None,
         faceness=faceness if args.detector_score else None, normalize_images=not args.norm_score)

@@ -22,6 +22,7 @@ import torch
 
 from backbones import load_backbone
 from eval.embed import embed_batch
+from eval.guard import NonFiniteEmbeddings, check_embeddings
 from utils.binfile import decode_bin_images, load_bin
 from utils.distributed import pick_device
 from utils.errors import UserError, entry_point
@@ -100,19 +101,24 @@ def accuracy_from_embeddings(plain: np.ndarray, mirrored: np.ndarray, issame: np
 def evaluate(model: torch.nn.Module, data: VerificationSet, device: torch.device, batch_size: int = 64,
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """10-fold accuracy of `model` on one set: {accuracy, std, xnorm}; the model's train/eval mode is
-    restored afterwards."""
+    restored afterwards. Raises eval.guard.NonFiniteEmbeddings (a UserError) when an embedding is not
+    finite, and logs a warning when they are degenerate."""
     was_training = model.training
     model.eval()
     try:
         plain, mirrored = embed(model, data.images, device, batch_size, amp_dtype)
     finally:
         model.train(was_training)
+    check_embeddings(plain, mirrored, source=f"{data.name}.bin",
+                     describe=lambda row: f"image {row} (pair {row // 2})")
     return accuracy_from_embeddings(plain, mirrored, data.issame)
 
 
 class TrainingVerifier:
     """The training callback: every `verbose` steps rank 0 verifies the bare backbone on `val_targets`
-    (`<rec>/<name>.bin`), logs accuracy, std, XNorm and the best accuracy so far, and writes scalars."""
+    (`<rec>/<name>.bin`), logs accuracy, std, XNorm and the best accuracy so far, and writes scalars.
+    Non-finite embeddings log eval.guard's message as an error instead, record nothing, and training
+    goes on."""
 
     def __init__(self, sets: list[VerificationSet], batch_size: int, device: torch.device, enabled: bool):
         self.sets = sets
@@ -132,7 +138,11 @@ class TrainingVerifier:
         if not self.enabled:
             return results
         for data in self.sets:
-            result = evaluate(run.backbone, data, self.device, self.batch_size)
+            try:
+                result = evaluate(run.backbone, data, self.device, self.batch_size)
+            except NonFiniteEmbeddings as exc:  # no accuracy, no best; the loss guard owns divergence
+                log.error("[%s][%d] %s", data.name, run.step, exc)
+                continue
             run.best[data.name] = max(run.best.get(data.name, 0.0), result["accuracy"])
             log.info("[%s][%d] XNorm: %f  Accuracy-Flip: %1.5f+-%1.5f  Highest Accuracy-Flip: %1.5f",
                      data.name, run.step, result["xnorm"], result["accuracy"], result["std"],

@@ -11,8 +11,10 @@ import torch
 
 import eval_ijbc
 from backbones import get_model
+from eval import ijb
 from eval.align import ARCFACE_TEMPLATE, align_face
 from eval.ijb_data import MetaPaths
+from tests.diverged import diverged_state_dict
 
 NUM_SUBJECTS, TEMPLATES_PER_SUBJECT, IMAGES_PER_TEMPLATE = 6, 3, 2
 EMBEDDING_SIZE = 32  # not 512: any embedding size must work
@@ -245,3 +247,51 @@ def test_features_without_flip_embeddings_exit_2_when_flip_is_on(ijbc, tmp_path,
     argv = _features_argv(root, out, "noflip")
     argv[argv.index("--features") + 1] = str(tmp_path / "plain.npz")
     assert "without the flip test" in _run_expecting_error(argv, capsys)
+
+
+# ---- eval.guard: no table from non-finite or collapsed embeddings (issue 13) ----
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("array", ["feats", "feats_flip"])
+def test_non_finite_saved_features_exit_2_and_write_nothing(ijbc, tmp_path, capsys, value, array):
+    root, _, out = ijbc
+    arrays = dict(np.load(out / "ijbc_features.npz"))
+    arrays[array][[4, 9]] = value  # images 5.jpg and 10.jpg
+    np.savez(tmp_path / "bad.npz", **arrays)
+    argv = _features_argv(root, out, "bad")
+    argv[argv.index("--features") + 1] = str(tmp_path / "bad.npz")
+    argv[argv.index("--result-dir") + 1] = str(tmp_path / "results")
+    err = _run_expecting_error(argv, capsys)
+    assert "2 of 36 images of IJBC have non-finite embeddings (NaN or ±inf), the first '5.jpg' (line 5 of" in err
+    assert "retry with --bf16 or without autocast" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_diverged_weights_exit_2_before_any_output(ijbc, tmp_path, capsys, value):
+    _, model, _ = ijbc
+    _, data = _copy_dataset(ijbc, tmp_path)
+    torch.save(diverged_state_dict(model, value), tmp_path / "diverged.pt")
+    err = _run_expecting_error(_model_argv(tmp_path / "diverged.pt", data, tmp_path), capsys)
+    assert "36 of 36 images of IJBC have non-finite embeddings" in err and "diverged weights" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_collapsed_features_finish_with_one_warning(ijbc, tmp_path, caplog):
+    """All images embedded alike: the tables are written (the scores differ only by rounding) with one
+    warning that they mean nothing."""
+    root, _, out = ijbc
+    arrays = dict(np.load(out / "ijbc_features.npz"))
+    arrays["feats"][:] = arrays["feats"][0]
+    arrays["feats_flip"][:] = arrays["feats"][0]
+    np.savez(tmp_path / "collapsed.npz", **arrays)
+    argv = _features_argv(root, out, "collapsed")
+    argv[argv.index("--features") + 1] = str(tmp_path / "collapsed.npz")
+    assert eval_ijbc.main(argv) == 0
+    assert ["the scores carry no identity information" in r.getMessage() for r in caplog.records] == [True]
+    assert (root / "results" / "collapsed" / "ijbc_1N_result.json").is_file()
+
+
+def test_settings_state_the_rank_rule(ijbc):
+    _, _, out = ijbc
+    assert json.loads((out / "ijbc_settings.json").read_text())["rank_rule"] == ijb.RANK_RULE

@@ -10,6 +10,7 @@ import torch
 
 from backbones import get_model
 from eval.align import ARCFACE_TEMPLATE
+from tests.diverged import diverged_state_dict
 from tools import inference
 from tools.export_onnx import export
 
@@ -181,3 +182,18 @@ def test_cuda_device_without_cuda_exits_2_with_the_message(setup, capsys, monkey
     captured = capsys.readouterr()
     assert "device 'cuda' was asked for but CUDA is not available" in captured.err
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_diverged_weights_exit_2_and_write_no_embeddings(setup, face_folder, tmp_path, capsys, value):
+    """eval.guard (issue 13): no .npy of NaN or ±inf, one line naming the first image."""
+    folder, _, _ = face_folder
+    torch.save(diverged_state_dict(setup["model"], value), tmp_path / "diverged.pt")
+    output = tmp_path / "out" / "emb.npy"
+    argv = ["--network", "vit_nano", "--weights", str(tmp_path / "diverged.pt"), "--folder", str(folder),
+            "--output", str(output), "--flip"]
+    assert inference.main(argv) == 2
+    captured = capsys.readouterr()
+    assert f"3 of 3 images of the inputs have non-finite embeddings (NaN or ±inf), the first '{folder}/a.png'" \
+        in captured.err
+    assert captured.out == "" and not (tmp_path / "out").exists()

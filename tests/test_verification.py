@@ -12,6 +12,7 @@ from sklearn.model_selection import KFold
 from backbones import get_model
 from eval import verification
 from eval.verification import TrainingVerifier, VerificationSet, accuracy_from_embeddings, kfold_accuracy
+from tests.diverged import collapsed_state_dict, diverged_state_dict
 from utils.binfile import save_bin
 from utils.errors import UserError
 
@@ -147,3 +148,44 @@ def test_cli_with_a_bad_weights_file_exits_2(tmp_path, capsys):
     assert verification.main(argv) == 2
     err = capsys.readouterr().err
     assert "model.pt' is not a readable PyTorch weights file" in err and "Traceback" not in err
+
+
+# ---- eval.guard: no accuracy from non-finite or collapsed embeddings (issue 13) ----
+
+def _cli_argv(tmp_path, state_dict):
+    _write_bin(tmp_path / "agedb_30.bin", 10)
+    torch.save(state_dict, tmp_path / "model.pt")
+    return ["--model-prefix", str(tmp_path / "model.pt"), "--network", "vit_nano", "--bins",
+            str(tmp_path / "agedb_30.bin"), "--device", "cpu"]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_cli_with_diverged_weights_exits_2_without_an_accuracy(tmp_path, capsys, value):
+    assert verification.main(_cli_argv(tmp_path, diverged_state_dict(_tiny_model(), value))) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: 20 of 20 images of agedb_30.bin have non-finite embeddings "
+                                   "(NaN or ±inf), the first image 0 (pair 0); likely causes: diverged weights")
+    assert captured.out == "" and len(captured.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("bias, reason", [(0.3, "within 1e-06 of one direction"), (0.0, "zero norm")])
+def test_cli_with_a_collapsed_model_warns_once(tmp_path, capsys, caplog, bias, reason):
+    assert verification.main(_cli_argv(tmp_path, collapsed_state_dict(_tiny_model(), bias))) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and reason in messages[0] and "no identity information" in messages[0]
+
+
+def test_training_verifier_logs_non_finite_embeddings_and_records_nothing(tmp_path, caplog):
+    """Training goes on (the loss guard owns divergence); no best accuracy and no scalar from the NaNs."""
+    _write_bin(tmp_path / "lfw.bin", 10)
+    cfg = SimpleNamespace(rec=str(tmp_path), val_targets=("lfw",), batch_size=8)
+    model = _tiny_model()
+    model.load_state_dict(diverged_state_dict(model, np.nan))
+    run = SimpleNamespace(backbone=model, step=20, best={})
+    scalars = _RecordingScalars()
+    verifier = TrainingVerifier.from_config(cfg, SimpleNamespace(is_main=True, device=torch.device("cpu")))
+    assert verifier(run, scalars) == {}
+    assert run.best == {} and scalars.added == []
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert errors[0].getMessage().startswith("[lfw][20] 20 of 20 images of lfw.bin have non-finite embeddings")

@@ -27,6 +27,7 @@ import torch
 
 from backbones import load_backbone
 from eval.align import align_face
+from eval.guard import check_embeddings
 from utils.distributed import pick_device
 from utils.errors import UserError, entry_point
 from utils.files import atomic_write, atomic_write_text, make_folder
@@ -152,13 +153,15 @@ def embed_faces(embedder: Embedder, faces: np.ndarray, flip: bool = False) -> np
 
 def embed_files(embedder: Embedder, paths: Sequence[Path], landmarks: Sequence[np.ndarray | None],
                 batch_size: int = 64, flip: bool = False, normalize: bool = False) -> np.ndarray:
-    """Embeddings [N, D] float32 of image files, read `batch_size` at a time."""
+    """Embeddings [N, D] float32 of image files, read `batch_size` at a time; non-finite ones raise
+    eval.guard.NonFiniteEmbeddings."""
     chunks = []
     for start in range(0, len(paths), batch_size):
         faces = np.stack([load_face(path, points) for path, points in
                           zip(paths[start:start + batch_size], landmarks[start:start + batch_size])])
         chunks.append(embed_faces(embedder, faces, flip))
     embeddings = np.concatenate(chunks).astype(np.float32)
+    check_embeddings(embeddings, source="the inputs", describe=lambda row: f"'{paths[row]}'")
     if normalize:
         embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     return embeddings
