@@ -21,7 +21,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from utils.config import require
 from utils.errors import UserError
-from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, normalize
+from utils.files import check_regular_file, read_bytes, read_text
+from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, image_size_of, normalize
 from utils.recordio import IndexedRecordReader, RecordIOError, decode_image, first_label, unpack
 from utils.seeding import derive_seed, seed_everything
 
@@ -118,6 +119,10 @@ class EncodedImageDataset(Dataset):
             if not payload:
                 raise _CorruptSample(name, "empty image payload")
             return torch.frombuffer(bytearray(payload), dtype=torch.uint8), label, name
+        size = image_size_of(payload)  # from the header: a wrong size or a bomb is refused before decoding
+        if size is not None and size[::-1] != self.image_size:
+            raise DataError(f"{name} is {size[0]}x{size[1]}, not {self.image_size[1]}x{self.image_size[0]}; "
+                            f"{ALIGN_HINT}.")
         try:
             image = decode_image(payload)
         except ValueError as exc:
@@ -130,9 +135,9 @@ class EncodedImageDataset(Dataset):
 
 def read_property(path: Path) -> tuple[int, int, int] | None:
     """(num_classes, height, width) from an insightface `property` file, None when there is none."""
-    if not path.is_file():
+    if not path.exists():
         return None
-    text = path.read_text().strip()
+    text = read_text(path, "property file").strip()
     try:
         num_classes, height, width = (int(part) for part in text.split(","))
     except ValueError:
@@ -236,6 +241,8 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[tuple[str, int]
     classes, samples = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        for name in files:
+            check_regular_file(folder / name, "image", "remove it from the data folder")  # a FIFO would block
         if not files:
             logger.warning("skipping '%s': it holds no %s images", folder, "/".join(IMAGE_EXTENSIONS))
             continue
@@ -275,9 +282,9 @@ class ImageFolderDataset(EncodedImageDataset):
     def _encoded(self, index: int) -> tuple[bytes, int, str]:
         path = self.root / os.fsdecode(self.paths[index])
         try:
-            payload = path.read_bytes()
-        except OSError as exc:
-            raise _CorruptSample(f"'{path}'", exc.strerror or str(exc)) from None
+            payload = read_bytes(path, "image")
+        except UserError as exc:  # gone or replaced (by a FIFO, say) since the scan
+            raise _CorruptSample(f"'{path}'", str(exc)) from None
         return payload, int(self.labels[index]), f"'{path}'"
 
 

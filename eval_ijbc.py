@@ -42,7 +42,7 @@ from eval.ijb_data import (
 )
 from utils.distributed import pick_device
 from utils.errors import UserError, entry_point
-from utils.files import atomic_write, atomic_write_text
+from utils.files import atomic_write, atomic_write_text, check_regular_file
 from utils.precision import autocast_dtype
 
 PROTOCOLS = ("1:1", "1:N", "all")
@@ -121,9 +121,7 @@ def extract_features(model: torch.nn.Module, meta: ImageMeta, image_dir: Path, d
 def load_saved_features(path: Path, meta: ImageMeta, flip: bool) -> tuple[np.ndarray, np.ndarray | None,
                                                                          np.ndarray]:
     """(feats, feats_flip or None, faceness) from a features .npz written by this script."""
-    if not path.is_file():
-        raise UserError(f"features file '{path}' does not exist; pass the <target>_features.npz of an "
-                        "earlier run.")
+    check_regular_file(path, "features file", "pass the <target>_features.npz of an earlier run")
     try:
         with np.load(path, allow_pickle=False) as saved:
             arrays = {key: saved[key] for key in saved.files}

@@ -28,7 +28,7 @@ import dataset
 import losses
 from backbones import get_model, load_backbone
 from dpap import DPAP
-from eval.verification import TrainingVerifier
+from eval.verification import TrainingVerifier, read_checked
 from partial_fc import PartialFC
 from utils import config as config_utils
 from utils import distributed
@@ -340,12 +340,10 @@ def main(argv=None) -> int:
 
 
 def _check_val_targets(cfg) -> None:
-    """On every rank, so that a missing file stops all ranks instead of rank 0 alone."""
+    """On every rank, so that a missing or unusable set stops all ranks before step 1, not rank 0 at the
+    first verification."""
     for name in cfg.val_targets:
-        path = Path(cfg.rec) / f"{name}.bin"
-        if not path.is_file():
-            raise UserError(f"verification set '{path}' (val_targets entry '{name}') does not exist; put the .bin "
-                            "file beside train.rec or remove the name from val_targets.")
+        read_checked(Path(cfg.rec) / f"{name}.bin")
 
 
 def _catch_sigterm():

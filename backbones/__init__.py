@@ -13,6 +13,7 @@ from torch import nn
 
 from backbones.vit import PatchInfo, VisionTransformer
 from utils.errors import UserError
+from utils.files import check_regular_file
 
 # name -> VisionTransformer arguments. The first seven are the released networks; the rest are small
 # variants for CPU work, tests and the demo.
@@ -55,9 +56,7 @@ def _shapes(name: str, num_features: int) -> dict[str, tuple[int, ...]]:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A backbone state_dict from a file: a plain state_dict, or a dict holding one under "backbone",
     "state_dict" or "model"; a DDP `module.` prefix is removed. Loaded with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file '{path}' does not exist; check the path.")
+    path = check_regular_file(path, "weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from eval.align import align_face
 from utils.errors import UserError
+from utils.files import check_regular_file, read_bytes
+from utils.images import check_image_size
 
 TARGETS = ("IJBC", "IJBB")
 # Gallery names of the NIST 1:N protocols.
@@ -62,9 +64,8 @@ class MetaPaths:
 
 
 def _require_file(path: Path, what: str) -> None:
-    if not path.is_file():
-        raise UserError(f"{what} '{path}' does not exist; --image-path must hold meta/ and loose_crop/ as "
-                        "described in docs/evaluation.md.")
+    check_regular_file(path, what, "--image-path must hold meta/ and loose_crop/ as described in "
+                       "docs/evaluation.md")
 
 
 def _data_lines(path: Path):
@@ -245,7 +246,13 @@ class AlignedFaces(Dataset):
         return len(self.names)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, bool]:
-        image = cv2.imread(str(self.image_dir / self.names[index]), cv2.IMREAD_COLOR)
+        image = None
+        try:
+            data = read_bytes(self.image_dir / self.names[index], "image")
+            check_image_size(data, "image")
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
+        except UserError:  # not a regular file, or a header claiming a bomb: reported like an undecodable file
+            pass
         if image is None:
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), index, False
         aligned = align_face(image, self.landmarks[index], self.size)  # [S, S, 3] BGR

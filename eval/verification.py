@@ -23,7 +23,7 @@ import torch
 from backbones import load_backbone
 from eval.embed import embed_batch
 from eval.guard import NonFiniteEmbeddings, check_embeddings
-from utils.binfile import decode_bin_images, load_bin
+from utils.binfile import check_bin_headers, decode_bin_images, load_bin
 from utils.distributed import pick_device
 from utils.errors import UserError, entry_point
 
@@ -45,16 +45,29 @@ class VerificationSet:
     def load(cls, path: str | Path) -> VerificationSet:
         """Read and decode once; the training callback keeps the result for every evaluation."""
         path = Path(path)
-        encoded, issame = load_bin(path)
+        encoded, issame = read_checked(path)
         images = decode_bin_images(encoded, source=str(path))
         return cls(path.stem, images, np.asarray(issame, dtype=bool))
+
+
+def read_checked(path: str | Path) -> tuple[list[bytes], list[bool]]:
+    """(encoded images, issame) of a .bin that gives a meaningful 10-fold accuracy: at least NUM_FOLDS pairs,
+    genuine and impostor pairs both present, every image header 112x112; UserError otherwise. Reads no
+    pixels, so training runs it on every rank before step 1."""
+    encoded, issame = load_bin(path)
+    fold_sizes(len(issame))
+    if len(set(issame)) < 2:
+        raise UserError(f"verification set '{path}' holds only {'genuine' if issame[0] else 'impostor'} pairs; "
+                        "its accuracy would mean nothing: use a set with both kinds of pairs.")
+    check_bin_headers(encoded, str(path))
+    return encoded, issame
 
 
 def fold_sizes(num_pairs: int, num_folds: int = NUM_FOLDS) -> np.ndarray:
     """Sizes of consecutive folds as sklearn's KFold(shuffle=False) makes them: the first ones get 1 more."""
     if num_pairs < num_folds:
         raise UserError(f"a verification set needs at least {num_folds} pairs for {num_folds}-fold "
-                        f"accuracy, this one has {num_pairs}.")
+                        f"accuracy, this one has {num_pairs}; use a larger set.")
     sizes = np.full(num_folds, num_pairs // num_folds)
     sizes[:num_pairs % num_folds] += 1
     return sizes

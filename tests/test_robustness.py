@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import struct
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+import dataset as dataset_module
+import train
+from dataset import DataError, ImageFolderDataset
 from tests.test_data_tools import write_folder
 from tools import make_bin
-from tools.inference import write_embeddings
-from tools.pack_rec import pack_folder
+from tools.inference import list_images, load_face, write_embeddings
+from tools.pack_rec import EncodeOptions, encode_file, pack_folder
+from utils.binfile import decode_bin_images, load_bin, save_bin
 from utils.errors import UserError
 from utils.files import open_append, read_bytes
+from utils.images import image_size_of
 from utils.monitor import setup_logging
 from utils.recordio import IndexedRecordWriter
 
@@ -112,3 +120,105 @@ def test_open_append_and_read_bytes_refuse_a_fifo_without_blocking(tmp_path):
         read_bytes(tmp_path / "x.jpg", "image")
     with pytest.raises(UserError, match="not a regular file"):
         open_append(tmp_path / "x.jpg")
+
+
+# ---- readers: regular files only, headers before allocation ----
+
+@pytest.fixture
+def no_hang():
+    """Fail instead of hanging forever when a reader blocks on a FIFO (the bug this section guards)."""
+    def alarm(*_):
+        raise TimeoutError("a reader blocked on a FIFO")
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_named_like_an_image_is_refused_by_every_folder_reader(tmp_path, no_hang):
+    write_folder(tmp_path / "faces", [2, 2])
+    os.mkfifo(tmp_path / "faces" / "person_1" / "x.jpg")
+    with pytest.raises(UserError, match="x.jpg' is not a regular file"):
+        pack_folder(tmp_path / "faces", tmp_path / "packed")
+    with pytest.raises(UserError, match="x.jpg' is not a regular file"):
+        ImageFolderDataset(tmp_path / "faces")
+    with pytest.raises(UserError, match="x.jpg' is not a regular file"):
+        list_images(tmp_path / "faces")
+    with pytest.raises(UserError, match="x.jpg' is not a regular file"):
+        load_face(tmp_path / "faces" / "person_1" / "x.jpg")
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small valid PNG whose header is rewritten to claim `width` x `height` pixels."""
+    data = bytearray(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    data[16:24] = struct.pack(">II", width, height)
+    return bytes(data)
+
+
+def test_a_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(cv2, "imdecode", lambda *_: pytest.fail("decoded despite the header"))
+    (tmp_path / "bomb.png").write_bytes(png_claiming(30000, 30000))
+    with pytest.raises(UserError, match="claims 30000x30000 pixels"):
+        load_face(tmp_path / "bomb.png")
+    with pytest.raises(UserError, match="bomb.png. claims 30000x30000"):
+        encode_file(str(tmp_path / "bomb.png"), EncodeOptions())
+    with pytest.raises(UserError, match="image 1 of .set.bin. claims 30000x30000"):
+        decode_bin_images([png_claiming(112, 112), png_claiming(30000, 30000)], source="set.bin")
+
+
+def test_training_refuses_a_wrong_size_from_the_header_before_decoding(tmp_path, monkeypatch):
+    write_folder(tmp_path / "faces", [2])
+    dataset = ImageFolderDataset(tmp_path / "faces")
+    (tmp_path / "faces" / "person_0" / "01.png").write_bytes(png_claiming(30000, 30000))
+    monkeypatch.setattr(dataset_module, "decode_image", lambda *_: pytest.fail("decoded despite the header"))
+    with pytest.raises(DataError, match="01.png' is 30000x30000, not 112x112"):
+        dataset[1]
+
+
+def test_image_size_of_reads_jpeg_png_and_other_headers():
+    for suffix in (".jpg", ".png", ".bmp", ".webp"):
+        assert image_size_of(cv2.imencode(suffix, np.zeros((50, 70, 3), np.uint8))[1].tobytes()) == (70, 50)
+    assert image_size_of(b"not an image") is None
+
+
+def bin_pickle(images_code: bytes, num_pairs: int) -> bytes:
+    """A protocol-2 .bin pickle: `images_code` builds the image list, then `num_pairs` True labels."""
+    labels = b"]" + (b"(" + b"\x88" * num_pairs + b"e" if num_pairs else b"")
+    return b"\x80\x02(" + images_code + labels + b"t."
+
+
+def test_a_bin_repeating_one_image_by_reference_is_refused_before_decoding(tmp_path):
+    image = cv2.imencode(".png", np.zeros((112, 112, 3), np.uint8))[1].tobytes()
+    num_images = 20_000  # 40 KB of pickle; decoding would allocate 750 MB
+    one = b"T" + struct.pack("<i", len(image)) + image + b"q\x01"  # BINSTRING, then memo slot 1
+    images = b"](" + one + b"h\x01" * (num_images - 1) + b"e"  # BINGET 1 for every other image
+    (tmp_path / "hostile.bin").write_bytes(bin_pickle(images, num_images // 2))
+    with pytest.raises(UserError, match="refers to the same image data many times"):
+        load_bin(tmp_path / "hostile.bin")
+
+
+def test_a_bin_with_no_pairs_is_one_user_error(tmp_path):
+    (tmp_path / "empty.bin").write_bytes(bin_pickle(b"]", 0))
+    with pytest.raises(UserError, match="holds no pairs"):
+        load_bin(tmp_path / "empty.bin")
+
+
+def _small_bin(path: Path, issame: list[bool]) -> None:
+    image = cv2.imencode(".png", np.zeros((112, 112, 3), np.uint8))[1].tobytes()
+    save_bin(path, [image] * (2 * len(issame)), issame)
+
+
+@pytest.mark.parametrize("issame, message", [
+    ([True, False] * 2, "at least 10 pairs"),
+    ([True] * 12, "only genuine pairs"),
+])
+def test_an_unusable_verification_set_stops_training_before_step_1(tmp_path, issame, message, capsys):
+    from tests.test_train import write_config
+
+    write_folder(tmp_path / "faces", [4, 4])
+    _small_bin(tmp_path / "faces" / "lfw.bin", issame)
+    config = write_config(tmp_path, tmp_path / "faces", val_targets=("lfw",), num_epoch=1)
+    assert train.main([str(config)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoints").exists()

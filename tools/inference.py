@@ -30,8 +30,8 @@ from eval.align import align_face
 from eval.guard import check_embeddings
 from utils.distributed import pick_device
 from utils.errors import UserError, entry_point
-from utils.files import atomic_write, atomic_write_text, make_folder
-from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, normalize
+from utils.files import atomic_write, atomic_write_text, check_regular_file, make_folder, read_bytes, read_text
+from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, check_image_size, normalize
 
 NUM_LANDMARK_VALUES = 10  # 5 points, (x, y) each
 
@@ -56,9 +56,7 @@ def read_landmarks_file(path: str | Path, names: Sequence[str]) -> list[np.ndarr
     """Landmarks per image from a text file: one line per image in order (10 numbers), or lines
     `name x1 y1 ... x5 y5` matched by image name, where images without a line count as aligned."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"landmarks file '{path}' does not exist; check the path.")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in read_text(path, "landmarks file").splitlines() if line.strip()]
     rows = [re.split(r"[,\s]+", line) for line in lines]
     num_named = sum(len(fields) == NUM_LANDMARK_VALUES + 1 for fields in rows)
     if num_named == 0:
@@ -81,7 +79,9 @@ def read_landmarks_file(path: str | Path, names: Sequence[str]) -> list[np.ndarr
 def load_face(path: str | Path, landmarks: np.ndarray | None = None) -> np.ndarray:
     """An aligned face, 112x112x3 uint8 RGB: the image itself, or its warp onto the template when
     `landmarks` [5, 2] are given."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # H x W x 3 BGR
+    data = read_bytes(path, "image")
+    check_image_size(data, f"image '{path}'")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None  # H x W x 3 BGR
     if image is None:
         raise UserError(f"cannot read image '{path}'; check that it exists and is a JPEG, PNG or BMP file.")
     if landmarks is not None:
@@ -178,6 +178,8 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise UserError(f"folder '{folder}' does not exist; pass a directory of face images.")
     paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
+    for path in paths:
+        check_regular_file(path, "image", f"remove it from '{folder}'")  # a FIFO named x.jpg would block
     if not paths:
         raise UserError(f"folder '{folder}' holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     return paths

@@ -22,7 +22,7 @@ from pathlib import Path
 from tools.pack_rec import EncodeOptions, encode_file
 from utils.binfile import save_bin
 from utils.errors import UserError, entry_point
-from utils.files import make_folder
+from utils.files import check_regular_file, make_folder, read_text
 
 BIN_ENCODING = EncodeOptions(encoding="png", keep_bytes=True)  # JPEG/PNG kept byte for byte, others as PNG
 
@@ -30,10 +30,8 @@ BIN_ENCODING = EncodeOptions(encoding="png", keep_bytes=True)  # JPEG/PNG kept b
 def read_pairs(pairs_path: str | Path) -> list[tuple[str, str, bool]]:
     """[(path_a, path_b, issame)] of a pairs file (see the module docstring)."""
     pairs_path = Path(pairs_path)
-    if not pairs_path.is_file():
-        raise UserError(f"pairs file '{pairs_path}' does not exist.")
     pairs = []
-    for number, line in enumerate(pairs_path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(pairs_path, "pairs file").splitlines(), start=1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
@@ -47,8 +45,7 @@ def read_pairs(pairs_path: str | Path) -> list[tuple[str, str, bool]]:
 
 def stored_bytes(path: Path) -> bytes:
     """The bytes a .bin keeps for the image at `path`, after checking it is an aligned 112x112 face."""
-    if not path.is_file():
-        raise UserError(f"image '{path}' listed in the pairs file does not exist.")
+    check_regular_file(path, "image", "every image the pairs file lists must exist under --images")
     return encode_file(str(path), BIN_ENCODING)
 
 

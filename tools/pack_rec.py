@@ -31,7 +31,7 @@ from tqdm import tqdm
 from dataset import ALIGN_HINT, scan_image_folder
 from utils.errors import UserError, entry_point
 from utils.files import atomic_write_text, make_folder, read_bytes
-from utils.images import IMAGE_SIZE
+from utils.images import IMAGE_SIZE, check_image_size
 from utils.recordio import IndexedRecordWriter, IRHeader, pack
 
 JPEG_START = b"\xff\xd8\xff"
@@ -49,6 +49,7 @@ class EncodeOptions:
 def encode_file(path: str, options: EncodeOptions) -> bytes:
     """The payload stored for the image file at `path`: its own bytes or a fresh JPEG/PNG encoding."""
     data = read_bytes(path, "image")
+    check_image_size(data, f"'{path}'", (options.image_size, options.image_size), ALIGN_HINT)
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise UserError(f"'{path}' is not a decodable image; remove or replace it and run again.")

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from utils.errors import UserError
-from utils.files import atomic_write_bytes
-from utils.images import IMAGE_SIZE
+from utils.files import atomic_write_bytes, read_bytes
+from utils.images import IMAGE_SIZE, check_image_size
 from utils.recordio import decode_image
 
 
@@ -128,11 +128,10 @@ def _as_bools(issame, path: Path) -> list[bool]:
 def load_bin(path: str | Path) -> tuple[list[bytes], list[bool]]:
     """(encoded images, issame) of a .bin verification set, read without running any code from it."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"verification set '{path}' does not exist; put it beside train.rec or remove its "
-                        "name from config.val_targets.")
+    data = read_bytes(path, "verification set", "put it beside train.rec or remove its name from "
+                      "config.val_targets")
     try:
-        content = _BinUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        content = _BinUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:  # a damaged or hostile pickle can fail in many ways; all mean "not a .bin"
         raise UserError(f"'{path}' is not a readable insightface .bin verification set "
                         f"({type(exc).__name__}: {exc}).") from None
@@ -144,9 +143,16 @@ def load_bin(path: str | Path) -> tuple[list[bytes], list[bool]]:
         raise UserError(f"'{path}': the images are not a list of encoded image bytes; this is not an "
                         "insightface .bin verification set.")
     issame = _as_bools(issame, path)
+    if not issame:
+        raise UserError(f"'{path}' holds no pairs; a verification set needs pairs of images.")
     if len(images) != 2 * len(issame):
         raise UserError(f"'{path}' holds {len(images)} images for {len(issame)} pairs; a .bin needs two "
                         "images per pair.")
+    # Every image's bytes are in the file once; more means the pickle repeats references to one object,
+    # which would make a tiny file decode into gigabytes.
+    if sum(len(image) for image in images) > len(data):
+        raise UserError(f"'{path}' refers to the same image data many times ({len(images)} images in "
+                        f"{len(data)} bytes); it is not an insightface .bin verification set.")
     return list(images), issame
 
 
@@ -187,8 +193,19 @@ def save_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool]) 
 
 # ---- decoding ----
 
+def check_bin_headers(images: Sequence[bytes], source: str = ".bin") -> None:
+    """UserError naming the first image whose header does not say 112x112 (microseconds per image)."""
+    for index, data in enumerate(images):
+        check_image_size(data, f"image {index} of '{source}'", (IMAGE_SIZE, IMAGE_SIZE),
+                         "verification sets must hold aligned 112x112 faces")
+
+
 def decode_bin_images(images: Sequence[bytes], flip: bool = False, source: str = ".bin") -> torch.Tensor:
-    """Encoded images of a .bin -> uint8 tensor [N, 3, 112, 112] RGB; `flip` mirrors them left-right."""
+    """Encoded images of a .bin -> uint8 tensor [N, 3, 112, 112] RGB; `flip` mirrors them left-right.
+
+    Every header is checked before the batch is allocated, so a wrong size costs no decoding.
+    """
+    check_bin_headers(images, source)
     batch = torch.empty((len(images), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     for index, data in enumerate(images):
         try:

@@ -20,6 +20,7 @@ from typing import Any
 from easydict import EasyDict
 
 from utils.errors import UserError
+from utils.files import check_regular_file
 
 BASE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "base.py"
 
@@ -53,9 +54,7 @@ _RANGES = {
 
 
 def _load_module(path: Path):
-    if not path.is_file():
-        raise UserError(f"config file '{path}' does not exist; pass the path to a config module such as "
-                        "configs/ms1mv2_vit_s.py.")
+    check_regular_file(path, "config file", "pass the path to a config module such as configs/ms1mv2_vit_s.py")
     spec = importlib.util.spec_from_file_location(f"_transface_config_{abs(hash(str(path)))}", path)
     module = importlib.util.module_from_spec(spec)
     try:

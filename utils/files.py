@@ -150,29 +150,29 @@ def real_folder(path: str | os.PathLike) -> Path:
     return make_folder(path)
 
 
-def read_bytes(path: str | os.PathLike, what: str = "input file") -> bytes:
+def read_bytes(path: str | os.PathLike, what: str = "input file", hint: str = "check the path") -> bytes:
     """The content of the regular file at `path` (symlinks followed).
 
-    Raises UserError naming `what` and the path when it is missing, a folder, or not a regular file (a FIFO
-    or device is refused without blocking on it).
+    Raises UserError naming `what` and the path, ending with `hint`, when it is missing, a folder, or not a
+    regular file (a FIFO or device is refused without blocking on it).
     """
     path = Path(path)
     try:
         handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise unreadable(path, what, exc) from None
+        raise unreadable(path, what, exc, hint) from None
     with os.fdopen(handle, "rb") as stream:
         mode = os.fstat(handle).st_mode
         if not stat.S_ISREG(mode):
-            raise UserError(f"{what} '{path}' is {'a folder' if stat.S_ISDIR(mode) else 'not a regular file'}; "
-                            "give a regular file.")
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise UserError(f"{what} '{path}' is {kind}; {hint}.")
         os.set_blocking(handle, True)
         return stream.read()
 
 
-def read_text(path: str | os.PathLike, what: str = "input file") -> str:
+def read_text(path: str | os.PathLike, what: str = "input file", hint: str = "check the path") -> str:
     """`read_bytes` decoded as UTF-8; a file in another encoding is a UserError naming the byte offset."""
-    data = read_bytes(path, what)
+    data = read_bytes(path, what, hint)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
