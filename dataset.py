@@ -1,8 +1,8 @@
-"""Training data: RecordIO, image-folder and synthetic datasets, the resumable distributed sampler, the
-loader, and the on-device batch preparation (optional GPU JPEG decode, random flip, [-1, 1]).
+"""Training data: RecordIO, image-folder and synthetic datasets, the resumable distributed sampler, the loader.
 
 Datasets return uint8 RGB images [3, H, W] and an int label; everything per-pixel that can run on the
-accelerator (flip, normalisation, optionally JPEG decode) runs there, so CPU workers only read and decode.
+accelerator (flip, normalisation, optionally JPEG decode) runs there (`device_input.py`), so CPU workers
+only read and decode (`utils/decode.py`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from easydict import EasyDict
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from utils.config import require
+from utils.decode import decode_image, nvjpeg_ready, split_image_files, to_chw, warn_skipped
 from utils.errors import UserError
 from utils.files import check_regular_file, read_bytes, read_text
-from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, image_size_of, normalize
-from utils.recordio import IndexedRecordReader, RecordIOError, decode_image, first_label, unpack
+from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, image_size_of
+from utils.recordio import IndexedRecordReader, RecordIOError, first_label, unpack
 from utils.seeding import derive_seed, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 DATASET_KINDS = ("recordio", "folder", "synthetic")
 ALIGN_HINT = ("training needs aligned 112x112 faces: align them with a 5-point similarity transform "
               "(for example insightface's norm_crop) or resize crops that are already aligned, then retry")
-_JPEG_START = b"\xff\xd8"
 
 
 class DataError(UserError):
@@ -81,7 +80,9 @@ class EncodedImageDataset(Dataset):
     decode to RGB (or hand the bytes on for GPU decode), skip and count undecodable images.
 
     Subclasses set `num_classes`, `image_size` and implement `_encoded(index) -> (bytes, label, name)`.
-    With `decode=False` a sample is `(uint8 1-D tensor of the encoded bytes, label, name)`.
+    With `decode=False` a sample is `(image, label, name)`: `image` is the encoded bytes as a uint8 1-D
+    tensor when torchvision's JPEG decoder gives `decode_image`'s pixels (`nvjpeg_ready`), else the image
+    decoded here, uint8 [3, H, W].
     """
 
     num_classes: int
@@ -115,21 +116,21 @@ class EncodedImageDataset(Dataset):
         if not 0 <= label < self.num_classes:
             raise DataError(f"{name} has label {label}, outside [0, {self.num_classes}); the class count "
                             "(from `property` or the header record) does not match the labels: re-pack the data.")
-        if not self.decode:
-            if not payload:
-                raise _CorruptSample(name, "empty image payload")
-            return torch.frombuffer(bytearray(payload), dtype=torch.uint8), label, name
         size = image_size_of(payload)  # from the header: a wrong size or a bomb is refused before decoding
         if size is not None and size[::-1] != self.image_size:
             raise DataError(f"{name} is {size[0]}x{size[1]}, not {self.image_size[1]}x{self.image_size[0]}; "
                             f"{ALIGN_HINT}.")
+        if not self.decode and nvjpeg_ready(payload):
+            return torch.frombuffer(bytearray(payload), dtype=torch.uint8), label, name  # [num_bytes]
         try:
-            image = decode_image(payload)
+            image = to_chw(decode_image(payload))  # [3, H, W]
         except ValueError as exc:
             raise _CorruptSample(name, str(exc)) from None
         if tuple(image.shape[1:]) != self.image_size:
             raise DataError(f"{name} is {image.shape[2]}x{image.shape[1]}, not "
                             f"{self.image_size[1]}x{self.image_size[0]}; {ALIGN_HINT}.")
+        if not self.decode:  # what the GPU decoder would get wrong (EXIF rotation, CMYK, PNG) is decoded here
+            return image, label, name
         return (self.transform(image) if self.transform is not None else image), label
 
 
@@ -229,29 +230,53 @@ class RecordDataset(EncodedImageDataset):
         return payload, int(first_label(header)), name
 
 
+def identity_folders(root: Path) -> list[Path]:
+    """The identity sub-folders of `root` in label order: numeric when every name is an integer (so the
+    folders `rec2image` writes, and folders named 0..N-1 without padding, keep their labels), else by name."""
+    folders = [path for path in root.iterdir() if path.is_dir()]
+    if folders and all(path.name.isascii() and path.name.isdigit() for path in folders):
+        return sorted(folders, key=lambda path: (int(path.name), path.name))
+    return sorted(folders)
+
+
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[tuple[str, int]]]:
     """(class folder names, [(path relative to root, label)]) of a folder of identity sub-folders.
 
-    Labels follow the sorted folder names; folders without images are skipped with a warning.
+    Label i is the i-th folder of `identity_folders`; a warning says when integer folder names differ from
+    their labels. A folder without images is still a class (an identity without images, as a RecordIO set
+    may hold) and is named in a warning; files that are not images are skipped and named in one warning.
     """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"image folder '{root}' does not exist; point it at a folder with one sub-folder "
                         "of aligned face images per identity.")
-    classes, samples = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        for name in files:
-            check_regular_file(folder / name, "image", "remove it from the data folder")  # a FIFO would block
-        if not files:
-            logger.warning("skipping '%s': it holds no %s images", folder, "/".join(IMAGE_EXTENSIONS))
-            continue
-        samples += [(f"{folder.name}/{name}", len(classes)) for name in files]
-        classes.append(folder.name)
+    folders = identity_folders(root)
+    samples, skipped = [], [path for path in root.iterdir() if not path.is_dir()]
+    for label, folder in enumerate(folders):
+        images, others = split_image_files(sorted(folder.iterdir()))
+        for path in images:
+            check_regular_file(path, "image", "remove it from the data folder")  # a FIFO would block
+        samples += [(f"{folder.name}/{path.name}", label) for path in images]
+        skipped += others
     if not samples:
         raise UserError(f"'{root}' holds no identity sub-folders with images; the layout is "
                         f"<root>/<identity>/<image>{IMAGE_EXTENSIONS[0]}.")
-    return classes, samples
+    warn_skipped(skipped, root)
+    _warn_label_changes(root, [folder.name for folder in folders], {label for _, label in samples})
+    return [folder.name for folder in folders], samples
+
+
+def _warn_label_changes(root: Path, classes: list[str], labels_with_images: set[int]) -> None:
+    empty = [name for label, name in enumerate(classes) if label not in labels_with_images]
+    if empty:
+        logger.warning("'%s': %d identity folders hold no images and stay classes without images: %s",
+                       root, len(empty), ", ".join(f"'{name}'" for name in empty[:5]))
+    renamed = [(name, label) for label, name in enumerate(classes) if name.isdigit() and int(name) != label]
+    if renamed and all(name.isascii() and name.isdigit() for name in classes):
+        name, label = renamed[0]
+        logger.warning("'%s': the identity folders have integer names, but labels are their positions in "
+                       "numeric order, so %d folders get another label (first: '%s' -> %d); name them "
+                       "0..%d to keep the names as labels.", root, len(renamed), name, label, len(classes) - 1)
 
 
 class ImageFolderDataset(EncodedImageDataset):
@@ -273,7 +298,7 @@ class ImageFolderDataset(EncodedImageDataset):
         """Catch a folder of unaligned images at construction rather than in the first batch."""
         try:
             payload, _, name = self._encoded(0)
-            image = decode_image(payload)
+            image = to_chw(decode_image(payload))  # [3, H, W]
         except (_CorruptSample, ValueError):
             return  # an unreadable file is skipped and counted when read
         if tuple(image.shape[1:]) != self.image_size:
@@ -410,7 +435,7 @@ class WorkerSeeder:
 
 
 def collate_encoded(batch: Sequence) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
-    """Batch of `decode=False` samples: (encoded byte tensors, labels [B], names)."""
+    """Batch of `decode=False` samples: (encoded byte tensors or decoded images, labels [B], names)."""
     encoded, labels, names = zip(*batch)
     return list(encoded), torch.tensor(labels, dtype=torch.int64), list(names)
 
@@ -421,7 +446,7 @@ def build_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: i
                  multiprocessing_context: str | None = None) -> DataLoader:
     """DataLoader over this rank's share: DistributedResumableSampler (`loader.sampler`), seeded workers,
     pinned memory on CUDA, persistent workers. Datasets built with decode=False yield encoded bytes for
-    GpuJpegDecoder."""
+    device_input.GpuJpegDecoder."""
     device = torch.device(device)
     sampler = DistributedResumableSampler(len(dataset), rank, world_size, seed, drop_last, shuffle)
     encoded = getattr(dataset, "decode", True) is False
@@ -432,120 +457,3 @@ def build_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: i
         persistent_workers=num_workers > 0, prefetch_factor=prefetch_factor if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed + rank),
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None)
-
-
-# ---- on the device ----
-
-def flip_and_normalize(images: torch.Tensor, flip: bool = True,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float [B, 3, H, W] in [-1, 1], each image mirrored with probability 1/2.
-
-    Runs where `images` is; the flip draws come from `generator` (on its own device) when given.
-    """
-    if flip:
-        draw_device = generator.device if generator is not None else images.device
-        flip_mask = torch.rand(len(images), generator=generator, device=draw_device) < 0.5  # [B]
-        flip_mask = flip_mask.to(images.device, non_blocking=True)[:, None, None, None]  # [B, 1, 1, 1]
-        images = torch.where(flip_mask, images.flip(-1), images)
-    return normalize(images)
-
-
-class BatchJpegDecoder:
-    """Decodes a batch of encoded images on `device` with torchvision (nvJPEG on CUDA).
-
-    PNG (or other non-JPEG) payloads are decoded with OpenCV and moved over. An image that fails to
-    decode is replaced by another image of the batch (with its label), so the batch keeps its size, and
-    counted as in the datasets.
-    """
-
-    def __init__(self, device: str | torch.device, num_images: int, max_corrupt_fraction: float,
-                 image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)):
-        self.device = torch.device(device)
-        self.image_size = image_size
-        self.corrupt = CorruptCounter(num_images, max_corrupt_fraction)
-
-    def __call__(self, encoded: list[torch.Tensor], labels: torch.Tensor,
-                 names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint8 images [B, 3, H, W] on the device, labels [B])."""
-        images = self._decode_all(encoded, names)
-        good = [index for index, image in enumerate(images) if image is not None]
-        if not good:
-            raise DataError(f"no image of the batch could be decoded (first: {names[0]}); the data is unusable.")
-        # A failed image is replaced by the next decoded one (cyclically), as the datasets do.
-        sources = [index if image is not None else next((g for g in good if g > index), good[0])
-                   for index, image in enumerate(images)]
-        batch = torch.stack([images[index] for index in sources])  # [B, 3, H, W]
-        return batch, labels[torch.tensor(sources)]
-
-    def _decode_all(self, encoded: list[torch.Tensor], names: list[str]) -> list[torch.Tensor | None]:
-        """[3, H, W] images on the device, None where decoding failed (counted)."""
-        is_jpeg = [bytes(data[:2].tolist()) == _JPEG_START for data in encoded]
-        jpeg_indices = [index for index, flag in enumerate(is_jpeg) if flag]
-        decoded: dict[int, torch.Tensor] = {}
-        if jpeg_indices:
-            try:
-                batch = decode_jpeg([encoded[i] for i in jpeg_indices], mode=ImageReadMode.RGB, device=self.device)
-                decoded = dict(zip(jpeg_indices, batch))
-            except RuntimeError:  # one bad JPEG fails the whole call: decode one by one to find it
-                decoded = {}
-        images = [decoded[index] if index in decoded else self._decode_one(data, name, jpeg)
-                  for index, (data, name, jpeg) in enumerate(zip(encoded, names, is_jpeg))]
-        for image, name in zip(images, names):
-            if image is not None and tuple(image.shape[1:]) != self.image_size:
-                raise DataError(f"{name} is {image.shape[2]}x{image.shape[1]}, not "
-                                f"{self.image_size[1]}x{self.image_size[0]}; {ALIGN_HINT}.")
-        return images
-
-    def _decode_one(self, data: torch.Tensor, name: str, is_jpeg: bool) -> torch.Tensor | None:
-        try:
-            if is_jpeg:
-                return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-            return decode_image(data.numpy().tobytes()).to(self.device, non_blocking=True)
-        except (RuntimeError, ValueError) as exc:
-            reason = str(exc).rsplit(", ", 1)[-1] or type(exc).__name__  # drop torchvision's source path
-            self.corrupt.add(name, reason)
-            return None
-
-
-class GpuJpegDecoder(BatchJpegDecoder):
-    """BatchJpegDecoder that insists on a CUDA device (config.gpu_decode)."""
-
-    def __init__(self, device: str | torch.device, num_images: int, max_corrupt_fraction: float,
-                 image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)):
-        device = torch.device(device)
-        if device.type != "cuda" or not torch.cuda.is_available():
-            raise UserError(f"gpu_decode=True needs a CUDA device, but the device is '{device}'"
-                            f"{'' if torch.cuda.is_available() else ' and CUDA is not available'}; set "
-                            "gpu_decode=False to decode on the CPU workers.")
-        super().__init__(device, num_images, max_corrupt_fraction, image_size)
-
-
-class DeviceAugment:
-    """Turns a loader batch into training input on the device: float images [B, 3, H, W] in [-1, 1]
-    with random horizontal flips, and int64 labels [B]. Copies are non-blocking (the loader pins memory
-    on CUDA); with a decoder the batch holds encoded bytes that are decoded on the device first."""
-
-    def __init__(self, device: str | torch.device, flip: bool = True, generator: torch.Generator | None = None,
-                 decoder: BatchJpegDecoder | None = None):
-        self.device = torch.device(device)
-        self.flip = flip
-        self.generator = generator
-        self.decoder = decoder
-
-    def __call__(self, batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.decoder is not None:
-            images, labels = self.decoder(*batch)
-        else:
-            images, labels = batch[0], batch[1]
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        return flip_and_normalize(images, self.flip, self.generator), labels
-
-
-def build_device_augment(config, dataset, device: str | torch.device,
-                         generator: torch.Generator | None = None) -> DeviceAugment:
-    """DeviceAugment for the config: with a GPU JPEG decoder when config.gpu_decode is set."""
-    decoder = None
-    if getattr(dataset, "decode", True) is False:
-        decoder = GpuJpegDecoder(device, len(dataset), config.max_corrupt_fraction, dataset.image_size)
-    return DeviceAugment(device, flip=True, generator=generator, decoder=decoder)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import dataset
+import device_input
 import losses
 from backbones import get_model, load_backbone
 from dpap import DPAP
@@ -248,7 +249,7 @@ def train(run: Run, train_set, manager: CheckpointManager, verifier, max_steps: 
     last_step = cfg.total_steps if max_steps is None else min(max_steps, cfg.total_steps)
     loader = dataset.build_loader(train_set, cfg.batch_size, ctx.rank, ctx.world_size, cfg.seed, cfg.num_workers,
                                   ctx.device)
-    augment = dataset.build_device_augment(cfg, train_set, ctx.device, generator=run.generators["augment"])
+    augment = device_input.build_device_augment(cfg, train_set, ctx.device, generator=run.generators["augment"])
     meter = SpeedMeter(cfg.total_batch_size, cfg.total_steps, run.step)
     scalars = Scalars(cfg.output, cfg.tensorboard and ctx.is_main)
     progress = tqdm(total=last_step, initial=run.step, unit="step", dynamic_ncols=True,

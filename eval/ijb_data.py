@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from eval.align import align_face
+from utils.decode import decode_image
 from utils.errors import UserError
 from utils.files import check_regular_file, read_bytes
 from utils.images import check_image_size
@@ -231,7 +232,8 @@ def check_images_exist(image_dir: str | Path, meta: ImageMeta) -> None:
 
 
 class AlignedFaces(Dataset):
-    """Reads an image (BGR), aligns it with its 5 landmarks and returns (uint8 RGB [3, S, S], index, ok).
+    """Reads an image (`utils.decode`), aligns it with its 5 landmarks and returns (uint8 RGB [3, S, S],
+    index, ok).
 
     `ok` is False when the file cannot be decoded; the caller names the file, so a worker never raises.
     """
@@ -246,18 +248,14 @@ class AlignedFaces(Dataset):
         return len(self.names)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, bool]:
-        image = None
         try:
             data = read_bytes(self.image_dir / self.names[index], "image")
             check_image_size(data, "image")
-            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
-        except UserError:  # not a regular file, or a header claiming a bomb: reported like an undecodable file
-            pass
-        if image is None:
+            image = decode_image(data)  # [H, W, 3] RGB
+        except (UserError, ValueError):  # not a regular file, a header claiming a bomb, or undecodable
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), index, False
-        aligned = align_face(image, self.landmarks[index], self.size)  # [S, S, 3] BGR
-        rgb = np.ascontiguousarray(aligned[:, :, ::-1].transpose(2, 0, 1))  # [3, S, S] RGB
-        return torch.from_numpy(rgb), index, True
+        aligned = align_face(image, self.landmarks[index], self.size)  # [S, S, 3]
+        return torch.from_numpy(np.ascontiguousarray(aligned.transpose(2, 0, 1))), index, True  # [3, S, S]
 
 
 def _single_thread_opencv(_worker_id: int) -> None:

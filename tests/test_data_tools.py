@@ -18,6 +18,7 @@ from tests.rec_utils import iter_chunks
 from tools import make_bin, pack_rec, rec2image, shuffle_rec
 from tools.pack_rec import EncodeOptions, pack_folder
 from utils.binfile import load_bin
+from utils.decode import PNG_START
 from utils.errors import UserError
 from utils.recordio import MAGIC_BYTES, IndexedRecordReader, first_label, unpack
 
@@ -183,7 +184,7 @@ def test_make_bin_stores_other_formats_as_png_of_the_same_pixels(tmp_path):
     (tmp_path / "pairs.txt").write_text("person_0/00.bmp person_0/00.bmp 1\n")
     make_bin.make_bin(tmp_path / "pairs.txt", tmp_path / "faces", tmp_path / "set.bin")
     images, _ = load_bin(tmp_path / "set.bin")
-    assert images[0].startswith(pack_rec.PNG_START)
+    assert images[0].startswith(PNG_START)
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1], rgb)
 
 

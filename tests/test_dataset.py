@@ -14,20 +14,18 @@ import torch
 from easydict import EasyDict
 
 from dataset import (
-    BatchJpegDecoder,
     DataError,
-    DeviceAugment,
     DistributedResumableSampler,
-    GpuJpegDecoder,
     ImageFolderDataset,
     RecordDataset,
     SyntheticDataset,
     build_dataset,
     build_loader,
     collate_encoded,
-    flip_and_normalize,
     resolve_data_counts,
+    scan_image_folder,
 )
+from device_input import GpuJpegDecoder
 from utils.errors import UserError
 from utils.recordio import IndexedRecordWriter, IRHeader, pack, unpack
 
@@ -232,16 +230,30 @@ def test_gpu_decode_without_cuda_is_a_clear_error():
 
 # ---- folders and synthetic data ----
 
-def test_image_folder_labels_follow_sorted_names_and_pixels_are_exact(tmp_path):
+def test_image_folder_labels_follow_sorted_names_and_pixels_are_exact(tmp_path, caplog):
     written = write_folder(tmp_path / "faces", [2, 3, 1])
-    (tmp_path / "faces" / "empty").mkdir()
-    dataset = ImageFolderDataset(tmp_path / "faces")
-    assert dataset.classes == ["id_0", "id_1", "id_2"] and dataset.num_classes == 3 and len(dataset) == 6
+    (tmp_path / "faces" / "id_1_empty").mkdir()
+    with caplog.at_level(logging.WARNING):
+        dataset = ImageFolderDataset(tmp_path / "faces")
+    assert "hold no images and stay classes without images: 'id_1_empty'" in caplog.text
+    assert dataset.classes == ["id_0", "id_1", "id_1_empty", "id_2"] and dataset.num_classes == 4
+    assert len(dataset) == 6
     for index in range(len(dataset)):
         image, label = dataset[index]
         relative = dataset.paths[index].decode()
-        assert label == int(relative.split("/")[0][3:])
+        assert label == dataset.classes.index(relative.split("/")[0])
         assert torch.equal(image, torch.from_numpy(written[relative]).permute(2, 0, 1))
+    assert sorted(set(dataset.labels.tolist())) == [0, 1, 3]  # the empty identity keeps its label, 2
+
+
+def test_integer_folder_names_are_ordered_numerically_and_renumbering_is_reported(tmp_path, caplog):
+    for name in ("2", "10", "0"):
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "faces" / name / "a.png"), np.zeros((112, 112, 3), np.uint8))
+    with caplog.at_level(logging.WARNING):
+        classes, samples = scan_image_folder(tmp_path / "faces")
+    assert classes == ["0", "2", "10"] and [label for _, label in samples] == [0, 1, 2]
+    assert "so 2 folders get another label (first: '2' -> 1)" in caplog.text
 
 
 def test_image_folder_of_wrong_size_tells_how_to_fix(tmp_path):
@@ -353,61 +365,3 @@ def test_loader_over_records_gives_uint8_batches_and_drops_the_last_partial_batc
     images, labels = batches[0]
     assert images.shape == (4, 3, 112, 112) and images.dtype == torch.uint8 and labels.dtype == torch.int64
     assert not loader.pin_memory  # pinned only for CUDA devices
-
-
-# ---- on the device ----
-
-def test_flip_and_normalize_matches_the_released_transform():
-    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
-    kept = images.clone()
-    plain = flip_and_normalize(images, flip=False)
-    assert torch.equal(plain, (images.float() / 255 - 0.5) / 0.5)
-    flipped = flip_and_normalize(images, flip=True, generator=torch.Generator().manual_seed(4))
-    flip_mask = torch.rand(6, generator=torch.Generator().manual_seed(4)) < 0.5
-    assert 0 < int(flip_mask.sum()) < 6  # the seed exercises both branches
-    for index in range(6):
-        want = plain[index].flip(-1) if flip_mask[index] else plain[index]
-        assert torch.equal(flipped[index], want)
-    assert torch.equal(images, kept) and flipped.min() >= -1 and flipped.max() <= 1
-
-
-def test_device_augment_moves_a_loader_batch_to_training_input():
-    augment = DeviceAugment("cpu", flip=False)
-    images = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
-    inputs, labels = augment((images, torch.tensor([3, 1])))
-    assert inputs.dtype == torch.float32 and torch.equal(inputs, torch.ones(2, 3, 4, 4))
-    assert labels.tolist() == [3, 1]
-
-
-def encoded_batch(dataset: RecordDataset, positions: list[int]):
-    return collate_encoded([dataset[position] for position in positions])
-
-
-def test_batch_decoder_matches_worker_decoding_and_replaces_bad_images(tmp_path):
-    rng = np.random.default_rng(2)
-    jpeg = cv2.imencode(".jpg", random_face(rng))[1].tobytes()
-    samples = [(jpeg, 0.0), (png_bytes(random_face(rng)), 1.0), (jpeg[:40], 2.0), (jpeg, 3.0)]
-    write_rec(tmp_path / "data", samples)
-    decoded = RecordDataset(tmp_path / "data", max_corrupt_fraction=0.5)
-    encoded = RecordDataset(tmp_path / "data", decode=False)
-    decoder = BatchJpegDecoder("cpu", num_images=4, max_corrupt_fraction=0.25)
-    images, labels = decoder(*encoded_batch(encoded, [0, 1, 2, 3]))
-    assert images.shape == (4, 3, 112, 112) and images.dtype == torch.uint8
-    for position in (0, 1, 3):
-        assert torch.equal(images[position], decoded[position][0])  # same pixels as OpenCV in the workers
-    assert labels.tolist() == [0, 1, 3, 3]  # the truncated JPEG is replaced by the next image, with its label
-    assert torch.equal(images[2], images[3])
-    assert len(decoder.corrupt.bad_names) == 1
-    with pytest.raises(DataError, match=r"2 images failed to decode"):
-        decoder(*encoded_batch(encoded, [2, 2, 0])[:2], ["another bad", "record key 3", "ok"])
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_decode_equals_cpu_decode_closely():
-    encoded = RecordDataset(FIXTURES / "ms1m_style", decode=False)
-    decoded = RecordDataset(FIXTURES / "ms1m_style")
-    augment = DeviceAugment("cuda", flip=False, decoder=GpuJpegDecoder("cuda", len(encoded), 0.0))
-    inputs, labels = augment(encoded_batch(encoded, list(range(8))))
-    expected = torch.stack([decoded[i][0] for i in range(8)]).float() / 127.5 - 1
-    assert inputs.device.type == "cuda" and labels.device.type == "cuda"
-    assert (inputs.cpu() - expected).abs().mean() < 0.02  # nvJPEG and libjpeg differ by rounding

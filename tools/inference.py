@@ -21,17 +21,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from backbones import load_backbone
 from eval.align import align_face
 from eval.guard import check_embeddings
+from utils.decode import read_image, split_image_files, warn_skipped
 from utils.distributed import pick_device
 from utils.errors import UserError, entry_point
-from utils.files import atomic_write, atomic_write_text, check_regular_file, make_folder, read_bytes, read_text
-from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, check_image_size, normalize
+from utils.files import atomic_write, atomic_write_text, check_regular_file, make_folder, read_text
+from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, normalize
 
 NUM_LANDMARK_VALUES = 10  # 5 points, (x, y) each
 
@@ -79,18 +79,14 @@ def read_landmarks_file(path: str | Path, names: Sequence[str]) -> list[np.ndarr
 def load_face(path: str | Path, landmarks: np.ndarray | None = None) -> np.ndarray:
     """An aligned face, 112x112x3 uint8 RGB: the image itself, or its warp onto the template when
     `landmarks` [5, 2] are given."""
-    data = read_bytes(path, "image")
-    check_image_size(data, f"image '{path}'")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None  # H x W x 3 BGR
-    if image is None:
-        raise UserError(f"cannot read image '{path}'; check that it exists and is a JPEG, PNG or BMP file.")
+    image = read_image(path)  # [H, W, 3] RGB
     if landmarks is not None:
         image = align_face(image, landmarks, IMAGE_SIZE)
     elif image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
         height, width = image.shape[:2]
         raise UserError(f"image '{path}' is {width}x{height}, not an aligned {IMAGE_SIZE}x{IMAGE_SIZE} face; "
                         "give its 5 landmarks with --landmarks or --landmarks-file to align it.")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def to_input(faces: np.ndarray) -> np.ndarray:
@@ -177,7 +173,8 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"folder '{folder}' does not exist; pass a directory of face images.")
-    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
+    paths, others = split_image_files(sorted(path for path in folder.rglob("*") if not path.is_dir()))
+    warn_skipped(others, folder)
     for path in paths:
         check_regular_file(path, "image", f"remove it from '{folder}'")  # a FIFO named x.jpg would block
     if not paths:

@@ -25,39 +25,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 from tqdm import tqdm
 
 from dataset import ALIGN_HINT, scan_image_folder
+from utils.decode import JPEG_START, PNG_START, decode_image, exif_orientation
 from utils.errors import UserError, entry_point
 from utils.files import atomic_write_text, make_folder, read_bytes
 from utils.images import IMAGE_SIZE, check_image_size
 from utils.recordio import IndexedRecordWriter, IRHeader, pack
-
-JPEG_START = b"\xff\xd8\xff"
-PNG_START = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
 class EncodeOptions:
     encoding: str = "jpg"  # "jpg" or "png"
     quality: int = 95  # JPEG quality
-    keep_bytes: bool = False  # store JPEG/PNG files of the right size unchanged
+    keep_bytes: bool = False  # store JPEG/PNG files of the right size and without EXIF rotation unchanged
     image_size: int = IMAGE_SIZE
 
 
 def encode_file(path: str, options: EncodeOptions) -> bytes:
-    """The payload stored for the image file at `path`: its own bytes or a fresh JPEG/PNG encoding."""
+    """The payload stored for the image file at `path`: its own bytes or a fresh JPEG/PNG encoding of the
+    pixels `utils.decode` gives (EXIF orientation applied, so a reader that ignores EXIF sees them too)."""
     data = read_bytes(path, "image")
     check_image_size(data, f"'{path}'", (options.image_size, options.image_size), ALIGN_HINT)
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
-    if bgr is None:
-        raise UserError(f"'{path}' is not a decodable image; remove or replace it and run again.")
-    if bgr.shape[:2] != (options.image_size, options.image_size):
-        raise UserError(f"'{path}' is {bgr.shape[1]}x{bgr.shape[0]}, not {options.image_size}x"
+    try:
+        rgb = decode_image(data)  # [H, W, 3]
+    except ValueError:
+        raise UserError(f"'{path}' is not a decodable image; remove or replace it and run again.") from None
+    if rgb.shape[:2] != (options.image_size, options.image_size):
+        raise UserError(f"'{path}' is {rgb.shape[1]}x{rgb.shape[0]}, not {options.image_size}x"
                         f"{options.image_size}; {ALIGN_HINT}.")
-    if options.keep_bytes and (data.startswith(JPEG_START) or data.startswith(PNG_START)):
+    if options.keep_bytes and keepable(data):
         return data
+    bgr = rgb[:, :, ::-1]  # OpenCV encodes BGR
     if options.encoding == "png":
         ok, encoded = cv2.imencode(".png", bgr)
     else:
@@ -65,6 +65,12 @@ def encode_file(path: str, options: EncodeOptions) -> bytes:
     if not ok:
         raise UserError(f"OpenCV could not encode '{path}' as {options.encoding}.")
     return encoded.tobytes()
+
+
+def keepable(data: bytes) -> bool:
+    """Whether `--keep-bytes` may store an image file unchanged: a JPEG or PNG without an EXIF rotation
+    (a rotated one would decode upright here but sideways in readers that ignore EXIF)."""
+    return (data.startswith(JPEG_START) or data.startswith(PNG_START)) and exif_orientation(data) == 1
 
 
 def _encode_task(task: tuple[str, EncodeOptions]) -> bytes:
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoding", choices=("jpg", "png"), default="jpg", help="how images are stored")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality (1-100)")
     parser.add_argument("--keep-bytes", action="store_true",
-                        help="store files that already are JPEG/PNG of the right size byte for byte")
+                        help="store JPEG/PNG files of the right size byte for byte (not those with an "
+                             "EXIF rotation: they are re-encoded upright)")
     parser.add_argument("--shuffle", action="store_true", help="shuffle identities and images within them")
     parser.add_argument("--seed", type=int, default=0, help="seed of --shuffle")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="expected width and height")

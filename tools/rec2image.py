@@ -1,8 +1,9 @@
 """Unpack a RecordIO dataset into a folder of identity sub-folders (the input format of pack_rec).
 
-Each image payload is written unchanged as `<output>/<label>/<key>.jpg|.png`. Labels and keys are
-zero-padded so that sorted names follow label and key order: packing the folder again with
-`pack_rec --keep-bytes` gives the same labels (and, for files pack_rec wrote, the same bytes).
+Each image payload is written unchanged as `<output>/<label>/<key>.jpg|.png`, and every class of the
+set gets its folder, also a class without images. `pack_rec` takes all-integer folder names in numeric
+order, so packing the folder again (`pack_rec --keep-bytes`) keeps every label, gaps and empty identities
+included, and the class count (and, for files pack_rec wrote, the bytes).
 
     python -m tools.rec2image data/my_set/ unpacked/
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dataset import RecordDataset
-from tools.pack_rec import JPEG_START, PNG_START
+from utils.decode import JPEG_START, PNG_START
 from utils.errors import entry_point
 from utils.files import atomic_write_bytes
 from utils.recordio import RecordIOError, first_label, unpack
@@ -44,6 +45,8 @@ def unpack_records(input_dir: str | Path, output_dir: str | Path,
     label_width = len(str(max(source.num_classes - 1, 0)))
     key_width = len(str(int(source.image_keys.max()))) if len(source) else 1
     records = zip(source.image_keys.tolist(), source.image_offsets.tolist())
+    for label in range(source.num_classes):
+        (output_dir / f"{label:0{label_width}d}").mkdir(parents=True, exist_ok=True)
     skipped = []
     for key, offset in tqdm(records, total=len(source), desc="unpacking", unit="img", disable=not progress):
         try:

@@ -18,9 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
-import torch
 
 from utils.errors import UserError
 from utils.files import atomic_open
@@ -88,19 +86,6 @@ def unpack(record: bytes) -> tuple[IRHeader, bytes]:
 def first_label(header: IRHeader) -> float:
     """The class of an image record: the scalar label, or the first value of a label vector."""
     return header.label[0] if header.flag > 0 else header.label
-
-
-def decode_image(payload: bytes) -> torch.Tensor:
-    """Encoded JPEG/PNG -> uint8 RGB tensor [3, H, W]; ValueError when it does not decode.
-
-    OpenCV is the decoder MXNet's `imdecode` uses, so pixels equal what MXNet returns; OpenCV yields
-    BGR, which we turn into RGB as MXNet's `mx.image.imdecode` does. The reorder is one NumPy copy:
-    OpenCV's and torch's threaded copies cost more than the decode itself for a 112x112 image.
-    """
-    bgr = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR) if payload else None
-    if bgr is None:
-        raise ValueError("not a decodable JPEG or PNG image")
-    return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)[::-1]))  # [H, W, BGR] -> [RGB, H, W]
 
 
 # ---- chunks ----
