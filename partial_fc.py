@@ -150,7 +150,8 @@ def _all_gather(local: torch.Tensor, group: dist.ProcessGroup | None) -> torch.T
 class _DistributedCrossEntropy(torch.autograd.Function):
     """L = −(1/N) Σ_n w_n log p_n(y_n), p the softmax over the logits of all ranks' columns.
 
-    Forward: max all-reduce, then one all-reduce of the sums of exponentials and of the target logit.
+    Forward: max all-reduce, then one all-reduce of the sums of exponentials, the target logit and the
+    number of ranks holding the target (0: the label is in no shard, and that sample's loss is NaN).
     Backward needs no communication: dL/dz_{n,c} = w_n (p_{n,c} − 1[c = y_n]) / N for this rank's c.
     """
 
@@ -165,12 +166,15 @@ class _DistributedCrossEntropy(torch.autograd.Function):
         has_target = labels >= 0  # [N]
         target_column = labels.clamp(min=0).unsqueeze(1)  # [N, 1]
         target_logit = logits.gather(1, target_column).squeeze(1)  # [N]
-        sums = torch.stack([probs.sum(dim=1), torch.where(has_target, target_logit, 0.0)])  # [2, N]
+        # Row 3 counts the ranks holding each sample's target: 0 for a label outside every shard.
+        sums = torch.stack([probs.sum(dim=1), torch.where(has_target, target_logit, 0.0),
+                            has_target.to(probs.dtype)])  # [3, N]
         if world_size > 1:
             dist.all_reduce(sums, group=group)
-        sum_exp, target_logit = sums.unbind(0)  # each [N]
+        sum_exp, target_logit, num_holders = sums.unbind(0)  # each [N]
         probs.div_(sum_exp.unsqueeze(1))
         neg_log_prob = max_logit + sum_exp.log() - target_logit  # [N]
+        neg_log_prob = torch.where(num_holders > 0, neg_log_prob, float("nan"))  # a label no rank holds: NaN
         ctx.save_for_backward(probs, labels, sample_weights)
         return (sample_weights * neg_log_prob).sum() / logits.shape[0]
 
@@ -242,17 +246,31 @@ class PartialFC(nn.Module):
         self.num_sample = min(self.num_local, math.ceil(round(sample_rate * self.num_local, 6)))
         self.weight = nn.Parameter(init_class_centres(num_classes, embedding_size, self.class_start,
                                                       self.class_stop, seed))  # [C, D]
+        # The local batch size whose agreement over ranks and labels were checked; the checks cost host
+        # syncs, so they run on the first step and when the batch size changes, not every step.
+        self._checked_batch_size: int | None = None
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
                 sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Embeddings [B, D], labels [B] in [0, num_classes), optional weights [B] -> the global loss."""
+        """Embeddings [B, D], labels [B] in [0, num_classes), optional weights [B] -> the global loss.
+
+        Every rank must pass the same batch size B. On the first call, and whenever B changes (on every
+        rank alike), the batch sizes of the ranks and the label range are checked, with a UserError on
+        every rank; on other calls a label outside [0, num_classes) makes the loss NaN instead (the check
+        rides on the cross-entropy's all-reduce, so the step needs no host sync).
+        """
         self._check_world()
         local_labels = self._check_batch(local_embeddings, local_labels, sample_weights)
         if sample_weights is None:
             sample_weights = torch.ones(local_labels.shape[0], device=local_embeddings.device)
+        check = local_labels.shape[0] != self._checked_batch_size
+        if check:
+            self._check_batch_sizes(local_labels.shape[0], local_embeddings.device)
         embeddings, labels, weights = self._gather_batch(local_embeddings, local_labels,
                                                          sample_weights.detach().float())
-        self._check_labels(labels)
+        if check:
+            self._check_labels(labels)
+            self._checked_batch_size = local_labels.shape[0]
         sampled = self.sample_centres(labels)
         centres = self.weight if sampled.index is None else self.weight[sampled.index]  # [S, D]
         cosine = self._cosine(embeddings, centres)  # [N, S], float32
@@ -340,15 +358,20 @@ class PartialFC(nn.Module):
         """The global batch: embeddings [N, D] (gradient-correct gather), labels [N], weights [N]."""
         if self.world_size == 1:
             return embeddings, labels, sample_weights
-        batch_sizes = torch.tensor([embeddings.shape[0], -embeddings.shape[0]], device=embeddings.device)
+        return (_AllGatherWithGrad.apply(embeddings, self.group), _all_gather(labels, self.group),
+                _all_gather(sample_weights, self.group))
+
+    def _check_batch_sizes(self, batch_size: int, device: torch.device) -> None:
+        """Raise on every rank alike when the ranks' batch sizes differ (a collective and a host sync)."""
+        if self.world_size == 1:
+            return
+        batch_sizes = torch.tensor([batch_size, -batch_size], device=device)
         dist.all_reduce(batch_sizes, op=dist.ReduceOp.MAX, group=self.group)
         largest, smallest = batch_sizes[0].item(), -batch_sizes[1].item()
         if largest != smallest:
             raise UserError(f"the processes passed batches of {smallest} to {largest} samples to Partial FC "
                             "in the same step; every process must use the same batch size (drop the last "
                             "incomplete batch).")
-        return (_AllGatherWithGrad.apply(embeddings, self.group), _all_gather(labels, self.group),
-                _all_gather(sample_weights, self.group))
 
     def _check_labels(self, labels: torch.Tensor) -> None:
         """Raise on every rank alike (the labels are already global) when a label is out of range."""

@@ -207,6 +207,30 @@ def test_label_out_of_range_raises_user_error_naming_label_and_num_classes(bad_l
         pfc(torch.randn(3, EMBEDDING_SIZE), torch.tensor([0, bad_label, 1]))
 
 
+def test_after_the_first_step_a_label_out_of_range_makes_the_loss_nan():
+    """Later steps skip the host-side label check; the cross-entropy's holder count flags the sample."""
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES)
+    assert torch.isfinite(pfc(torch.randn(3, EMBEDDING_SIZE), torch.tensor([0, 1, 2])))
+    assert torch.isnan(pfc(torch.randn(3, EMBEDDING_SIZE), torch.tensor([0, NUM_CLASSES, 2])))
+    with pytest.raises(UserError, match=f"label {NUM_CLASSES}"):  # a new batch size is checked again
+        pfc(torch.randn(2, EMBEDDING_SIZE), torch.tensor([0, NUM_CLASSES]))
+
+
+def test_after_the_first_step_forward_and_backward_make_no_host_sync(monkeypatch):
+    """Regression: every step read the label check (and, with several ranks, the batch sizes) back to
+    the host, stalling the GPU's queue mid-step."""
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES)
+    embeddings, labels, sample_weights = make_batch(5)
+    pfc(embeddings, labels, sample_weights)
+
+    def host_sync(*_):
+        raise AssertionError("a tensor was read back to the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, host_sync)
+    pfc(embeddings.requires_grad_(True), labels, sample_weights).backward()
+
+
 @pytest.mark.parametrize("sample_rate", [0.0, -0.1, 1.5])
 def test_sample_rate_outside_zero_one_raises_user_error(sample_rate):
     with pytest.raises(UserError, match="sample_rate"):
@@ -303,16 +327,26 @@ def distributed_worker(rank: int, world_size: int, case: dict) -> dict:
 
     result["round_trip_exact"] = torch.equal(shard_weight(pfc.full_weight(), rank, world_size),
                                              pfc.weight.detach())
-    result["errors"] = [_user_error_of(pfc, case, batch, rank, world_size, kind) for kind in ("label", "size")]
+    result["errors"] = [_user_error_of(case, batch, rank, world_size, kind) for kind in ("label", "size")]
+    embeddings, labels = case["step_embeddings"][0][batch], _bad_label_on_last_rank(case, batch, rank, world_size)
+    result["later_bad_label_loss"] = pfc(embeddings, labels).detach()  # pfc checked this batch size already
     return result
 
 
-def _user_error_of(pfc, case, batch, rank, world_size, kind) -> str:
-    """The UserError this rank raises when only the last rank passes a bad label or a longer batch."""
-    embeddings, labels = case["step_embeddings"][0][batch], case["labels"][batch]
-    if rank == world_size - 1 and kind == "label":
-        labels = labels.clone()
+def _bad_label_on_last_rank(case, batch, rank, world_size) -> torch.Tensor:
+    labels = case["labels"][batch].clone()
+    if rank == world_size - 1:
         labels[0] = NUM_CLASSES + 5
+    return labels
+
+
+def _user_error_of(case, batch, rank, world_size, kind) -> str:
+    """The UserError this rank raises in a first step where only the last rank passes a bad label or a
+    shorter batch."""
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES, seed=SEED)
+    embeddings, labels = case["step_embeddings"][0][batch], case["labels"][batch]
+    if kind == "label":
+        labels = _bad_label_on_last_rank(case, batch, rank, world_size)
     if rank == world_size - 1 and kind == "size":
         embeddings, labels = embeddings[:-1], labels[:-1]
     try:
@@ -458,3 +492,9 @@ def test_optimizer_state_saved_by_three_ranks_reshards_to_two_exactly():
     assert torch.equal(torch.cat([r["state"][0]["exp_avg"] for r in resharded]), full)
     assert [len(r["state"][0]["exp_avg"]) for r in resharded] == [6, 5]
     assert all(r["state"][0]["step"] == 5.0 and r["param_groups"] == saved[0]["param_groups"] for r in resharded)
+
+
+@pytest.mark.slow
+def test_a_later_bad_label_on_one_rank_makes_the_loss_nan_on_every_rank(distributed_case):
+    _, _, results, _ = distributed_case
+    assert all(torch.isnan(result["later_bad_label_loss"]) for result in results)
