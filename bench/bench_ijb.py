@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from eval import ijb
 from eval.align import ARCFACE_TEMPLATE
-from eval.ijb_data import AlignedFaces, aligned_loader
+from eval.ijb_images import AlignedFaces, aligned_loader
 
 # The sizes of the IJB-C 1:1 protocol.
 IJBC_IMAGES, IJBC_TEMPLATES, IJBC_GALLERY = 469_375, 23_124, 3_531

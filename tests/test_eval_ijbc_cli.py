@@ -2,7 +2,12 @@
 faces with known landmarks), with a random vit_nano; outputs checked against direct computations."""
 
 import json
+import os
 import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -295,3 +300,53 @@ def test_collapsed_features_finish_with_one_warning(ijbc, tmp_path, caplog):
 def test_settings_state_the_rank_rule(ijbc):
     _, _, out = ijbc
     assert json.loads((out / "ijbc_settings.json").read_text())["rank_rule"] == ijb.RANK_RULE
+
+
+def test_every_result_file_gets_the_permissions_of_the_users_umask(ijbc):
+    """Regression: ijbc.npy and the json results were written 0600 (mkstemp) while the plot got 0644."""
+    root, _, out = ijbc
+    previous = os.umask(0o027)
+    try:
+        assert eval_ijbc.main(_features_argv(root, out, "umask")) == 0
+    finally:
+        os.umask(previous)
+    written = sorted((root / "results" / "umask").iterdir())
+    assert {path.name for path in written} >= {"ijbc.npy", "ijbc_result.json", "ijbc.pdf", "ijbc.png",
+                                               "ijbc_settings.json", "ijbc_1N_result.json"}
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in written} == \
+        {path.name: 0o640 for path in written}
+
+
+def test_features_run_imports_neither_pytorch_nor_scikit_learn(ijbc):
+    """Scoring saved features starts in about a tenth of the time when PyTorch and scikit-learn stay out."""
+    root, _, out = ijbc
+    argv = _features_argv(root, out, "imports")
+    code = ("import sys, eval_ijbc; assert eval_ijbc.main(sys.argv[1:]) == 0; "
+            "print(sorted(m for m in ('torch', 'sklearn', 'cv2', 'scipy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True,
+                          cwd=Path(eval_ijbc.__file__).parent)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_read_npz_equals_np_load(tmp_path, save):
+    rng = np.random.default_rng(0)
+    arrays = {"feats": rng.standard_normal((5, 3)).astype(np.float32), "fortran": np.asfortranarray(
+        rng.standard_normal((4, 6))), "faceness": rng.uniform(size=5), "ids": np.arange(7, dtype=np.int16)}
+    save(tmp_path / "a.npz", **arrays)
+    got = eval_ijbc.read_npz(tmp_path / "a.npz")
+    assert set(got) == set(arrays)
+    for key, value in arrays.items():
+        assert got[key].dtype == value.dtype
+        np.testing.assert_array_equal(got[key], value)
+
+
+def test_corrupt_features_file_exits_2_with_a_clear_message(ijbc, tmp_path, capsys):
+    root, _, out = ijbc
+    data = bytearray((out / "ijbc_features.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the feature array: the zip CRC catches it
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    argv = _features_argv(root, out, "corrupt")
+    argv[1] = str(tmp_path / "bad.npz")
+    assert eval_ijbc.main(argv) == 2
+    assert "bad.npz' is not a readable .npz file" in capsys.readouterr().err

@@ -6,7 +6,6 @@ from sklearn.metrics import roc_curve
 
 from eval import ijb
 from eval.ijb_data import (
-    AlignedFaces,
     MetaPaths,
     check_images_exist,
     read_identification_csv,
@@ -15,6 +14,7 @@ from eval.ijb_data import (
     read_pairs,
     read_template_media,
 )
+from eval.ijb_images import AlignedFaces
 from utils.errors import UserError
 
 
@@ -73,7 +73,7 @@ def test_template_features_leave_callers_arrays_unchanged():
         np.testing.assert_array_equal(before, after)
 
 
-@pytest.mark.parametrize("method", ["dense", "gather", "auto"])
+@pytest.mark.parametrize("method", ["dense", "triangle", "gather", "auto"])
 def test_pair_scores_equal_a_direct_loop(method, monkeypatch):
     monkeypatch.setattr(ijb, "BLOCK_ELEMENTS", 64 * 16)  # several blocks in both methods
     feats, feats_flip, faceness, templates, medias = _random_meta(3)
@@ -87,6 +87,49 @@ def test_pair_scores_equal_a_direct_loop(method, monkeypatch):
     scores = ijb.pair_scores(pooled, rows_a, rows_b, method=method)
     expected = [float(per_template[a] @ per_template[b]) for a, b in zip(first, second)]
     np.testing.assert_allclose(scores, expected, atol=1e-6, rtol=0)
+
+
+def _gallery_probe_rows(num_gallery, num_probes, num_pairs, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, num_gallery, num_pairs), rng.integers(num_gallery, num_gallery + num_probes, num_pairs)
+
+
+def test_pair_costs_count_the_block_products_each_method_computes(monkeypatch):
+    monkeypatch.setattr(ijb, "BLOCK_ELEMENTS", 40 * 7)  # blocks of 7 rows of 40 columns
+    rows_a, rows_b = _gallery_probe_rows(30, 40, 2000)
+    costs = ijb.pair_costs(70, 16, rows_a, rows_b)
+    assert costs["dense"] == 30 * 40 * 16
+    assert costs["gather"] == 2000 * 16 * ijb.GATHER_COST
+    rng = np.random.default_rng(1)
+    rows_a, rows_b = rng.integers(0, 70, 5000), rng.integers(0, 70, 5000)  # pairs from all templates
+    costs = ijb.pair_costs(70, 16, rows_a, rows_b)
+    # a triangle computes, per block of 7 used lower rows, the used higher rows from the block's first row on
+    lower = sorted(set(np.minimum(rows_a, rows_b).tolist()))
+    higher = sorted(set(np.maximum(rows_a, rows_b).tolist()))
+    rows_per_block = 40 * 7 // len(higher)
+    expected = sum(len(lower[start:start + rows_per_block]) * sum(h >= lower[start] for h in higher)
+                   for start in range(0, len(lower), rows_per_block)) * 16
+    assert costs["triangle"] == expected < 0.6 * costs["dense"]
+
+
+@pytest.mark.parametrize(("rows", "cheapest"), [
+    (_gallery_probe_rows(30, 40, 2000), "dense"),  # a dense gallery x probe block
+    (_gallery_probe_rows(3000, 4000, 2000), "gather"),  # few pairs among many templates
+    (tuple(np.random.default_rng(2).integers(0, 200, (2, 20_000))), "triangle"),  # all templates
+])
+def test_auto_scores_with_the_cheapest_method(rows, cheapest, monkeypatch):
+    feats = np.random.default_rng(3).standard_normal((7000, 16))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    costs = ijb.pair_costs(len(feats), 16, *rows)
+    assert min(costs, key=costs.get) == cheapest
+    used = []
+    for name, function in (("_block_scores", ijb._block_scores), ("_gathered_scores", ijb._gathered_scores)):
+        monkeypatch.setattr(ijb, name, lambda *args, name=name, function=function, **kwargs: (
+            used.append((name, kwargs.get("triangle"))), function(*args, **kwargs))[1])
+    scores = ijb.pair_scores(feats, *rows)
+    assert used == [{"dense": ("_block_scores", False), "triangle": ("_block_scores", True),
+                     "gather": ("_gathered_scores", None)}[cheapest]]
+    np.testing.assert_allclose(scores, np.einsum("pd,pd->p", feats[rows[0]], feats[rows[1]]), atol=1e-6)
 
 
 @pytest.mark.parametrize("table_limit", [2**26, 0])  # look-up table, binary search
@@ -144,11 +187,15 @@ def test_nearest_rule_takes_the_highest_tpr_of_a_vertical_step():
     assert ijb.tar_at_far(fpr, tpr, fars=(0.25,), rule="interpolated")["0.25"] == pytest.approx(60.0)
 
 
-def test_roc_is_scikit_learns():
-    rng = np.random.default_rng(5)
-    labels, scores = rng.random(1000) < 0.3, rng.normal(size=1000)
+@pytest.mark.parametrize("seed", [5, 6, 7])
+@pytest.mark.parametrize("decimals", [None, 1, 2])  # rounding makes ties and vertical and straight runs
+def test_roc_equals_scikit_learns_roc_curve(seed, decimals):
+    rng = np.random.default_rng(seed)
+    labels, scores = rng.random(5000) < 0.3, rng.normal(size=5000)
+    if decimals is not None:
+        scores = np.round(scores, decimals)
     fpr, tpr, _ = roc_curve(labels, scores)
-    got = ijb.roc(labels, scores)
+    got = ijb.roc(labels.astype(np.int64), scores)
     np.testing.assert_array_equal(got[0], fpr)
     np.testing.assert_array_equal(got[1], tpr)
 
@@ -255,11 +302,25 @@ def test_read_landmarks_parses_names_points_and_scores(tmp_path):
     assert faceness.tolist() == pytest.approx([0.999, 0.5])
 
 
-@pytest.mark.parametrize("bad", ["3.jpg 1 2 3 4 5 6 7 8 9 10", "3.jpg 1 2 3 4 5 6 7 8 9 x 0.5"])
+@pytest.mark.parametrize("bad", ["3.jpg 1 2 3 4 5 6 7 8 9 10", "3.jpg 1 2 3 4 5 6 7 8 9 x 0.5",
+                                 "3.jpg 1 2 3 4 5 6 7 8 9 nan 0.5", "3.jpg 1 2 3 4 5 6 7 8 9 10 inf",
+                                 "3.jpg 1 2 3 4 5 6 7 8 9 10 0.5 7"])
 def test_malformed_landmark_line_names_file_and_line(tmp_path, bad):
     path = _write(tmp_path / "lm.txt", [*GOOD_LANDMARKS, "", bad])
     with pytest.raises(UserError, match=r"lm\.txt, line 4: expected an image name, 10 landmark"):
         read_landmarks(path)
+
+
+def test_meta_readers_take_any_whitespace_between_fields(tmp_path):
+    """The vectorised reader splits like str.split: tabs, repeated and leading spaces, blank lines."""
+    spaced = ["  " + line.replace(" ", "\t", 3).replace(" ", "   ") for line in GOOD_LANDMARKS]
+    got = read_landmarks(_write(tmp_path / "spaced.txt", [spaced[0], "", spaced[1]]))
+    expected = read_landmarks(_write(tmp_path / "lm.txt", GOOD_LANDMARKS))
+    assert got[0] == expected[0]
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[2], expected[2])
+    first, second, labels = read_pairs(_write(tmp_path / "p.txt", ["1\t11065  1", "", " 1 11066 0 "]))
+    assert first.tolist() == [1, 1] and second.tolist() == [11065, 11066] and labels.tolist() == [1, 0]
 
 
 @pytest.mark.parametrize("bad", ["3.jpg 5", "3.jpg 5 media"])

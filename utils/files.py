@@ -26,8 +26,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from utils.errors import UserError
 
 TEMP_SUFFIX = ".tmp"
@@ -103,6 +101,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save(obj) to `path`, atomically."""
+    import torch  # here, not at the top: writers of plain files (eval_ijbc --features) start without PyTorch
+
     atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
