@@ -440,7 +440,7 @@ def collate_encoded(batch: Sequence) -> tuple[list[torch.Tensor], torch.Tensor, 
     return list(encoded), torch.tensor(labels, dtype=torch.int64), list(names)
 
 
-def build_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+def build_loader(dataset: Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  num_workers: int = 2, device: str | torch.device = "cpu", drop_last: bool = True,
                  shuffle: bool = True, prefetch_factor: int = 2,
                  multiprocessing_context: str | None = None) -> DataLoader:

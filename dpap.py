@@ -100,7 +100,7 @@ def _patch_pixel_index(images_shape: torch.Size, image_index: torch.Tensor, cell
     return corner[..., None, None, None] + within  # [M, K, C, P, P]
 
 
-def perturb_chosen(images: torch.Tensor, chosen: torch.Tensor, chosen_patch_weights: torch.Tensor,
+def perturb_chosen(images: torch.Tensor, chosen: torch.Tensor, chosen_patch_weights: torch.Tensor, *,
                    k: int = 7, alpha: float = 1.0, ratio: float = 1.0, patch_size: int = 9,
                    quantize: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
     """Perturb the top-k patches of the images `chosen` [M] (distinct indices), given their weights [M, N].
@@ -147,7 +147,7 @@ def perturb_chosen(images: torch.Tensor, chosen: torch.Tensor, chosen_patch_weig
     return out
 
 
-def perturb(images: torch.Tensor, patch_weights: torch.Tensor, k: int = 7, prob: float = 0.2,
+def perturb(images: torch.Tensor, patch_weights: torch.Tensor, *, k: int = 7, prob: float = 0.2,
             alpha: float = 1.0, ratio: float = 1.0, patch_size: int = 9, quantize: bool = True,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """DPAP on a batch `images` [B, C, H, W] in [-1, 1] with SE weights `patch_weights` [B, N].
@@ -160,8 +160,8 @@ def perturb(images: torch.Tensor, patch_weights: torch.Tensor, k: int = 7, prob:
     if chosen.numel() == 0:
         return images
     chosen_patch_weights = patch_weights[chosen.to(patch_weights.device)]  # [M, N]
-    return perturb_chosen(images, chosen, chosen_patch_weights, k, alpha, ratio, patch_size, quantize,
-                          generator)
+    return perturb_chosen(images, chosen, chosen_patch_weights, k=k, alpha=alpha, ratio=ratio,
+                          patch_size=patch_size, quantize=quantize, generator=generator)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -214,6 +214,7 @@ class DPAP:
         if num_chosen == 0:
             return images, 0
         chosen_patch_weights = network.patch_weights(images[chosen])  # [M, N]
-        perturbed = perturb_chosen(images, chosen, chosen_patch_weights, self.k, self.alpha, self.ratio,
-                                   network.patch_size, self.quantize, generator)
+        perturbed = perturb_chosen(images, chosen, chosen_patch_weights, k=self.k, alpha=self.alpha,
+                                   ratio=self.ratio, patch_size=network.patch_size, quantize=self.quantize,
+                                   generator=generator)
         return perturbed, num_chosen

@@ -92,7 +92,7 @@ def _autocast_dtype(args: argparse.Namespace) -> torch.dtype | None:
     return autocast_dtype("fp16" if args.fp16 else "bf16" if args.bf16 else "fp32")
 
 
-def extract_features(model: torch.nn.Module, meta: ImageMeta, image_dir: Path, device: torch.device,
+def extract_features(model: torch.nn.Module, meta: ImageMeta, image_dir: Path, *, device: torch.device,
                      batch_size: int, num_workers: int, flip: bool,
                      amp_dtype: torch.dtype | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Embeddings of every aligned image [N, D] float32, and of its mirror image when `flip`."""
@@ -112,7 +112,7 @@ def extract_features(model: torch.nn.Module, meta: ImageMeta, image_dir: Path, d
                 row = int(indices[~ok][0])
                 raise UserError(f"image '{image_dir / meta.names[row]}' (line {row + 1} of {meta.source}) "
                                 "could not be decoded; replace the file.")
-            plain, mirrored = embed_batch(model, images, device, amp_dtype, flip)  # [B, D] each
+            plain, mirrored = embed_batch(model, images, device, amp_dtype=amp_dtype, flip=flip)  # [B, D] each
             if feats is None:
                 feats = np.empty((len(dataset), plain.shape[1]), dtype=np.float32)
                 feats_flip = np.empty_like(feats) if flip else None
@@ -272,8 +272,9 @@ def image_features(args: argparse.Namespace, meta: ImageMeta, out_dir: Path,
     model = load_backbone(args.network, args.model_prefix).to(device).eval()
     image_dir = Path(args.image_path) / "loose_crop"
     check_images_exist(image_dir, meta)
-    feats, feats_flip = extract_features(model, meta, image_dir, device, args.batch_size, args.num_workers,
-                                         args.flip, _autocast_dtype(args))
+    feats, feats_flip = extract_features(model, meta, image_dir, device=device, batch_size=args.batch_size,
+                                         num_workers=args.num_workers, flip=args.flip,
+                                         amp_dtype=_autocast_dtype(args))
     guard_features(feats, feats_flip, meta, args.target)
     arrays = {"feats": feats, "faceness": meta.faceness}
     if feats_flip is not None:

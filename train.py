@@ -243,12 +243,13 @@ class TrainingDiverged(RuntimeError):
     """Too many non-finite losses in a row."""
 
 
-def train(run: Run, train_set, manager: CheckpointManager, verifier, max_steps: int | None, stop_requested) -> bool:
+def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_steps: int | None,
+          stop_requested) -> bool:
     """Run optimizer steps until the end (True) or a stop request (False), checkpointing on the way."""
     cfg, ctx = run.cfg, run.ctx
     last_step = cfg.total_steps if max_steps is None else min(max_steps, cfg.total_steps)
-    loader = dataset.build_loader(train_set, cfg.batch_size, ctx.rank, ctx.world_size, cfg.seed, cfg.num_workers,
-                                  ctx.device)
+    loader = dataset.build_loader(train_set, cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
+                                  num_workers=cfg.num_workers, device=ctx.device)
     augment = device_input.build_device_augment(cfg, train_set, ctx.device, generator=run.generators["augment"])
     meter = SpeedMeter(cfg.total_batch_size, cfg.total_steps, run.step)
     scalars = Scalars(cfg.output, cfg.tensorboard and ctx.is_main)
@@ -263,7 +264,8 @@ def train(run: Run, train_set, manager: CheckpointManager, verifier, max_steps: 
             batches = iter(loader)
             for _ in range(step_in_epoch, min(cfg.steps_per_epoch, step_in_epoch + last_step - run.step)):
                 set_lr([run.backbone_optimizer, run.head_optimizer],
-                       lr_at(run.step, cfg.lr, cfg.total_steps, cfg.warmup_steps, cfg.lr_scheduler, cfg.lr_power))
+                       lr_at(run.step, cfg.lr, cfg.total_steps, cfg.warmup_steps, schedule=cfg.lr_scheduler,
+                             power=cfg.lr_power))
                 stats = train_step(run, [augment(next(batches)) for _ in range(cfg.gradient_accumulation)])
                 run.step += 1
                 progress.update()
@@ -330,7 +332,7 @@ def main(argv=None) -> int:
                  cfg.steps_per_epoch, ctx.world_size, ctx.device)
         verifier = TrainingVerifier.from_config(cfg, ctx) if cfg.val_targets else None
         with logging_redirect_tqdm():
-            train(run, train_set, manager, verifier, args.max_steps, stop_requested)
+            train(run, train_set, manager, verifier=verifier, max_steps=args.max_steps, stop_requested=stop_requested)
         return 0
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)

@@ -110,8 +110,8 @@ def perturb_variants(batch_size: int, device: torch.device, cfg: dpap.DPAP) -> d
     rng = np.random.default_rng(0)
     return {
         "loop": lambda: released_perturb(images, weights, cfg.k, cfg.prob, cfg.alpha, cfg.ratio, 9, rng),
-        "ours": lambda: dpap.perturb(images, weights, cfg.k, cfg.prob, cfg.alpha, cfg.ratio, 9, cfg.quantize,
-                                     generator),
+        "ours": lambda: dpap.perturb(images, weights, k=cfg.k, prob=cfg.prob, alpha=cfg.alpha, ratio=cfg.ratio,
+                                     patch_size=9, quantize=cfg.quantize, generator=generator),
     }
 
 
@@ -167,8 +167,9 @@ class StepBench:
             return self.model(self.images, with_patch_info=True).patch_weights.float()
 
     def full_forward_batched(self, cfg: dpap.DPAP) -> None:
-        images = dpap.perturb(self.images, self.released_weights(), cfg.k, cfg.prob, cfg.alpha, cfg.ratio,
-                              self.model.patch_size, cfg.quantize, self.generator)
+        images = dpap.perturb(self.images, self.released_weights(), k=cfg.k, prob=cfg.prob, alpha=cfg.alpha,
+                              ratio=cfg.ratio, patch_size=self.model.patch_size, quantize=cfg.quantize,
+                              generator=self.generator)
         self.train_step(images)
 
     def released(self, cfg: dpap.DPAP) -> None:

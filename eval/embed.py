@@ -14,7 +14,7 @@ from utils.images import normalize
 
 
 @torch.no_grad()
-def embed_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
+def embed_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device, *,
                 amp_dtype: torch.dtype | None = None, flip: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Embeddings [B, D] float32 of uint8 RGB images [B, 3, H, W], and of their mirrors when `flip`
     (else None).

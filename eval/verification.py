@@ -89,12 +89,13 @@ def kfold_accuracy(distances: np.ndarray, issame: np.ndarray, thresholds: np.nda
     return fold_correct[np.arange(num_folds), best] / sizes
 
 
-def embed(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int,
+def embed(model: torch.nn.Module, images: torch.Tensor, device: torch.device, *, batch_size: int,
           amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of the images and of their mirrors, each [M, D] float32 (the model's mode is unchanged)."""
     plain, mirrored = [], []
     for start in range(0, len(images), batch_size):
-        batch_plain, batch_mirrored = embed_batch(model, images[start:start + batch_size], device, amp_dtype)
+        batch_plain, batch_mirrored = embed_batch(model, images[start:start + batch_size], device,
+                                                  amp_dtype=amp_dtype)
         plain.append(batch_plain)
         mirrored.append(batch_mirrored)
     return np.concatenate(plain), np.concatenate(mirrored)
@@ -111,7 +112,7 @@ def accuracy_from_embeddings(plain: np.ndarray, mirrored: np.ndarray, issame: np
     return {"accuracy": float(accuracies.mean()), "std": float(accuracies.std()), "xnorm": xnorm}
 
 
-def evaluate(model: torch.nn.Module, data: VerificationSet, device: torch.device, batch_size: int = 64,
+def evaluate(model: torch.nn.Module, data: VerificationSet, device: torch.device, *, batch_size: int = 64,
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """10-fold accuracy of `model` on one set: {accuracy, std, xnorm}; the model's train/eval mode is
     restored afterwards. Raises eval.guard.NonFiniteEmbeddings (a UserError) when an embedding is not
@@ -119,7 +120,7 @@ def evaluate(model: torch.nn.Module, data: VerificationSet, device: torch.device
     was_training = model.training
     model.eval()
     try:
-        plain, mirrored = embed(model, data.images, device, batch_size, amp_dtype)
+        plain, mirrored = embed(model, data.images, device, batch_size=batch_size, amp_dtype=amp_dtype)
     finally:
         model.train(was_training)
     check_embeddings(plain, mirrored, source=f"{data.name}.bin",
@@ -152,7 +153,7 @@ class TrainingVerifier:
             return results
         for data in self.sets:
             try:
-                result = evaluate(run.backbone, data, self.device, self.batch_size)
+                result = evaluate(run.backbone, data, self.device, batch_size=self.batch_size)
             except NonFiniteEmbeddings as exc:  # no accuracy, no best; the loss guard owns divergence
                 log.error("[%s][%d] %s", data.name, run.step, exc)
                 continue
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     device = pick_device(0, args.device)
     model = load_backbone(args.network, args.model_prefix).to(device)
     for path in args.bins:
-        result = evaluate(model, VerificationSet.load(path), device, args.batch_size)
+        result = evaluate(model, VerificationSet.load(path), device, batch_size=args.batch_size)
         print(f"{Path(path).stem}: accuracy {result['accuracy'] * 100:.3f} ± {result['std'] * 100:.3f} % "
               f"(10-fold, flip), XNorm {result['xnorm']:.3f}")
     return 0

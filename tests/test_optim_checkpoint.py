@@ -24,10 +24,10 @@ def test_polynomial_schedule_matches_the_released_formula():
 
 
 def test_cosine_schedule_halves_at_mid_decay_and_ends_at_zero():
-    assert lr_at(0, 1.0, 110, 10, "cosine") == 0.0
-    assert lr_at(10, 1.0, 110, 10, "cosine") == pytest.approx(1.0)
-    assert lr_at(60, 1.0, 110, 10, "cosine") == pytest.approx(0.5)
-    assert lr_at(110, 1.0, 110, 10, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(0, 1.0, 110, 10, schedule="cosine") == 0.0
+    assert lr_at(10, 1.0, 110, 10, schedule="cosine") == pytest.approx(1.0)
+    assert lr_at(60, 1.0, 110, 10, schedule="cosine") == pytest.approx(0.5)
+    assert lr_at(110, 1.0, 110, 10, schedule="cosine") == pytest.approx(0.0, abs=1e-12)
 
 
 def test_schedule_without_warmup_starts_at_the_base_rate():

@@ -101,7 +101,7 @@ class PackSummary:
     num_classes: int
 
 
-def pack_folder(input_dir: str | Path, output_dir: str | Path, options: EncodeOptions = EncodeOptions(),
+def pack_folder(input_dir: str | Path, output_dir: str | Path, options: EncodeOptions = EncodeOptions(), *,
                 shuffle: bool = False, seed: int = 0, num_workers: int = 1, progress: bool = False,
                 overwrite: bool = False) -> PackSummary:
     """Pack `input_dir` into `output_dir`/train.rec, train.idx and property (see the module docstring)."""
@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.quality <= 100:
         parser.error("--quality must be in 1..100")
     options = EncodeOptions(args.encoding, args.quality, args.keep_bytes, args.image_size)
-    summary = pack_folder(args.input, args.output, options, args.shuffle, args.seed, args.workers,
-                          progress=True, overwrite=args.overwrite)
+    summary = pack_folder(args.input, args.output, options, shuffle=args.shuffle, seed=args.seed,
+                          num_workers=args.workers, progress=True, overwrite=args.overwrite)
     print(f"packed {summary.num_images} images of {summary.num_classes} identities into {args.output}")
     return 0
 

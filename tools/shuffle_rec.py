@@ -29,7 +29,7 @@ from utils.files import atomic_write_bytes, make_folder, read_bytes
 from utils.recordio import IndexedRecordWriter, first_label, unpack
 
 
-def shuffle_records(input_dir: str | Path, output_dir: str | Path, seed: int = 0, overwrite: bool = False,
+def shuffle_records(input_dir: str | Path, output_dir: str | Path, *, seed: int = 0, overwrite: bool = False,
                     progress: bool = False) -> int:
     """Shuffle `input_dir`'s train.rec/train.idx into `output_dir`; returns the number of images."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutation")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing train.rec in output")
     args = parser.parse_args(argv)
-    num_images = shuffle_records(args.input, args.output, args.seed, args.overwrite, progress=True)
+    num_images = shuffle_records(args.input, args.output, seed=args.seed, overwrite=args.overwrite, progress=True)
     print(f"wrote a shuffled copy of {num_images} images to {args.output}")
     return 0
 

@@ -14,7 +14,7 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("polynomial", "cosine")
 
 
-def lr_at(step: int, base_lr: float, total_steps: int, warmup_steps: int, schedule: str = "polynomial",
+def lr_at(step: int, base_lr: float, total_steps: int, warmup_steps: int, *, schedule: str = "polynomial",
           power: float = 2.0) -> float:
     """Learning rate of optimizer step `step` (0-based): linear warm-up from 0, then decay to 0.
 
