@@ -101,6 +101,18 @@ class EncodedImageDataset(Dataset):
     def _encoded(self, index: int) -> tuple[bytes, int, str]:
         raise NotImplementedError
 
+    def check_first_image(self) -> None:
+        """UserError when the first image is not `image_size` (the size `property` states, or 112x112), at
+        construction rather than in the first batch."""
+        try:
+            payload, _, name = self._encoded(0)
+            image = decode_image(payload)  # [H, W, 3]
+        except (_CorruptSample, ValueError):
+            return  # an unreadable image is skipped and counted when read
+        if image.shape[:2] != self.image_size:
+            raise UserError(f"{name} is {image.shape[1]}x{image.shape[0]}, not {self.image_size[1]}x"
+                            f"{self.image_size[0]}; {ALIGN_HINT}.")
+
     def __getitem__(self, index: int):
         for step in range(self.num_images):
             candidate = (index + step) % self.num_images  # a replacement keeps the batch full
@@ -182,6 +194,8 @@ class RecordDataset(EncodedImageDataset):
                             f"{len(self.image_keys)}, but {exc.args[0]}; the .idx is incomplete: re-pack.") from None
         super().__init__(len(self.image_keys), transform, max_corrupt_fraction, decode)
         self.num_classes, self.image_size = self._classes_and_size(header_classes)
+        if len(self.image_keys):
+            self.check_first_image()
 
     def _header_record(self):
         """The IRHeader of insightface's header record 0, None when the file has none."""
@@ -292,17 +306,7 @@ class ImageFolderDataset(EncodedImageDataset):
         super().__init__(len(samples), transform, max_corrupt_fraction, decode)
         self.num_classes = len(self.classes)
         self.image_size = (IMAGE_SIZE, IMAGE_SIZE)
-        self._check_first_image()
-
-    def _check_first_image(self) -> None:
-        """Catch a folder of unaligned images at construction rather than in the first batch."""
-        try:
-            payload, _, name = self._encoded(0)
-            image = to_chw(decode_image(payload))  # [3, H, W]
-        except (_CorruptSample, ValueError):
-            return  # an unreadable file is skipped and counted when read
-        if tuple(image.shape[1:]) != self.image_size:
-            raise UserError(f"{name} is {image.shape[2]}x{image.shape[1]}, not 112x112; {ALIGN_HINT}.")
+        self.check_first_image()
 
     def _encoded(self, index: int) -> tuple[bytes, int, str]:
         path = self.root / os.fsdecode(self.paths[index])
@@ -341,12 +345,25 @@ def build_dataset(config, transform: Callable | None = None) -> Dataset:
             "CUDA is not available")
         raise UserError(f"config.gpu_decode is True but {why}; set gpu_decode=False.")
     if config.dataset == "synthetic":
-        return SyntheticDataset(config.num_image, config.num_classes)
-    require(config, "rec", "the data folder (train.rec/train.idx/property, or identity sub-folders)")
-    if config.dataset == "folder":
-        return ImageFolderDataset(config.rec, transform, config.max_corrupt_fraction,
-                                  decode=not config.gpu_decode)
-    return RecordDataset(config.rec, transform, config.max_corrupt_fraction, decode=not config.gpu_decode)
+        dataset = SyntheticDataset(config.num_image, config.num_classes)
+    else:
+        require(config, "rec", "the data folder (train.rec/train.idx/property, or identity sub-folders)")
+        kind = ImageFolderDataset if config.dataset == "folder" else RecordDataset
+        dataset = kind(config.rec, transform, config.max_corrupt_fraction, decode=not config.gpu_decode)
+    check_input_size(dataset, config.rec or config.dataset)
+    return dataset
+
+
+def check_input_size(dataset, source: str, size: int = IMAGE_SIZE) -> None:
+    """UserError before step 1 when the dataset's images are not the network's `size` x `size` input.
+
+    The dataset's `image_size` comes from `property` (RecordIO, checked against the first record at
+    construction), the first image (folders) or the setting (synthetic).
+    """
+    height, width = dataset.image_size
+    if (height, width) != (size, size):
+        raise UserError(f"the images of '{source}' are {width}x{height} but the network takes {size}x{size}; "
+                        f"{ALIGN_HINT}.")
 
 
 def resolve_data_counts(config, dataset) -> EasyDict:

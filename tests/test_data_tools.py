@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import struct
 from collections import Counter
@@ -20,7 +21,7 @@ from tools.pack_rec import EncodeOptions, pack_folder
 from utils.binfile import load_bin
 from utils.decode import PNG_START
 from utils.errors import UserError
-from utils.recordio import MAGIC_BYTES, IndexedRecordReader, first_label, unpack
+from utils.recordio import MAGIC_BYTES, IndexedRecordReader, IRHeader, first_label, unpack
 
 FIXTURES = Path(__file__).parent / "data" / "recordio"
 
@@ -125,6 +126,41 @@ def test_pack_unpack_pack_is_byte_identical(tmp_path):
     pack_folder(tmp_path / "unpacked", tmp_path / "again", EncodeOptions(keep_bytes=True))
     for name in ("train.rec", "train.idx", "property"):
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "rec" / name).read_bytes()
+
+
+def labelled_payloads(folder: Path) -> tuple[list[tuple[bytes, int]], int]:
+    """([(payload, label)] sorted, class count) of a packed set, read through the training dataset."""
+    dataset = RecordDataset(folder, decode=False)
+    pairs = sorted((unpack(dataset.reader.read(key))[1], int(first_label(unpack(dataset.reader.read(key))[0])))
+                   for key in dataset.image_keys.tolist())
+    return pairs, dataset.num_classes
+
+
+def test_round_trip_keeps_every_label_with_gaps_and_empty_identities(tmp_path, caplog):
+    """rec2image -> pack_rec once turned 40 classes into 39 and relabelled most images when class 3 was empty."""
+    rng = np.random.default_rng(5)
+    images = {label: [cv2.imencode(".jpg", smooth_face(rng))[1].tobytes() for _ in range(2)]
+              for label in (0, 1, 3, 5, 6, 7, 8, 9, 10, 11)}  # 2 and 4 empty (gaps), 12 empty at the end
+    blocks = [(label, images.get(label, [])) for label in range(13)]
+    records = ((IRHeader(0, float(label), 0, 0), payload) for label, payloads in blocks for payload in payloads)
+    (tmp_path / "rec").mkdir()
+    pack_rec.write_records(tmp_path / "rec", blocks, records, 13, (112, 112))
+    rec2image.unpack_records(tmp_path / "rec", tmp_path / "unpacked")
+    with caplog.at_level(logging.WARNING):
+        pack_folder(tmp_path / "unpacked", tmp_path / "again", EncodeOptions(keep_bytes=True))
+    assert "get another label" not in caplog.text  # integer names are the labels: nothing renumbered
+    original, num_classes = labelled_payloads(tmp_path / "rec")
+    assert labelled_payloads(tmp_path / "again") == (original, 13) and num_classes == 13
+    assert (tmp_path / "again" / "property").read_text() == (tmp_path / "rec" / "property").read_text()
+
+
+def test_pack_rec_warns_when_integer_folder_names_are_not_the_labels(tmp_path, caplog):
+    for name in ("3", "7"):
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "faces" / name / "a.png"), smooth_face(np.random.default_rng(0)))
+    with caplog.at_level(logging.WARNING):
+        pack_folder(tmp_path / "faces", tmp_path / "rec")
+    assert "so 2 folders get another label (first: '3' -> 0)" in caplog.text
 
 
 def test_rec2image_unpacks_mxnet_fixture_with_labels(tmp_path):

@@ -21,6 +21,7 @@ from dataset import (
     SyntheticDataset,
     build_dataset,
     build_loader,
+    check_input_size,
     collate_encoded,
     resolve_data_counts,
     scan_image_folder,
@@ -134,9 +135,34 @@ def test_label_outside_num_classes_is_an_error(tmp_path):
 
 def test_image_of_wrong_size_is_an_error_with_alignment_hint(tmp_path):
     rng = np.random.default_rng(0)
-    write_rec(tmp_path / "data", [(png_bytes(random_face(rng, size=96)), 0.0)])
-    with pytest.raises(DataError, match=r"is 96x96, not 112x112; training needs aligned 112x112 faces"):
-        RecordDataset(tmp_path / "data")[0]
+    small, right = png_bytes(random_face(rng, size=96)), png_bytes(random_face(rng))
+    write_rec(tmp_path / "first", [(small, 0.0), (right, 0.0)])
+    with pytest.raises(UserError, match=r"key 1 .* is 96x96, not 112x112; training needs aligned 112x112 faces"):
+        RecordDataset(tmp_path / "first")  # the first record is checked when the dataset opens
+    write_rec(tmp_path / "later", [(right, 0.0), (small, 0.0)])
+    with pytest.raises(DataError, match=r"key 2 .* is 96x96, not 112x112; training needs aligned 112x112 faces"):
+        RecordDataset(tmp_path / "later")[1]
+
+
+def test_first_record_must_match_the_property_file(tmp_path):
+    write_rec(tmp_path / "data", [(png_bytes(random_face(np.random.default_rng(0), size=128)), 0.0)],
+              prop="1,112,112")
+    with pytest.raises(UserError, match=r"key 1 .* is 128x128, not 112x112"):
+        RecordDataset(tmp_path / "data")
+
+
+def test_a_consistent_rec_of_another_size_stops_before_training(tmp_path):
+    write_rec(tmp_path / "data", [(png_bytes(random_face(np.random.default_rng(0), size=128)), 0.0)],
+              prop="1,128,128")
+    assert RecordDataset(tmp_path / "data").image_size == (128, 128)  # consistent data, wrong for the network
+    with pytest.raises(UserError, match=r"are 128x128 but the network takes 112x112; training needs aligned"):
+        build_dataset(base_config(rec=str(tmp_path / "data")))
+
+
+def test_synthetic_images_of_another_size_are_refused():
+    check_input_size(SyntheticDataset(4, 2), "synthetic")
+    with pytest.raises(UserError, match=r"'synthetic' are 64x64 but the network takes 112x112"):
+        check_input_size(SyntheticDataset(4, 2, size=64), "synthetic")
 
 
 def corrupt_dataset(tmp_path: Path, num_good: int, bad_positions: set[int], fraction: float) -> RecordDataset:

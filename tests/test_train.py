@@ -18,6 +18,7 @@ from easydict import EasyDict
 import train
 from backbones import get_model
 from tests.dist_utils import run_distributed
+from tools import pack_rec
 from utils import distributed
 from utils.config import derive, load_config
 
@@ -245,6 +246,20 @@ def test_config_and_data_mismatches_exit_with_a_clear_message(tmp_path, face_fol
     torch.save(get_model("vit_micro", 32).state_dict(), weights)
     assert train.main([str(write_config(tmp_path, face_folder)), "--init", str(weights)]) == 2
     assert "does not match network 'vit_nano'" in capsys.readouterr().err
+
+
+def test_a_rec_of_128x128_images_stops_before_step_1_with_one_line(tmp_path, capsys):
+    """Such a .rec once passed every check and died at step 1 with a 34-line traceback, exit 1."""
+    for label in range(2):
+        (tmp_path / "faces" / str(label)).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "faces" / str(label) / "a.png"), np.full((128, 128, 3), 60 * label, np.uint8))
+    assert pack_rec.main([str(tmp_path / "faces"), str(tmp_path / "rec"), "--image-size", "128", "--workers", "1"]) == 0
+    capsys.readouterr()
+    config = write_config(tmp_path, tmp_path / "rec", dataset="recordio", batch_size=2)
+    assert train.main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "are 128x128 but the network takes 112x112" in err and "resize" in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_init_starts_from_pretrained_weights(tmp_path, face_folder):
