@@ -19,10 +19,10 @@ from easydict import EasyDict
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils.config import require
-from utils.decode import decode_image, nvjpeg_ready, split_image_files, to_chw, warn_skipped
+from utils.decode import decode_image, image_size_of, nvjpeg_ready, split_image_files, to_chw, warn_skipped
 from utils.errors import UserError
 from utils.files import check_regular_file, read_bytes, read_text
-from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, image_size_of
+from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE
 from utils.recordio import IndexedRecordReader, RecordIOError, first_label, unpack
 from utils.seeding import derive_seed, seed_everything
 

@@ -14,10 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from eval.align import align_face
-from utils.decode import decode_image
+from utils.decode import check_image_size, decode_image
 from utils.errors import UserError
 from utils.files import read_bytes
-from utils.images import check_image_size
 
 
 class AlignedFaces(Dataset):

@@ -15,7 +15,7 @@ from PIL import Image
 from dataset import ImageFolderDataset, RecordDataset, build_loader, collate_encoded
 from device_input import BatchJpegDecoder, GpuJpegDecoder
 from eval.align import reference_landmarks
-from eval.ijb_data import AlignedFaces
+from eval.ijb_images import AlignedFaces
 from tools import inference, make_bin
 from tools.pack_rec import EncodeOptions, encode_file, pack_folder
 from utils.binfile import decode_bin_images, load_bin

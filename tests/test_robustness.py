@@ -21,9 +21,9 @@ from tools import make_bin
 from tools.inference import list_images, load_face, write_embeddings
 from tools.pack_rec import EncodeOptions, encode_file, pack_folder
 from utils.binfile import decode_bin_images, load_bin, save_bin
+from utils.decode import image_size_of
 from utils.errors import UserError
 from utils.files import open_append, read_bytes
-from utils.images import image_size_of
 from utils.monitor import setup_logging
 from utils.recordio import IndexedRecordWriter
 

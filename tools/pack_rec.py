@@ -28,10 +28,10 @@ import cv2
 from tqdm import tqdm
 
 from dataset import ALIGN_HINT, scan_image_folder
-from utils.decode import JPEG_START, PNG_START, decode_image, exif_orientation
+from utils.decode import JPEG_START, PNG_START, check_image_size, decode_image, exif_orientation
 from utils.errors import UserError, entry_point
 from utils.files import atomic_write_text, make_folder, read_bytes
-from utils.images import IMAGE_SIZE, check_image_size
+from utils.images import IMAGE_SIZE
 from utils.recordio import IndexedRecordWriter, IRHeader, pack
 
 

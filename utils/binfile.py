@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from utils.decode import decode_image, to_chw
+from utils.decode import check_image_size, decode_image, to_chw
 from utils.errors import UserError
 from utils.files import atomic_write_bytes, read_bytes
-from utils.images import IMAGE_SIZE, check_image_size
+from utils.images import IMAGE_SIZE
 
 
 class _BoolDtype:

@@ -10,12 +10,17 @@ equal MXNet's. Its rule, the same in every path (training, `.bin`, IJB, inferenc
 
 torchvision's JPEG decoder (nvJPEG on CUDA) ignores EXIF and converts CMYK differently, so the GPU path
 hands it only `nvjpeg_ready` payloads and decodes the rest here (see `device_input.py`).
+
+`image_size_of` reads an encoded image's pixel dimensions from its header, so readers refuse a wrong size
+or a decompression bomb (a small file that decodes to gigabytes) before decoding it.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import struct
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from PIL import Image
 
 from utils.errors import UserError
 from utils.files import read_bytes
-from utils.images import IMAGE_EXTENSIONS, check_image_size
+from utils.images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,10 @@ EXIF_ORIENTATION_TAG = 0x0112
 _EXIF_APP1 = b"Exif\x00\x00"
 # Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic); C4, C8, CC are not frames.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_NO_LENGTH_MARKERS = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # markers without a length field
+# Larger than any photo a face is cropped from; a header beyond it is a decompression bomb or damage.
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_PIXELS = 2**27
 _NUM_SKIPPED_NAMED = 5  # skipped files a warning names
 
 
@@ -68,11 +77,9 @@ def to_chw(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
 
 
-def jpeg_header(data: bytes) -> tuple[int, bool] | None:
-    """(number of colour components, whether an EXIF segment is present) of a JPEG, read from its marker
-    segments up to the frame header; None when `data` is not a JPEG or its header is cut off."""
-    if not data.startswith(JPEG_START):
-        return None
+def _jpeg_frame(data: bytes) -> tuple[int, bool] | None:
+    """(byte offset of the start-of-frame marker, whether an EXIF segment comes before it) of a JPEG, from
+    its marker segments; None when the markers break or run out first."""
     position, has_exif = 2, False
     while position + 4 <= len(data):
         if data[position] != 0xFF:
@@ -80,14 +87,62 @@ def jpeg_header(data: bytes) -> tuple[int, bool] | None:
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte before a marker
             position += 1
-            continue
-        length = int.from_bytes(data[position + 2:position + 4], "big")  # includes these two bytes
-        if marker == 0xE1 and data[position + 4:position + 10] == _EXIF_APP1:
-            has_exif = True
-        if marker in _SOF_MARKERS:
-            return (data[position + 9], has_exif) if position + 10 <= len(data) else None
-        position += 2 + length
+        elif marker in _SOF_MARKERS:
+            return (position, has_exif) if position + 10 <= len(data) else None
+        elif marker in _NO_LENGTH_MARKERS:
+            position += 2
+        else:
+            has_exif = has_exif or (marker == 0xE1 and data[position + 4:position + 10] == _EXIF_APP1)
+            position += 2 + struct.unpack_from(">H", data, position + 2)[0]  # the length counts its own 2 bytes
     return None
+
+
+def jpeg_header(data: bytes) -> tuple[int, bool] | None:
+    """(number of colour components, whether an EXIF segment is present) of a JPEG, read from its marker
+    segments up to the frame header; None when `data` is not a JPEG or its header is cut off."""
+    frame = _jpeg_frame(data) if data.startswith(JPEG_START) else None
+    if frame is None:
+        return None
+    position, has_exif = frame
+    return data[position + 9], has_exif
+
+
+def image_size_of(data: bytes) -> tuple[int, int] | None:
+    """(width, height) in pixels from an encoded image's header, without decoding it; None when the header
+    cannot be read. JPEG and PNG (what .rec and .bin files hold) are parsed directly in a few microseconds,
+    other formats by PIL's lazy open. The size is the stored one, before any EXIF rotation."""
+    if data.startswith(PNG_START) and len(data) >= 24:
+        return struct.unpack_from(">II", data, 16)
+    if data.startswith(b"\xff\xd8"):
+        frame = _jpeg_frame(data)
+        if frame is None:
+            return None
+        height, width = struct.unpack_from(">HH", data, frame[0] + 5)
+        return width, height
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError:
+        return (MAX_IMAGE_SIDE + 1, MAX_IMAGE_SIDE + 1)
+    except Exception:  # PIL raises many types for data it does not know; OpenCV may still decode it
+        return None
+
+
+def check_image_size(data: bytes, name: str, expected: tuple[int, int] | None = None, hint: str = "") -> None:
+    """UserError before decoding when the header of `data` gives a size other than `expected` (width,
+    height), or more than MAX_IMAGE_SIDE / MAX_IMAGE_PIXELS; `name` names the image in the message."""
+    size = image_size_of(data)
+    if size is None:
+        return
+    width, height = size
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise UserError(f"{name} claims {width}x{height} pixels, more than this project decodes "
+                        f"({MAX_IMAGE_SIDE} a side); the file is damaged or hostile: remove it.")
+    if expected is not None and size != tuple(expected):
+        raise UserError(f"{name} is {width}x{height}, not {expected[0]}x{expected[1]}"
+                        + (f"; {hint}." if hint else "."))
 
 
 def exif_orientation(data: bytes) -> int:
