@@ -1,11 +1,14 @@
 """Face embeddings for image files from a PyTorch checkpoint or an ONNX model: compare two faces, embed a folder.
 
-Inputs are aligned 112x112 face crops, or images of any size with their 5 landmarks (left eye, right eye,
-nose tip, left and right mouth corner, as (x, y) pixels), aligned here onto the ArcFace template by
-`eval.align.align_face`. The network sees NCHW float32 RGB in [-1, 1].
+Inputs are aligned 112x112 face crops, images of any size with their 5 landmarks (left eye, right eye,
+nose tip, left and right mouth corner, as (x, y) pixels), or, with --detect, photos whose faces and
+landmarks the YuNet detector finds (`eval.detect`). Faces are aligned onto the ArcFace template by
+`eval.align.align_face`; the network sees NCHW float32 RGB in [-1, 1].
 
     python -m tools.inference --network vit_s_dp005_mask_0 --weights model.pt --compare a.jpg b.jpg
+    python -m tools.inference --network vit_s_dp005_mask_0 --weights model.pt --detect --compare a.jpg b.jpg
     python -m tools.inference --onnx model.onnx --folder faces/ --output emb.npy --flip --normalize
+    python -m tools.inference --folder photos/ --detect --save-aligned aligned/
 """
 
 from __future__ import annotations
@@ -18,22 +21,41 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/<too
 import argparse
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from backbones import load_backbone
 from eval.align import align_face
+from eval.detect import (
+    DETECTOR_ENV,
+    ZOO_FILE,
+    Face,
+    FaceDetector,
+    align_faces,
+    load_detector,
+    read_photo,
+)
 from eval.guard import check_embeddings
 from utils.decode import read_image, split_image_files, warn_skipped
 from utils.distributed import pick_device
 from utils.errors import UserError, entry_point
-from utils.files import atomic_write, atomic_write_text, check_regular_file, make_folder, read_text
+from utils.files import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_regular_file,
+    make_folder,
+    read_text,
+)
 from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, normalize
 
 NUM_LANDMARK_VALUES = 10  # 5 points, (x, y) each
+LANDMARKS_FILE = "landmarks.txt"  # written by --save-aligned
 
 # float32 [B, 3, 112, 112] -> float32 [B, D]
 Embedder = Callable[[np.ndarray], np.ndarray]
@@ -67,6 +89,10 @@ def read_landmarks_file(path: str | Path, names: Sequence[str]) -> list[np.ndarr
     if num_named != len(lines):
         raise UserError(f"landmarks file '{path}' mixes lines with and without an image name; start every "
                         "line with the image name or none.")
+    repeated = sorted({fields[0] for fields in rows if sum(other[0] == fields[0] for other in rows) > 1})
+    if repeated:
+        raise UserError(f"landmarks file '{path}' has several lines for {', '.join(repeated[:5])}; keep one "
+                        "line per image (a file written with --all-faces lists every face of a photo).")
     named = {fields[0]: parse_landmarks(" ".join(fields[1:]), f"{path} line {n}")
              for n, fields in enumerate(rows, start=1)}
     unknown = sorted(set(named) - set(names))
@@ -230,6 +256,154 @@ def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[s
     return names_path
 
 
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face found by --detect: its name (the photo's, plus `#k` with --all-faces), detection and crop."""
+
+    name: str
+    photo: str
+    photo_index: int  # position of the photo among the inputs
+    face: Face
+    crop: np.ndarray  # [112, 112, 3] uint8 RGB, aligned
+
+
+def detect_faces(detector: FaceDetector, paths: Sequence[Path], names: Sequence[str], all_faces: bool,
+                 missing: list[str]) -> Iterator[DetectedFace]:
+    """The largest face of each photo (every face with `all_faces`, largest first); the names of photos
+    without a face are appended to `missing`."""
+    for photo_index, (path, name) in enumerate(zip(paths, names)):
+        photo = read_photo(path)
+        faces = detector.detect(photo)
+        if not faces:
+            missing.append(name)
+        faces = faces if all_faces else faces[:1]
+        for index, (face, crop) in enumerate(zip(faces, align_faces(photo, faces))):
+            yield DetectedFace(f"{name}#{index}" if all_faces else name, name, photo_index, face, crop)
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def aligned_path(detected: DetectedFace, all_faces: bool, from_folder: bool) -> Path:
+    """Where --save-aligned puts a crop: the photo's path relative to --folder (its file name otherwise),
+    as .png, with `_k` after the stem for the k-th face with --all-faces."""
+    relative = Path(detected.photo) if from_folder else Path(Path(detected.photo).name)
+    stem = f"{relative.stem}_{detected.name.rsplit('#', 1)[1]}" if all_faces else relative.stem
+    return relative.with_name(f"{stem}.png")
+
+
+class AlignedWriter:
+    """--save-aligned: each crop as a PNG under `root`, then `root/landmarks.txt` with one line
+    `photo x1 y1 ... x5 y5` per face (the --landmarks-file format)."""
+
+    def __init__(self, root: str | Path, all_faces: bool, from_folder: bool):
+        self.root = Path(root)
+        self.all_faces, self.from_folder = all_faces, from_folder
+        self.lines: list[str] = []
+        self.written: set[Path] = set()
+
+    def add(self, detected: DetectedFace) -> None:
+        relative = aligned_path(detected, self.all_faces, self.from_folder)
+        if relative in self.written:
+            raise UserError(f"two photos would both be saved as '{self.root / relative}'; give photos distinct "
+                            "file names, or use --folder.")
+        self.written.add(relative)
+        path = self.root / relative
+        make_folder(path.parent)
+        _, png = cv2.imencode(".png", cv2.cvtColor(detected.crop, cv2.COLOR_RGB2BGR))
+        atomic_write_bytes(path, png.tobytes())
+        # 9 significant digits give the float32 landmarks back exactly.
+        points = " ".join(f"{value:.9g}" for value in detected.face.landmarks.reshape(-1))
+        self.lines.append(f"{detected.photo} {points}\n")
+
+    def close(self) -> Path:
+        make_folder(self.root)
+        path = self.root / LANDMARKS_FILE
+        atomic_write_text(path, "".join(self.lines))
+        return path
+
+
+def embed_detected(args: argparse.Namespace, paths: Sequence[Path],
+                   names: Sequence[str]) -> tuple[np.ndarray | None, list[DetectedFace]]:
+    """--detect: detect, align, optionally save the crops, and embed when a model is given.
+
+    Returns (embeddings [F, D] float32 or None without a model, the F faces). Photos without a face are
+    listed at the end, not fatal; none at all, or one of --compare without a face, is a UserError.
+    """
+    detector = load_detector(args.detector_model, args.download_detector)
+    embedder = build_embedder(args) if has_model(args) else None
+    writer = AlignedWriter(args.save_aligned, args.all_faces, bool(args.folder)) if args.save_aligned else None
+    missing: list[str] = []
+    found, chunks = [], []
+    for batch in batched(detect_faces(detector, paths, names, args.all_faces, missing), args.batch_size):
+        for detected in batch:
+            print(f"{detected.name}: {detected.face.describe()}")
+            if writer:
+                writer.add(detected)
+        if embedder:
+            chunks.append(embed_faces(embedder, np.stack([detected.crop for detected in batch]), args.flip))
+        found += batch
+    if args.compare and missing:
+        raise UserError(f"no face found in '{missing[0]}'; use a photo where a face is clearly visible.")
+    if missing:
+        print(f"no face found in {len(missing)} of {len(paths)} photos: {', '.join(missing)}")
+    if not found:
+        raise UserError(f"no face found in any of the {len(paths)} photos.")
+    if writer:
+        print(f"wrote {len(found)} aligned faces under {writer.root} and their landmarks to {writer.close()}")
+    if not embedder:
+        return None, found
+    embeddings = np.concatenate(chunks).astype(np.float32)
+    check_embeddings(embeddings, source="the faces found", describe=lambda row: f"'{found[row].name}'")
+    if args.normalize:
+        embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return embeddings, found
+
+
+def has_model(args: argparse.Namespace) -> bool:
+    return bool(args.onnx or args.network or args.weights)
+
+
+def check_modes(args: argparse.Namespace) -> None:
+    """Refuse flag combinations that mean nothing, naming the flag."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    if not args.detect:
+        for flag, value in (("--all-faces", args.all_faces), ("--save-aligned", args.save_aligned),
+                            ("--detector-model", args.detector_model),
+                            ("--download-detector", args.download_detector)):
+            if value:
+                raise UserError(f"{flag} works with --detect; add --detect.")
+    elif args.landmarks or args.landmarks_file:
+        raise UserError("--detect finds the landmarks itself; drop --landmarks / --landmarks-file, or --detect.")
+    if not has_model(args) and not (args.save_aligned and not args.compare and not args.output):
+        raise UserError("no model given; pass --network NAME --weights model.pt, or --onnx model.onnx.")
+
+
+def report(args: argparse.Namespace, embeddings: np.ndarray, names: Sequence[str], num_first: int = 1) -> None:
+    """Print the similarity (--compare; with --all-faces each of the `num_first` faces of A against each
+    face of B), write --output, or print each embedding's size and norm."""
+    if args.compare:
+        for a in range(num_first):
+            for b in range(num_first, len(names)):
+                pair = f" ({names[a]}, {names[b]})" if len(names) > 2 else ""
+                print(f"cosine similarity: {cosine_similarity(embeddings[a], embeddings[b]):.6f}{pair}")
+    if args.output:
+        names_path = write_embeddings(args.output, embeddings, names)
+        print(f"wrote {args.output} {tuple(embeddings.shape)} and {names_path}")
+    elif not args.compare:
+        for name, embedding in zip(names, embeddings):
+            print(f"{name}: {embedding.shape[0]}-d embedding, L2 norm {np.linalg.norm(embedding):.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.inference", description=__doc__.split("\n")[0])
     parser.add_argument("images", nargs="*", help="image files: aligned 112x112 faces, or with landmarks")
@@ -242,6 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--landmarks", action="append", metavar="X1,Y1,...,X5,Y5",
                         help="5 landmarks of one image, once per image in order; the image is aligned")
     parser.add_argument("--landmarks-file", help="one line of 10 numbers per image, or 'name x1 y1 ... y5'")
+    parser.add_argument("--detect", action="store_true",
+                        help="find the faces and their landmarks in photos with the YuNet detector")
+    parser.add_argument("--all-faces", action="store_true",
+                        help="with --detect: embed every face (named photo#k, largest first), not only the largest")
+    parser.add_argument("--save-aligned", metavar="DIR",
+                        help="with --detect: write the aligned crops (.png) and DIR/landmarks.txt; works without "
+                             "a model")
+    parser.add_argument("--detector-model", metavar="PATH",
+                        help=f"YuNet ONNX file ({ZOO_FILE}); default ${DETECTOR_ENV}, then the cached download")
+    parser.add_argument("--download-detector", action="store_true",
+                        help="download the YuNet model into the cache folder when it is not there (SHA-256 checked)")
     parser.add_argument("--output", help="write embeddings [N, D] to this .npy and the names to a .txt beside it")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--flip", action="store_true", help="add the embedding of the mirrored face")
@@ -252,20 +437,17 @@ def build_parser() -> argparse.ArgumentParser:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    check_modes(args)
     paths, names = collect_inputs(args)
-    landmarks = collect_landmarks(args, names)
-    embedder = build_embedder(args)
-    embeddings = embed_files(embedder, paths, landmarks, args.batch_size, args.flip, args.normalize)
-    if args.compare:
-        print(f"cosine similarity: {cosine_similarity(embeddings[0], embeddings[1]):.6f}")
-    if args.output:
-        names_path = write_embeddings(args.output, embeddings, names)
-        print(f"wrote {args.output} {tuple(embeddings.shape)} and {names_path}")
-    elif not args.compare:
-        for name, embedding in zip(names, embeddings):
-            print(f"{name}: {embedding.shape[0]}-d embedding, L2 norm {np.linalg.norm(embedding):.4f}")
+    if args.detect:
+        embeddings, found = embed_detected(args, paths, names)
+        if embeddings is not None:
+            num_first = sum(detected.photo_index == 0 for detected in found)
+            report(args, embeddings, [detected.name for detected in found], num_first)
+    else:
+        landmarks = collect_landmarks(args, names)
+        embedder = build_embedder(args)
+        report(args, embed_files(embedder, paths, landmarks, args.batch_size, args.flip, args.normalize), names)
     return 0
 
 
