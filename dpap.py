@@ -100,6 +100,12 @@ def _patch_pixel_index(images_shape: torch.Size, image_index: torch.Tensor, cell
     return corner[..., None, None, None] + within  # [M, K, C, P, P]
 
 
+def dominant_patches(patch_weights: torch.Tensor, k: int) -> torch.Tensor:
+    """Grid cells [M, K] (row-major) of the `k` largest SE weights of each row of `patch_weights` [M, N],
+    largest first: the patches DPAP perturbs."""
+    return patch_weights.topk(k, dim=1).indices  # [M, K]
+
+
 def perturb_chosen(images: torch.Tensor, chosen: torch.Tensor, chosen_patch_weights: torch.Tensor, *,
                    k: int = 7, alpha: float = 1.0, ratio: float = 1.0, patch_size: int = 9,
                    quantize: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -123,7 +129,7 @@ def perturb_chosen(images: torch.Tensor, chosen: torch.Tensor, chosen_patch_weig
         return images
     device = images.device
     chosen = chosen.to(device)
-    top_cells = chosen_patch_weights.to(device).topk(k, dim=1).indices  # [M, K]
+    top_cells = dominant_patches(chosen_patch_weights.to(device), k)  # [M, K]
     partner_images = _draw(lambda g, d: torch.randint(B, (num_chosen, k), generator=g, device=d),
                            generator, device)  # [M, K]
     partner_cells = _draw(lambda g, d: torch.randint(num_patches, (num_chosen, k), generator=g, device=d),

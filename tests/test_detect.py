@@ -94,7 +94,7 @@ def test_the_larger_of_two_faces_comes_first(detector, photos):
     faces = detector.detect(photos["canvas"])
     assert len(faces) == 2
     np.testing.assert_allclose(faces[0].box[:2], np.add(ASTRONAUT_BOX[:2], (350, 40)), atol=5)
-    np.testing.assert_allclose(faces[1].box[:2], np.multiply(ASTRONAUT_BOX[:2], 0.4) + (20, 200), atol=5)
+    np.testing.assert_allclose(faces[1].box[:2], np.add(np.multiply(ASTRONAUT_BOX[:2], 0.4), (20, 200)), atol=5)
     assert faces[0].area > 4 * faces[1].area
 
 
