@@ -15,8 +15,8 @@ import torch
 from backbones import load_backbone
 from eval.detect import Face, align_largest, load_detector
 from eval.embed import embed_batch
+from eval.guard import check_embeddings
 from utils.distributed import pick_device
-from utils.errors import UserError
 
 Photo = str | os.PathLike | np.ndarray  # a file path, or H x W x 3 uint8 RGB
 
@@ -52,15 +52,13 @@ class FaceRecognizer:
     def embed_aligned(self, crops: np.ndarray) -> np.ndarray:
         """Unit-norm float32 embeddings [F, D] of aligned crops [F, 112, 112, 3] uint8 RGB.
 
-        Raises UserError when the network gives a non-finite embedding (broken weights).
+        Raises eval.guard.NonFiniteEmbeddings (a UserError) when the network gives non-finite embeddings.
         """
         images = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)  # [F, H, W, 3] -> [F, 3, H, W]
         embeddings, mirrored = embed_batch(self.model, images, self.device, flip=self.flip)  # [F, D] each
         if mirrored is not None:
             embeddings = embeddings + mirrored
-        if not np.isfinite(embeddings).all():
-            raise UserError("the network returned non-finite embeddings; the weights file is damaged or was "
-                            "saved from a diverged run.")
+        check_embeddings(embeddings, source="the faces given", unit="faces")
         return (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32)
 
     def embed(self, photo: Photo) -> np.ndarray:

@@ -42,7 +42,8 @@ def test_dominant_patches_are_the_top_k_se_weights_and_dpap_changes_only_them(se
     torch.testing.assert_close(patch_weights, expected)
     top = np.argsort(-expected.numpy(), axis=1)[:, :5]  # [2, 5]
     assert [set(row) for row in cells.numpy()] == [set(row) for row in top]
-    size, grid = model.patch_size, model.grid_size
+    size = model.patch_size
+    grid = 112 // size
     for face, after, face_cells in zip(faces, perturbed, cells.tolist()):
         inside = np.zeros(face.shape[:2], dtype=bool)
         for cell in face_cells:

@@ -11,6 +11,11 @@ perturbation of those patches (`dpap.perturb_chosen`, partners drawn from the fa
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/<tool>.py
+    import _by_path
+
+    _by_path.rerun_as_module(__file__)
+
 import argparse
 import io
 import sys
@@ -28,9 +33,9 @@ from eval.detect import align_largest, load_detector
 from tools.inference import load_face
 from utils.config import BASE_CONFIG, load_config
 from utils.distributed import pick_device
-from utils.errors import UserError
-from utils.files import atomic_write_bytes
-from utils.images import PIXEL_MAX, normalize, to_pixels
+from utils.errors import UserError, entry_point
+from utils.files import atomic_write_bytes, make_folder
+from utils.images import IMAGE_SIZE, PIXEL_MAX, normalize, to_pixels
 
 PANEL_TITLES = ("aligned face", "SE patch weights", "top-{k} patches (DPAP)", "DPAP perturbed")
 PANEL_INCHES = 2.0
@@ -103,7 +108,7 @@ def save_png(figure: Figure, path: str | Path, dpi: int) -> None:
         raise UserError(f"--output '{path}' must end in .png.")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -124,22 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        dpap = DPAP.from_config(load_config(args.config))
-        device = pick_device(0, args.device)
-        model = load_vit(args.network, args.weights, device)
-        faces = load_faces(args)
-        generator = torch.Generator().manual_seed(args.seed)
-        patch_weights, cells, perturbed = attention(model, faces, dpap, device, generator)
-        figure = draw(faces, patch_weights, cells, perturbed, model.grid_size, model.patch_size, args.images)
-        save_png(figure, args.output, args.dpi)
-        print(f"wrote {args.output}: {len(faces)} faces, top-{dpap.k} patches of a {model.grid_size}x"
-              f"{model.grid_size} grid")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    dpap = DPAP.from_config(load_config(args.config))
+    device = pick_device(0, args.device)
+    model = load_vit(args.network, args.weights, device)
+    faces = load_faces(args)
+    generator = torch.Generator().manual_seed(args.seed)
+    patch_weights, cells, perturbed = attention(model, faces, dpap, device, generator)
+    grid_size = IMAGE_SIZE // model.patch_size
+    figure = draw(faces, patch_weights, cells, perturbed, grid_size, model.patch_size, args.images)
+    save_png(figure, args.output, args.dpi)
+    print(f"wrote {args.output}: {len(faces)} faces, top-{dpap.k} patches of a {grid_size}x{grid_size} grid")
     return 0
 
 
