@@ -2,6 +2,7 @@
 
     python -m bench.bench_train_step                                  # vit_nano on the CPU
     python -m bench.bench_train_step --network vit_s_dp005_mask_0 --batch-size 128 --precision fp16  # CUDA
+    python -m bench.bench_train_step --network vit_s --batch-size 256 --precision bf16 --device cuda --compile
 
 Each step is train.train_step: DPAP (when on), the backbone with patch information, EHSM weights (when
 on), Partial FC with ArcFace, backward, clipping and the AdamW steps. The last variant repeats
@@ -61,6 +62,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the variants; the best counts")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the backbone (config.compile); warm-up steps include the compilation")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,11 +75,11 @@ def main(argv=None) -> None:
                 torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(ctx.device))
                for _ in range(args.steps + args.warmup)]
     print(f"network {args.network}, batch {args.batch_size}, {args.num_classes} classes, {precision}, device "
-          f"{ctx.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f"{ctx.device}, compile {args.compile}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     configs = {}
     for name, switches in VARIANTS.items():
         overrides = {"network": args.network, "batch_size": args.batch_size, "num_classes": args.num_classes,
-                     "num_image": args.batch_size * 100, "precision": precision, **switches}
+                     "num_image": args.batch_size * 100, "precision": precision, "compile": args.compile, **switches}
         configs[name] = derive(load_config(BASE_CONFIG, [f"{k}={v!r}" for k, v in overrides.items()]),
                                ctx.world_size)
     # Variants take turns, and each keeps its best round, so a burst of load on a shared machine
