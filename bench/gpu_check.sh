@@ -58,7 +58,6 @@ else
 fi
 half_steps=$((total_steps / 2))
 
-rm -f "$out"/*.txt
 started=$SECONDS
 failures=0
 printf '%-24s %-20s %8s\n' step status seconds > "$out/summary.txt"
