@@ -261,7 +261,7 @@ def image_features(args: argparse.Namespace, meta: ImageMeta, out_dir: Path,
     eval.guard before anything is written when they are not finite."""
     if args.features:
         feats, feats_flip, faceness = load_saved_features(Path(args.features), meta, args.flip)
-        guard_features(feats, feats_flip, meta, args.target)
+        guard_features(args, feats, feats_flip, faceness, meta)
         return feats, feats_flip, faceness
     if not args.model_prefix:
         raise UserError("--model-prefix is not set; pass the backbone weights (.pt) or --features.")
@@ -275,7 +275,7 @@ def image_features(args: argparse.Namespace, meta: ImageMeta, out_dir: Path,
     feats, feats_flip = extract_features(model, meta, image_dir, device=device, batch_size=args.batch_size,
                                          num_workers=args.num_workers, flip=args.flip,
                                          amp_dtype=_autocast_dtype(args))
-    guard_features(feats, feats_flip, meta, args.target)
+    guard_features(args, feats, feats_flip, meta.faceness, meta)
     arrays = {"feats": feats, "faceness": meta.faceness}
     if feats_flip is not None:
         arrays["feats_flip"] = feats_flip
@@ -284,11 +284,20 @@ def image_features(args: argparse.Namespace, meta: ImageMeta, out_dir: Path,
     return feats, feats_flip, meta.faceness
 
 
-def guard_features(feats: np.ndarray, feats_flip: np.ndarray | None, meta: ImageMeta, target: str) -> None:
-    """eval.guard on the image embeddings [N, D] (and their mirrors'), images named by their meta line."""
+def guard_features(args: argparse.Namespace, feats: np.ndarray, feats_flip: np.ndarray | None,
+                   faceness: np.ndarray, meta: ImageMeta) -> None:
+    """eval.guard on the image embeddings [N, D] (and their mirrors'), images named by their meta line;
+    with --detector-score, the faceness weights [N] must be finite too (a NaN one zeroes its template)."""
+    def describe(row: int) -> str:
+        return f"'{meta.names[row]}' (line {row + 1} of {meta.source})"
+
     arrays = (feats,) if feats_flip is None else (feats, feats_flip)
-    check_embeddings(*arrays, source=target,
-                     describe=lambda row: f"'{meta.names[row]}' (line {row + 1} of {meta.source})")
+    check_embeddings(*arrays, source=args.target, describe=describe)
+    bad = ~np.isfinite(faceness)
+    if args.detector_score and bad.any():
+        raise UserError(f"{int(bad.sum())} faceness scores in {args.features or meta.source} are not finite, "
+                        f"the first of {describe(int(np.argmax(bad)))}; repair the file or add "
+                        "--no-detector-score.")
 
 
 def evaluate(args: argparse.Namespace) -> dict:

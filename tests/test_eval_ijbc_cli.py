@@ -282,6 +282,21 @@ def test_diverged_weights_exit_2_before_any_output(ijbc, tmp_path, capsys, value
     assert not (tmp_path / "out").exists()
 
 
+def test_non_finite_faceness_exits_2_unless_the_detector_score_is_off(ijbc, tmp_path, capsys):
+    """A NaN faceness weight would zero its template's feature and score every pair of it 0."""
+    root, _, out = ijbc
+    arrays = dict(np.load(out / "ijbc_features.npz"))
+    arrays["faceness"][6] = np.nan
+    np.savez(tmp_path / "bad.npz", **arrays)
+    argv = _features_argv(root, out, "bad", "--protocol", "1:1")
+    argv[argv.index("--features") + 1] = str(tmp_path / "bad.npz")
+    argv[argv.index("--result-dir") + 1] = str(tmp_path / "results")
+    err = _run_expecting_error(argv, capsys)
+    assert "1 faceness scores in" in err and "bad.npz are not finite, the first of '7.jpg' (line 7 of" in err
+    assert not (tmp_path / "results").exists()
+    assert eval_ijbc.main([*argv, "--no-detector-score"]) == 0
+
+
 def test_collapsed_features_finish_with_one_warning(ijbc, tmp_path, caplog):
     """All images embedded alike: the tables are written (the scores differ only by rounding) with one
     warning that they mean nothing."""
