@@ -1,35 +1,57 @@
 """Backbone registry: `get_model(name)` and loading of released or trained backbone weights.
 
-Each entry of `VARIANTS` is the released hyper-parameters of one network; the released names build
-models whose state_dict keys and shapes equal the published checkpoints'.
+Each entry of `VARIANTS` is an architecture and the released hyper-parameters of one network; the released
+names build models whose state_dict keys and shapes equal the published checkpoints'. Every architecture
+names, in `embedding_key`, the state_dict entry whose length is the embedding size.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from backbones.iresnet import IResNet
+from backbones.mobilefacenet import MobileFaceNet
 from backbones.vit import PatchInfo, VisionTransformer
 from utils.errors import UserError
 from utils.files import check_regular_file
 
-# name -> VisionTransformer arguments. The first seven are the released networks; the rest are small
-# variants for CPU work, tests and the demo.
-VARIANTS: dict[str, dict] = {
-    "vit_t": dict(embed_dim=256, depth=12, drop_path_rate=0.1, mask_ratio=0.1),
-    "vit_t_dp005_mask0": dict(embed_dim=256, depth=12, drop_path_rate=0.05, mask_ratio=0.0),
-    "vit_s": dict(embed_dim=512, depth=12, drop_path_rate=0.1, mask_ratio=0.1),
-    "vit_s_dp005_mask_0": dict(embed_dim=512, depth=12, drop_path_rate=0.05, mask_ratio=0.0),
-    "vit_b": dict(embed_dim=512, depth=24, drop_path_rate=0.1, mask_ratio=0.1, using_checkpoint=True),
-    "vit_b_dp005_mask_005": dict(embed_dim=512, depth=24, drop_path_rate=0.05, mask_ratio=0.05,
+
+class Variant(NamedTuple):
+    architecture: type[nn.Module]
+    args: dict
+
+
+def _vit(**args) -> Variant:
+    return Variant(VisionTransformer, args)
+
+
+# name -> architecture and arguments. The first seven are the released TransFace ViTs, then three small
+# ViTs for CPU work, tests and the demo, then insightface's CNNs as released with TransFace (r2060 is not
+# provided).
+VARIANTS: dict[str, Variant] = {
+    "vit_t": _vit(embed_dim=256, depth=12, drop_path_rate=0.1, mask_ratio=0.1),
+    "vit_t_dp005_mask0": _vit(embed_dim=256, depth=12, drop_path_rate=0.05, mask_ratio=0.0),
+    "vit_s": _vit(embed_dim=512, depth=12, drop_path_rate=0.1, mask_ratio=0.1),
+    "vit_s_dp005_mask_0": _vit(embed_dim=512, depth=12, drop_path_rate=0.05, mask_ratio=0.0),
+    "vit_b": _vit(embed_dim=512, depth=24, drop_path_rate=0.1, mask_ratio=0.1, using_checkpoint=True),
+    "vit_b_dp005_mask_005": _vit(embed_dim=512, depth=24, drop_path_rate=0.05, mask_ratio=0.05,
                                  using_checkpoint=True),
-    "vit_l_dp005_mask_005": dict(embed_dim=768, depth=24, drop_path_rate=0.05, mask_ratio=0.05,
+    "vit_l_dp005_mask_005": _vit(embed_dim=768, depth=24, drop_path_rate=0.05, mask_ratio=0.05,
                                  using_checkpoint=True),
-    "vit_nano": dict(embed_dim=64, depth=2, num_heads=4, drop_path_rate=0.0, mask_ratio=0.0),
-    "vit_micro": dict(embed_dim=128, depth=4, num_heads=4, drop_path_rate=0.05, mask_ratio=0.0),
-    "vit_mini": dict(embed_dim=192, depth=4, num_heads=6, drop_path_rate=0.05, mask_ratio=0.05),
+    "vit_nano": _vit(embed_dim=64, depth=2, num_heads=4, drop_path_rate=0.0, mask_ratio=0.0),
+    "vit_micro": _vit(embed_dim=128, depth=4, num_heads=4, drop_path_rate=0.05, mask_ratio=0.0),
+    "vit_mini": _vit(embed_dim=192, depth=4, num_heads=6, drop_path_rate=0.05, mask_ratio=0.05),
+    "r18": Variant(IResNet, dict(layers=(2, 2, 2, 2))),
+    "r34": Variant(IResNet, dict(layers=(3, 4, 6, 3))),
+    "r50": Variant(IResNet, dict(layers=(3, 4, 14, 3))),
+    "r100": Variant(IResNet, dict(layers=(3, 13, 30, 3))),
+    "r200": Variant(IResNet, dict(layers=(6, 26, 60, 6))),
+    "mbf": Variant(MobileFaceNet, dict(blocks=(1, 4, 6, 2), scale=2)),
+    "mbf_large": Variant(MobileFaceNet, dict(blocks=(2, 8, 12, 4), scale=4)),
 }
 
 # Names of the checkpoints published with the paper.
@@ -40,11 +62,21 @@ RELEASED_AS = {
 }
 
 
-def get_model(name: str, num_features: int = 512, **overrides) -> nn.Module:
-    """Build the backbone `name` with `num_features` outputs; `overrides` replace variant arguments."""
+def _variant(name: str) -> Variant:
     if name not in VARIANTS:
         raise UserError(f"unknown network '{name}'; valid names are: {', '.join(VARIANTS)}.")
-    return VisionTransformer(num_features=num_features, **{**VARIANTS[name], **overrides})
+    return VARIANTS[name]
+
+
+def has_patch_info(name: str) -> bool:
+    """Whether network `name` returns patch information (`with_patch_info=True`), which DPAP and EHSM need."""
+    return _variant(name).architecture is VisionTransformer
+
+
+def get_model(name: str, num_features: int = 512, **overrides) -> nn.Module:
+    """Build the backbone `name` with `num_features` outputs; `overrides` replace variant arguments."""
+    variant = _variant(name)
+    return variant.architecture(num_features=num_features, **{**variant.args, **overrides})
 
 
 def _shapes(name: str, num_features: int) -> dict[str, tuple[int, ...]]:
@@ -74,8 +106,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def matching_networks(state: dict[str, torch.Tensor]) -> list[str]:
     """Registered names whose state_dict has exactly the keys and shapes of `state`."""
     found = {key: tuple(value.shape) for key, value in state.items()}
-    num_features = found.get("feature.3.weight", (512,))[0]
-    return [name for name in VARIANTS if _shapes(name, num_features) == found]
+    return [name for name in VARIANTS if _shapes(name, _num_features(name, state)) == found]
+
+
+def _num_features(name: str, state: dict[str, torch.Tensor]) -> int:
+    """The embedding size of network `name` that `state` holds (512 when the file lacks that entry)."""
+    key = _variant(name).architecture.embedding_key
+    return state[key].shape[0] if key in state and state[key].ndim >= 1 else 512
 
 
 def load_backbone(network: str, path: str | Path, num_features: int | None = None,
@@ -83,7 +120,7 @@ def load_backbone(network: str, path: str | Path, num_features: int | None = Non
     """Build `network` and load the weights at `path` strictly; errors say which names would fit."""
     state = read_state_dict(path)
     if num_features is None:
-        num_features = tuple(state["feature.3.weight"].shape)[0] if "feature.3.weight" in state else 512
+        num_features = _num_features(network, state)
     model = get_model(network, num_features, **overrides)
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in state.items()}
@@ -104,5 +141,5 @@ def load_backbone(network: str, path: str | Path, num_features: int | None = Non
     return model
 
 
-__all__ = ["RELEASED_AS", "VARIANTS", "PatchInfo", "VisionTransformer", "get_model", "load_backbone",
-           "matching_networks", "read_state_dict"]
+__all__ = ["RELEASED_AS", "VARIANTS", "IResNet", "MobileFaceNet", "PatchInfo", "Variant", "VisionTransformer",
+           "get_model", "has_patch_info", "load_backbone", "matching_networks", "read_state_dict"]

@@ -6,13 +6,14 @@ Legend: B batch, N patches (144 for 112x112 input and 9-pixel patches), D width,
 
 from __future__ import annotations
 
-import contextlib
 from typing import Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from utils.precision import autocast_off
 
 ATTENTION_KINDS = ("sdpa", "explicit")  # fused kernels; the released fp32 softmax
 
@@ -95,10 +96,7 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
 
     q, k, v: [B, H, L, d]; returns [B, H, L, d] in fp32.
     """
-    device_type = q.device.type
-    no_autocast = (torch.autocast(device_type=device_type, enabled=False)
-                   if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext())
-    with no_autocast:
+    with autocast_off(q.device.type):
         q, k, v = q.float(), k.float(), v.float()
         attn = (q @ k.transpose(-2, -1)) * scale  # [B, H, L, L]
         return attn.softmax(dim=-1) @ v
@@ -164,6 +162,8 @@ class VisionTransformer(nn.Module):
         using_checkpoint: recompute blocks in the backward pass to save memory (training only).
         attn_impl: "sdpa" (fused kernels) or "explicit" (fp32 softmax as released).
     """
+
+    embedding_key = "feature.3.weight"  # the state_dict entry whose length is num_features
 
     def __init__(self, img_size: int = 112, patch_size: int = 9, num_features: int = 512,
                  embed_dim: int = 512, depth: int = 12, num_heads: int = 8, mlp_ratio: float = 4.0,

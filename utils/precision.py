@@ -20,3 +20,11 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     device_type = torch.device(device).type
     dtype = autocast_dtype(precision)
     return torch.autocast(device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast disabled on `device_type`, for the parts that the released models compute in fp32 whatever
+    the caller's precision; a no-op where autocast does not exist (the meta device)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
