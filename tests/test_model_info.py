@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from backbones import RELEASED_AS, VARIANTS, VisionTransformer, get_model
+from backbones import RELEASED_AS, VARIANTS, IResNet, Variant, VisionTransformer, get_model
 from tools import model_info
 
 NUM_PATCHES = 144  # 12 x 12 patches of 9 pixels in a 112x112 image
@@ -64,6 +64,38 @@ def test_released_vit_t_macs_match_the_hand_count():
     assert model_info.count_macs(model) == hand_mac_count(256, 512, 12)
 
 
+def hand_iresnet_mac_count(layers: tuple[int, ...], num_features: int = 512) -> int:
+    """Multiply-accumulates of an IResNet: 3x3 convolutions (the block's second one strided), the 1x1
+    strided shortcut of each stage's first block, and the fc layer on the flattened 7x7 map."""
+    side, in_chs = 112, 64
+    macs = side * side * 3 * 9 * 64  # stem
+    for width, num_blocks in zip((64, 128, 256, 512), layers):
+        for index in range(num_blocks):
+            macs += side * side * 9 * in_chs * width  # first 3x3, stride 1
+            if index == 0:
+                side //= 2
+                macs += side * side * in_chs * width  # 1x1 shortcut, stride 2
+            macs += side * side * 9 * width * width  # second 3x3 (stride 2 in the first block)
+            in_chs = width
+    return macs + 512 * 7 * 7 * num_features
+
+
+@pytest.mark.parametrize(("name", "layers"), [("r18", (2, 2, 2, 2)), ("r100", (3, 13, 30, 3))])
+def test_iresnet_macs_match_a_hand_count(name, layers):
+    with torch.device("meta"):
+        model = get_model(name)
+    assert model_info.count_macs(model) == hand_iresnet_mac_count(layers)
+
+
+def test_iresnet_activation_extrapolated_per_stage_equals_the_full_measurement(monkeypatch):
+    """On an IResNet with three blocks in its second stage (cheaper than r18, same code path)."""
+    monkeypatch.setitem(VARIANTS, "r_test", Variant(IResNet, dict(layers=(1, 3, 1, 1))))
+    with torch.device("meta"):
+        model = get_model("r_test")
+    measured = model_info.activation_bytes_per_image(model.to_empty(device="cpu"), "fp32")
+    assert model_info.network_activation_bytes_per_image("r_test", "fp32") == measured
+
+
 def test_saved_tensor_bytes_per_image_match_a_hand_count():
     """A linear layer saves its input for the weight gradient, ReLU its output; the weight itself is
     the same at every batch size and drops out."""
@@ -88,6 +120,9 @@ def test_markdown_table_lists_every_network_with_its_release_name(capsys):
     assert rows["vit_s_dp005_mask_0"] == "| vit_s_dp005_mask_0 | 512 | 12 | 8 | 86.7 | 5.76 | TransFace-S |"
     for name, released in RELEASED_AS.items():
         assert rows[name].endswith(f"| {released} |")
+    # CNNs: last feature-map width, main-path weight layers (the 100 of r100), no heads.
+    assert rows["r100"] == "| r100 | 512 | 100 | - | 65.2 | 12.09 |  |"
+    assert rows["mbf"].startswith("| mbf | 256 | 50 | - | 2.1 | 0.44 |")
     # insightface's arcface_torch lists ViT-T/S/B/L at 1.5, 5.7, 11.4 and 25.3 GFLOPs (MACs).
     published = {"vit_t": 1.5, "vit_s_dp005_mask_0": 5.7, "vit_b_dp005_mask_005": 11.4,
                  "vit_l_dp005_mask_005": 25.3}

@@ -1,5 +1,8 @@
 """Size and cost of the registered networks: parameters, buffers, GFLOPs and training activation memory.
 
+Width and depth are the token width and number of blocks of a ViT, and the channels of the last feature
+map and the number of weight layers on the main path of a CNN (100 for r100, 198 for r200; shortcut
+convolutions are not counted); CNNs have no heads.
 GFLOPs here are multiply-accumulates (MACs) of one 112x112 image, in units of 1e9, as in the "FLOPs"
 of face-recognition papers and insightface's model tables (ViT-T 1.5, ViT-S 5.7, ViT-B 11.4, ViT-L 25.3);
 the floating-point operation count is twice that. They are counted by torch.utils.flop_counter on a
@@ -9,8 +12,10 @@ meta-device forward: every convolution and linear layer and the two attention ma
 Activation memory is the bytes autograd saves for the backward pass of a training-mode forward
 (dropout of paths and token masking as configured, no gradient checkpointing), measured on CPU with
 saved-tensor hooks under autocast to --precision. It is the difference between batches of 4 and 2
-images (so parameters and their autocast copies drop out), and it is measured at depth 1 and 2 and
-extrapolated over the identical blocks, which is exact and keeps the big networks quick.
+images (so parameters and their autocast copies drop out). For a ViT it is measured at depth 1 and 2,
+for an IResNet with one block per stage and with one more block in each stage in turn, and extrapolated
+over the identical blocks, which is exact and keeps the big networks quick; a MobileFaceNet is measured
+whole.
 
     python -m tools.model_info --network vit_s_dp005_mask_0 --batch-size 128
     python -m tools.model_info --all --markdown
@@ -31,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from backbones import RELEASED_AS, VARIANTS, get_model
+from backbones import RELEASED_AS, VARIANTS, IResNet, MobileFaceNet, VisionTransformer, get_model
 from utils.errors import UserError, entry_point
 from utils.images import IMAGE_SIZE
 from utils.precision import PRECISIONS, autocast
@@ -89,19 +94,54 @@ def activation_bytes_per_image(model: nn.Module, precision: str = "fp32") -> flo
     return growth / (large - small)
 
 
-def network_activation_bytes_per_image(name: str, precision: str = "fp32") -> float:
-    """Saved-tensor bytes per image of network `name` without gradient checkpointing.
+def _measured(name: str, precision: str, **overrides) -> float:
+    """Saved-tensor bytes per image of `name` built with `overrides`, weights left uninitialised (only
+    shapes matter)."""
+    with torch.device("meta"):
+        model = get_model(name, using_checkpoint=False, **overrides)
+    return activation_bytes_per_image(model.to_empty(device="cpu"), precision)
 
-    Every block saves the same tensors, so depth 1 and 2 give the per-block bytes and the rest. Weights
-    are left uninitialised: only shapes matter.
-    """
-    per_depth = []
-    for depth in (1, 2):
-        with torch.device("meta"):
-            model = get_model(name, depth=depth, using_checkpoint=False)
-        per_depth.append(activation_bytes_per_image(model.to_empty(device="cpu"), precision))
-    per_block = per_depth[1] - per_depth[0]
-    return per_depth[0] + (VARIANTS[name]["depth"] - 1) * per_block
+
+def _vit_activation(name: str, precision: str) -> float:
+    """Every block saves the same tensors: depth 1 and 2 give the per-block bytes and the rest."""
+    one, two = (_measured(name, precision, depth=depth) for depth in (1, 2))
+    return one + (VARIANTS[name].args["depth"] - 1) * (two - one)
+
+
+def _iresnet_activation(name: str, precision: str) -> float:
+    """The blocks after the first of a stage are identical: one block per stage, then one more in each
+    stage in turn, give the per-block bytes of every stage."""
+    layers = VARIANTS[name].args["layers"]
+    base = _measured(name, precision, layers=(1, 1, 1, 1))
+    total = base
+    for stage, num_blocks in enumerate(layers):
+        if num_blocks > 1:
+            grown = tuple(2 if i == stage else 1 for i in range(len(layers)))
+            total += (num_blocks - 1) * (_measured(name, precision, layers=grown) - base)
+    return total
+
+
+_ACTIVATION_BY_ARCHITECTURE = {
+    VisionTransformer: _vit_activation,
+    IResNet: _iresnet_activation,
+    MobileFaceNet: lambda name, precision: _measured(name, precision),
+}
+
+
+def network_activation_bytes_per_image(name: str, precision: str = "fp32") -> float:
+    """Saved-tensor bytes per image of network `name` without gradient checkpointing."""
+    return _ACTIVATION_BY_ARCHITECTURE[VARIANTS[name].architecture](name, precision)
+
+
+def width_depth_heads(model: nn.Module) -> tuple[int, int, int | None]:
+    """(token width, blocks, heads) of a ViT; (last feature-map channels, main-path weight layers, None)
+    of a CNN."""
+    if isinstance(model, VisionTransformer):
+        return model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads
+    shortcuts = {id(m) for name, m in model.named_modules() if "downsample" in name.split(".")}
+    weight_layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in shortcuts]
+    feature_map = model.conv_sep.layers[0].in_channels if isinstance(model, MobileFaceNet) else model.bn2.num_features
+    return feature_map, len(weight_layers), None
 
 
 def describe(name: str, batch_size: int, precision: str, with_memory: bool = True) -> dict:
@@ -109,12 +149,12 @@ def describe(name: str, batch_size: int, precision: str, with_memory: bool = Tru
     with torch.device("meta"):
         model = get_model(name)
     num_params, num_buffers = count_parameters(model)
-    attention = model.blocks[0].attn
+    width, depth, heads = width_depth_heads(model)
     row = {
         "name": name,
-        "width": model.embed_dim,
-        "depth": len(model.blocks),
-        "heads": attention.num_heads,
+        "width": width,
+        "depth": depth,
+        "heads": heads if heads is not None else "-",
         "params": num_params,
         "buffers": num_buffers,
         "gmacs": count_macs(model) / 1e9,
