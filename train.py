@@ -3,9 +3,9 @@
     python train.py CONFIG [--set key=value ...] [--resume auto] [--init weights.pt]
     torchrun --nproc_per_node=8 train.py CONFIG
 
-One optimizer step: uint8 batch -> device flip and normalise -> DPAP -> backbone (through DDP) with patch
-information -> EHSM weights -> Partial FC loss -> backward, for `gradient_accumulation` micro-batches, then
-clipping, optimizer steps and the learning rate of the next step.
+One optimizer step: uint8 batch -> device flip and normalise -> DPAP -> backbone (through DDP), with
+patch information when EHSM is on -> EHSM weights -> Partial FC loss -> backward, for
+`gradient_accumulation` micro-batches, then clipping, optimizer steps and the learning rate of the next step.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import dataset
 import device_input
 import losses
-from backbones import get_model, load_backbone
+from backbones import get_model, has_patch_info, load_backbone
 from dpap import DPAP
 from eval.verification import TrainingVerifier, read_checked
 from partial_fc import PartialFC
@@ -90,7 +90,7 @@ def parse_args(argv):
 
 
 def build_run(cfg, ctx) -> Run:
-    overrides = {"attn_impl": cfg.attention}
+    overrides = {"attn_impl": cfg.attention} if has_patch_info(cfg.network) else {}
     if cfg.gradient_checkpointing is not None:
         overrides["using_checkpoint"] = cfg.gradient_checkpointing
     if cfg.init:
@@ -189,11 +189,13 @@ def train_step(run: Run, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]
                 if run.dpap is not None:  # the scoring pass runs in the training precision too
                     images, perturbed = run.dpap(run.backbone, images, run.generators["dpap"])
                     num_perturbed += perturbed
-                embedding, _, patch_std = run.model(images, with_patch_info=True)
                 weights = None
                 if cfg.ehsm:
+                    embedding, _, patch_std = run.model(images, with_patch_info=True)
                     weights = losses.ehsm_weights(patch_std.float(), cfg.ehsm_gamma, cfg.ehsm_top_k, cfg.ehsm_rule)
                     ehsm_stats.append(weights)
+                else:
+                    embedding = run.model(images)
                 loss = run.head(embedding, labels, weights) / num_micro
             run.scaler.scale(loss).backward()
         total_loss += loss.detach()
@@ -304,6 +306,7 @@ def main(argv=None) -> int:
     stop_requested, previous_handler = _catch_sigterm()
     try:
         cfg = config_utils.load_config(args.config, args.overrides)
+        _check_network_options(cfg)
         if args.init is not None:
             cfg.init = args.init
         if args.resume is not None:
@@ -340,6 +343,20 @@ def main(argv=None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         distributed.teardown()
+
+
+def _check_network_options(cfg) -> None:
+    """DPAP, EHSM and the attention choice need a ViT; a CNN with them stops before anything is built."""
+    if has_patch_info(cfg.network):
+        return
+    used = [f"{key}=True" for key in ("dpap", "ehsm") if cfg[key]]
+    if used:
+        raise UserError(f"network '{cfg.network}' is a CNN without the patch information that DPAP and EHSM "
+                        f"need, but the config sets {' and '.join(used)}; set dpap=False and ehsm=False "
+                        "(--set dpap=False ehsm=False) or choose a ViT.")
+    if cfg.attention != "sdpa":
+        raise UserError(f"attention='{cfg.attention}' applies to ViTs only and network '{cfg.network}' is a CNN; "
+                        "remove the attention key from the config.")
 
 
 def _check_val_targets(cfg) -> None:

@@ -140,6 +140,23 @@ def test_released_configs_load_with_released_hyper_parameters(name):
     assert config.margin_list == (1.0, 0.5, 0.0) and config.rec == ""
 
 
+@pytest.mark.parametrize(("name", "margins", "weight_decay", "num_classes"), [
+    ("ms1mv2_r100", (1.0, 0.5, 0.0), 5e-4, 85742),
+    ("glint360k_r100", (1.0, 0.0, 0.4), 1e-4, 360232),
+])
+def test_cnn_configs_load_with_insightface_arcface_torch_hyper_parameters(name, margins, weight_decay, num_classes):
+    """The numbers of insightface's arcface_torch configs of the same names (its Glint360K r100 recipe
+    uses weight decay 1e-4), and DPAP and EHSM off, which a CNN cannot use."""
+    config = load_config(REPO / "configs" / f"{name}.py")
+    assert config.network == "r100" and config.margin_list == margins and config.margin_scale == 64.0
+    assert config.optimizer == "sgd" and config.lr == 0.1 and config.momentum == 0.9
+    assert config.weight_decay == weight_decay and not config.no_weight_decay_on_norm_bias
+    assert config.batch_size == 128 and config.num_epoch == 20 and config.warmup_epoch == 0
+    assert config.lr_scheduler == "polynomial" and config.lr_power == 2.0 and config.clip_grad_norm == 5.0
+    assert config.precision == "fp16" and config.num_classes == num_classes and config.sample_rate == 1.0
+    assert not config.dpap and not config.ehsm and config.rec == ""
+
+
 def test_a_single_name_is_accepted_for_a_list_of_names(tmp_path):
     assert load_config(write_config(tmp_path, ""), ["val_targets=lfw"]).val_targets == ("lfw",)
 

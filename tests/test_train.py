@@ -16,7 +16,7 @@ import torch
 from easydict import EasyDict
 
 import train
-from backbones import get_model
+from backbones import get_model, load_backbone
 from tests.dist_utils import run_distributed
 from tools import pack_rec
 from utils import distributed
@@ -354,3 +354,25 @@ def test_resuming_with_another_network_is_a_clear_error(tmp_path, face_folder, c
 def test_missing_verification_set_is_reported_before_training(tmp_path, face_folder, capsys):
     assert train.main([str(write_config(tmp_path, face_folder, val_targets=("lfw",)))]) == 2
     assert "lfw.bin" in capsys.readouterr().err
+
+
+def test_a_cnn_trains_with_dpap_and_ehsm_off_and_its_model_loads_strictly(tmp_path, face_folder):
+    """mbf through the same loop (embedding only, no patch information) for one epoch of 4 SGD steps."""
+    config = write_config(tmp_path, face_folder, network="mbf", dpap=False, ehsm=False, num_epoch=1,
+                          batch_size=16, optimizer="sgd", lr=0.1, weight_decay=5e-4, warmup_epoch=0)
+    assert train.main([str(config)]) == 0
+    losses = logged_losses(tmp_path / "out")
+    assert len(losses) == NUM_CLASSES * IMAGES_PER_CLASS // 16 and all(np.isfinite(losses))
+    assert load_backbone("mbf", tmp_path / "out" / "model.pt").num_features == 32
+
+
+@pytest.mark.parametrize("switches", [dict(dpap=True, ehsm=False), dict(dpap=False, ehsm=True),
+                                      dict(dpap=False, ehsm=False, attention="explicit")])
+def test_a_cnn_with_dpap_ehsm_or_attention_stops_before_training_with_one_line(tmp_path, face_folder, capsys,
+                                                                               switches):
+    config = write_config(tmp_path, face_folder, network="r18", **switches)
+    assert train.main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "network 'r18' is a CNN" in err
+    assert "set dpap=False and ehsm=False" in err or "attention='explicit' applies to ViTs only" in err
+    assert not (tmp_path / "out" / "training.log").exists()  # stopped before logging started
