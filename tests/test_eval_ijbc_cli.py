@@ -145,6 +145,29 @@ def test_saved_features_are_the_network_embeddings_of_aligned_rgb_faces(ijbc):
         np.testing.assert_allclose(saved["feats_flip"][row], expected[1], atol=1e-4)
 
 
+def test_a_cnn_checkpoint_is_evaluated_with_its_embeddings(ijbc, tmp_path):
+    """insightface's CNNs through the same CLI: a plain mbf state_dict, as its backbone.pth files are."""
+    root, _, _ = ijbc
+    torch.manual_seed(0)
+    model = get_model("mbf", num_features=EMBEDDING_SIZE).eval()
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    argv = ["--model-prefix", str(tmp_path / "backbone.pth"), "--network", "mbf", "--image-path",
+            str(root / "IJBC"), "--result-dir", str(tmp_path), "--job", "mbf", "--target", "IJBC",
+            "--batch-size", "36", "--num-workers", "0", "--device", "cpu"]
+    assert eval_ijbc.main(argv) == 0
+    saved = np.load(tmp_path / "mbf" / "ijbc_features.npz")
+    assert saved["feats"].shape == (36, EMBEDDING_SIZE)
+    fields = MetaPaths.of(root / "IJBC", "IJBC").landmarks.read_text().splitlines()[5].split()
+    image = cv2.imread(str(root / "IJBC" / "loose_crop" / fields[0]))
+    aligned = align_face(image, np.array(fields[1:11], dtype=np.float32).reshape(5, 2))[:, :, ::-1]
+    x = torch.from_numpy(aligned.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # [1, 3, H, W]
+    with torch.no_grad():
+        expected = model(x).numpy()[0]
+    np.testing.assert_allclose(saved["feats"][5], expected, atol=1e-4 * np.abs(expected).max())
+    assert json.loads((tmp_path / "mbf" / "ijbc_result.json").read_text()).keys() == {
+        "1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"}
+
+
 def test_pair_scores_equal_a_direct_loop_over_the_saved_features(ijbc):
     root, _, out = ijbc
     np.testing.assert_allclose(np.load(out / "ijbc.npy"), _direct_scores(out, root / "IJBC"), atol=1e-6)

@@ -113,3 +113,31 @@ def test_user_mistakes_exit_2_with_a_message(nano_weights, tmp_path, capsys, ext
             *extra]
     assert export_onnx.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_mobilefacenet_export_matches_pytorch_in_onnx_runtime(tmp_path):
+    """mbf with random BatchNorm statistics (fresh ones give near-zero embeddings that any tolerance
+    passes), exported with a dynamic batch through the CLI, then compared in a fresh ORT session."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = get_model("mbf", num_features=128)
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                bn.running_mean.normal_(0.0, 0.1, generator=generator)
+                bn.running_var.uniform_(0.5, 1.5, generator=generator)
+                bn.bias.normal_(0.0, 0.1, generator=generator)
+    weights, output = tmp_path / "mbf.pt", tmp_path / "mbf.onnx"
+    torch.save(model.state_dict(), weights)
+    argv = ["--network", "mbf", "--weights", str(weights), "--output", str(output), "--dynamic-batch"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert export_onnx.main(argv) == 0, printed.getvalue()
+    assert "output 'embedding' [batch, 128]" in printed.getvalue()
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 3, 112, 112, generator=generator) * 2 - 1
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    embedding = session.run(None, {"data": x.numpy()})[0]
+    assert embedding.shape == (3, 128) and np.abs(expected).max() > 1e-2
+    assert np.abs(embedding - expected).max() <= 1e-4 * np.abs(expected).max()

@@ -86,9 +86,9 @@ def test_verification_set_load_decodes_rgb_images_and_labels(tmp_path):
     np.testing.assert_array_equal(data.images.permute(0, 2, 3, 1).numpy(), images)
 
 
-def _tiny_model():
+def _tiny_model(network: str = "vit_nano"):
     torch.manual_seed(0)
-    return get_model("vit_nano", num_features=24)
+    return get_model(network, num_features=24)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -131,10 +131,11 @@ def test_training_verifier_updates_best_and_scalars_on_rank_0_only(tmp_path):
     assert len(scalars.added) == 1
 
 
-def test_cli_prints_accuracy_per_set(tmp_path, capsys):
+@pytest.mark.parametrize("network", ["vit_nano", "mbf"])
+def test_cli_prints_accuracy_per_set(tmp_path, capsys, network):
     _write_bin(tmp_path / "agedb_30.bin", 10)
-    torch.save(_tiny_model().state_dict(), tmp_path / "model.pt")
-    argv = ["--model-prefix", str(tmp_path / "model.pt"), "--network", "vit_nano", "--bins",
+    torch.save(_tiny_model(network).state_dict(), tmp_path / "model.pt")
+    argv = ["--model-prefix", str(tmp_path / "model.pt"), "--network", network, "--bins",
             str(tmp_path / "agedb_30.bin"), "--device", "cpu"]
     assert verification.main(argv) == 0
     assert capsys.readouterr().out.startswith("agedb_30: accuracy ")
