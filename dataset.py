@@ -19,7 +19,7 @@ from easydict import EasyDict
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils.config import require
-from utils.decode import decode_image, image_size_of, nvjpeg_ready, split_image_files, to_chw, warn_skipped
+from utils.decode import decode_chw, decode_image, image_size_of, nvjpeg_ready, split_image_files, warn_skipped
 from utils.errors import UserError
 from utils.files import check_regular_file, read_bytes, read_text
 from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE
@@ -135,7 +135,7 @@ class EncodedImageDataset(Dataset):
         if not self.decode and nvjpeg_ready(payload):
             return torch.frombuffer(bytearray(payload), dtype=torch.uint8), label, name  # [num_bytes]
         try:
-            image = to_chw(decode_image(payload))  # [3, H, W]
+            image = decode_chw(payload)  # [3, H, W]
         except ValueError as exc:
             raise _CorruptSample(name, str(exc)) from None
         if tuple(image.shape[1:]) != self.image_size:

@@ -12,7 +12,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from dataset import ALIGN_HINT, CorruptCounter, DataError
-from utils.decode import decode_image, nvjpeg_ready, to_chw
+from utils.decode import decode_chw, nvjpeg_ready
 from utils.errors import UserError
 from utils.images import IMAGE_SIZE, normalize
 
@@ -85,7 +85,7 @@ class BatchJpegDecoder:
         try:
             if ready:
                 return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-            return to_chw(decode_image(data.numpy())).to(self.device, non_blocking=True)
+            return decode_chw(data.numpy()).to(self.device, non_blocking=True)
         except (RuntimeError, ValueError) as exc:
             reason = str(exc).rsplit(", ", 1)[-1] or type(exc).__name__  # drop torchvision's source path
             self.corrupt.add(name, reason)

@@ -20,7 +20,7 @@ from eval.ijb_data import (
 from tools import make_demo_data as demo
 from tools.demo_faces import alignment_matrix, render
 from utils.binfile import load_bin
-from utils.decode import decode_image, to_chw
+from utils.decode import decode_chw
 
 TINY = demo.DemoSpec(seed=3, num_train_ids=6, images_per_id=4, num_val_ids=4, num_pairs=20, num_ijb_ids=5,
                      templates_per_id=2)
@@ -64,7 +64,7 @@ def test_training_set_reads_back_with_record_dataset_as_generated(tiny):
     for index in range(len(data)):
         image, label = data[index]
         assert label == index // TINY.images_per_id
-        expected = to_chw(decode_image(demo.train_images(TINY, label)[index % TINY.images_per_id]))
+        expected = decode_chw(demo.train_images(TINY, label)[index % TINY.images_per_id])
         assert image.dtype == torch.uint8 and image.shape == (3, 112, 112)
         assert torch.equal(image, expected)
 

@@ -11,7 +11,7 @@ import torch
 
 from dataset import DataError, RecordDataset, collate_encoded
 from device_input import BatchJpegDecoder, DeviceAugment, GpuJpegDecoder, flip_and_normalize
-from utils.decode import decode_image, to_chw
+from utils.decode import decode_chw
 
 FIXTURES = Path(__file__).parent / "data" / "recordio"
 
@@ -57,7 +57,7 @@ def test_batch_decoder_matches_worker_decoding_and_replaces_bad_images():
     images, labels = decoder([byte_tensor(data) for data in payloads], torch.arange(4), [f"p{i}" for i in range(4)])
     assert images.shape == (4, 3, 112, 112) and images.dtype == torch.uint8
     for position in (0, 1, 3):
-        assert torch.equal(images[position], to_chw(decode_image(payloads[position])))  # OpenCV's pixels
+        assert torch.equal(images[position], decode_chw(payloads[position]))  # OpenCV's pixels
     assert labels.tolist() == [0, 1, 3, 3]  # the truncated JPEG is replaced by the next image, with its label
     assert torch.equal(images[2], images[3])
     assert decoder.corrupt.bad_names == {"p2"}

@@ -16,7 +16,7 @@ import torch
 
 from tests.rec_utils import iter_chunks, iter_records
 from utils.binfile import decode_bin_images, load_bin, save_bin
-from utils.decode import decode_image, to_chw
+from utils.decode import decode_chw
 from utils.errors import UserError
 from utils.recordio import (
     MAGIC,
@@ -76,7 +76,7 @@ def test_fixture_images_decode_to_mxnet_rgb(name):
     for key, want in EXPECTED[name]["records"].items():
         if "decoded_mean_rgb" not in want:
             continue
-        image = to_chw(decode_image(unpack(reader.read(int(key)))[1]))  # [3, H, W]
+        image = decode_chw(unpack(reader.read(int(key)))[1])  # [3, H, W]
         assert list(image.shape) == [want["decoded_shape"][2], *want["decoded_shape"][:2]]
         mean_rgb = image.double().mean(dim=(1, 2))
         assert torch.allclose(mean_rgb, torch.tensor(want["decoded_mean_rgb"], dtype=torch.double), atol=1.0)
@@ -296,4 +296,4 @@ def test_decode_bin_images_gives_rgb_batch_and_flip():
     assert batch.shape == (12, 3, 112, 112) and batch.dtype == torch.uint8
     assert batch[:, 0, 0, 0].min() > 200 and batch[:, 2, -1, -1].min() > 200  # red top-left, blue bottom-right
     assert torch.equal(decode_bin_images(images, flip=True), batch.flip(-1))
-    assert torch.equal(batch[3], to_chw(decode_image(images[3])))
+    assert torch.equal(batch[3], decode_chw(images[3]))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from utils.decode import check_image_size, decode_image, to_chw
+from utils.decode import check_image_size, decode_chw
 from utils.errors import UserError
 from utils.files import atomic_write_bytes, read_bytes
 from utils.images import IMAGE_SIZE
@@ -209,7 +209,7 @@ def decode_bin_images(images: Sequence[bytes], flip: bool = False, source: str =
     batch = torch.empty((len(images), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     for index, data in enumerate(images):
         try:
-            image = to_chw(decode_image(data))  # [3, H, W]
+            image = decode_chw(data)  # [3, H, W]
         except ValueError:
             raise UserError(f"image {index} of '{source}' is not a decodable JPEG or PNG; the file is "
                             "damaged.") from None

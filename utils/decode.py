@@ -48,16 +48,31 @@ MAX_IMAGE_PIXELS = 2**27
 _NUM_SKIPPED_NAMED = 5  # skipped files a warning names
 
 
+def _decode_bgr(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """OpenCV's decode, uint8 [H, W, BGR]; ValueError when the bytes are empty or do not decode."""
+    buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if bgr is None:
+        raise ValueError("not a decodable image")
+    return bgr
+
+
 def decode_image(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     """Encoded image (any type OpenCV reads) -> uint8 RGB [H, W, 3], EXIF orientation applied.
 
     Raises ValueError when the bytes are empty or do not decode.
     """
-    buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None  # [H, W, BGR]
-    if bgr is None:
-        raise ValueError("not a decodable image")
-    return np.ascontiguousarray(bgr[:, :, ::-1])  # [H, W, RGB]: one NumPy copy, cheaper than OpenCV's threads
+    return np.ascontiguousarray(_decode_bgr(data)[:, :, ::-1])  # [H, W, BGR] -> [H, W, RGB]
+
+
+def decode_chw(data: bytes | bytearray | memoryview | np.ndarray) -> torch.Tensor:
+    """`decode_image` laid out as the network takes it: uint8 tensor [3, H, W] RGB, contiguous.
+
+    One NumPy copy from OpenCV's [H, W, BGR]: a strided view stacked later, or OpenCV's and torch's
+    threaded copies, cost more than the decode itself for a 112x112 image (bench/bench_decode.py).
+    """
+    bgr = _decode_bgr(data)
+    return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)[::-1]))  # [H, W, BGR] -> [RGB, H, W]
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -70,11 +85,6 @@ def read_image(path: str | Path) -> np.ndarray:
     except ValueError:
         raise UserError(f"'{path}' is not a decodable image; replace it with a JPEG, PNG or another type "
                         "OpenCV reads.") from None
-
-
-def to_chw(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> uint8 tensor [3, H, W] sharing its memory (collate or `.contiguous()` copies)."""
-    return torch.from_numpy(image).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
 
 
 def _jpeg_frame(data: bytes) -> tuple[int, bool] | None:
