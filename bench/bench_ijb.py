@@ -1,15 +1,16 @@
-"""Benchmark the IJB-C protocol math (ours vs the released per-template loop) and the image pipeline.
+"""Benchmark `eval_ijbc.py --features` end to end against the released scoring, and the image pipeline.
 
-    python -m bench.bench_ijb                 # a quarter of IJB-C, about 2 minutes on 2 cores
+    python -m bench.bench_ijb                 # a tenth of IJB-C
     python -m bench.bench_ijb --scale 1       # full IJB-C: 469,375 images, 23,124 templates, 15.7 M pairs
 
-Part 1 builds synthetic meta of IJB-C's shape (templates of 1 to ~100 images grouped into media, 3,531
-gallery and 19,593 probe templates, probe x gallery pairs, 19,557 of them genuine) with random 512-d
-float32 features that cluster by subject. It times, in the same process, eval.ijb (sparse pooling, block
-pair scores) against a straightforward implementation of the released algorithm (a Python loop over
-templates with np.where / np.unique per media, pair scores gathered 100,000 pairs at a time), both ending
-in scikit-learn's roc_curve and the nearest-FPR table, and reports time, peak resident memory above the
-inputs (Linux), the speed ratio, and whether the two tables agree.
+Part 1 writes synthetic meta files of IJB-C's shape (templates of 1 to ~100 images grouped into media,
+3,531 gallery and 19,593 probe templates) and a features .npz (random 512-d float32 features and flip
+features that cluster by subject, faceness) to a temporary folder, for two pair structures:
+"gallery x probe" (as the IJB-C protocol: 19,557 genuine pairs) and "all templates" (pairs drawn from
+all templates, as a custom protocol may). For each it times, as separate processes and imports
+included, `eval_ijbc.py --features ... --protocol 1:1` (ours) and bench/released_ijb.py (the released
+scoring: pandas meta, per-template loop, 100,000-pair batches, roc_curve, plot), prints both times, the
+ratio and the largest difference between the two TAR tables.
 Part 2 measures the decode + align pipeline (AlignedFaces through the DataLoader) in images/s with 0, 1
 and 2 workers on synthetic loose crops (JPEG), without a network.
 """
@@ -17,17 +18,17 @@ and 2 workers on synthetic loose crops (JPEG), without a network.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
-from sklearn.preprocessing import normalize
 from torch.utils.data import DataLoader
 
-from eval import ijb
 from eval.align import ARCFACE_TEMPLATE
 from eval.ijb_images import AlignedFaces, aligned_loader
 
@@ -35,40 +36,54 @@ from eval.ijb_images import AlignedFaces, aligned_loader
 IJBC_IMAGES, IJBC_TEMPLATES, IJBC_GALLERY = 469_375, 23_124, 3_531
 IJBC_PAIRS, IJBC_GENUINE = 15_658_489, 19_557
 NOISE = 4.0  # image noise relative to the subject centres (sets how hard the synthetic task is)
+STRUCTURES = ("gallery x probe", "all templates")
+REPOSITORY = Path(__file__).resolve().parent.parent
+LINES_PER_CHUNK = 1 << 20
 
 
-def synthetic_protocol(scale: float, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Meta arrays and features of IJB-C's shape, sizes multiplied by `scale`."""
+def synthetic_images(scale: float, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Image meta, features and template subjects of IJB-C's shape, sizes multiplied by `scale`."""
     rng = np.random.default_rng(seed)
     num_images, num_templates = int(IJBC_IMAGES * scale), int(IJBC_TEMPLATES * scale)
-    num_gallery, num_pairs = int(IJBC_GALLERY * scale), int(IJBC_PAIRS * scale)
-    num_genuine = min(int(IJBC_GENUINE * scale), num_templates - num_gallery)
+    num_gallery = int(IJBC_GALLERY * scale)
     # Heavy-tailed template sizes, every template at least one image; images listed template by template.
     extra = rng.choice(num_templates, num_images - num_templates, p=_lognormal_shares(rng, num_templates))
     template_rows = np.sort(np.concatenate([np.arange(num_templates), extra]))  # [N]
     template_ids = rng.choice(10 * num_templates, num_templates, replace=False) + 1  # sparse ids as in IJB-C
-    templates = template_ids[template_rows]
     # Consecutive images of a template share a media (video frames) until a new media starts.
     starts_media = (rng.random(num_images) < 0.3) | np.r_[True, template_rows[1:] != template_rows[:-1]]
-    medias = np.cumsum(starts_media) + 100_000
     # Subjects: gallery template g is subject g; probes belong to random gallery subjects.
     subjects = np.concatenate([np.arange(num_gallery), rng.integers(0, num_gallery, num_templates - num_gallery)])
     centres = rng.standard_normal((num_gallery, dim), dtype=np.float32)
     feats = centres[subjects[template_rows]]  # [N, D]
     feats += NOISE * rng.standard_normal((num_images, dim), dtype=np.float32)
     feats_flip = feats + 0.5 * rng.standard_normal((num_images, dim), dtype=np.float32)
-    faceness = rng.uniform(0.3, 1.0, num_images).astype(np.float32)
-    # Pairs: gallery template x probe template; genuine ones pair a probe with its subject's gallery template.
+    return dict(feats=feats, feats_flip=feats_flip, faceness=rng.uniform(0.3, 1.0, num_images).astype(np.float32),
+                landmarks=rng.uniform(20, 180, (num_images, 10)), templates=template_ids[template_rows],
+                medias=np.cumsum(starts_media) + 100_000, template_ids=template_ids, subjects=subjects,
+                num_gallery=np.array(num_gallery))
+
+
+def synthetic_pairs(images: dict[str, np.ndarray], scale: float, structure: str,
+                    seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(template 1, template 2, label) ids [P]: gallery x probe pairs, or pairs drawn from all templates."""
+    rng = np.random.default_rng(seed)
+    subjects, num_gallery = images["subjects"], int(images["num_gallery"])
+    num_templates, num_pairs = len(subjects), int(IJBC_PAIRS * scale)
+    num_genuine = min(int(IJBC_GENUINE * scale), num_templates - num_gallery)
+    # Genuine: a probe with its subject's gallery template.
     genuine_probes = rng.choice(np.arange(num_gallery, num_templates), num_genuine, replace=False)
-    impostor_probes = rng.integers(num_gallery, num_templates, num_pairs - num_genuine)
-    impostor_gallery = (subjects[impostor_probes] + rng.integers(1, num_gallery, len(impostor_probes))) \
-        % num_gallery  # any subject but the probe's
-    first = np.concatenate([subjects[genuine_probes], impostor_gallery])
-    second = np.concatenate([genuine_probes, impostor_probes])
-    labels = (subjects[first] == subjects[second]).astype(np.int64)
+    if structure == "gallery x probe":
+        second = rng.integers(num_gallery, num_templates, num_pairs - num_genuine)
+        first = (subjects[second] + rng.integers(1, num_gallery, len(second))) % num_gallery  # another subject
+    else:
+        first, second = rng.integers(0, num_templates, (2, num_pairs - num_genuine))
+    first = np.concatenate([subjects[genuine_probes], first])
+    second = np.concatenate([genuine_probes, second])
     order = rng.permutation(num_pairs)
-    return dict(feats=feats, feats_flip=feats_flip, faceness=faceness, templates=templates, medias=medias,
-                first=template_ids[first[order]], second=template_ids[second[order]], labels=labels[order])
+    first, second = first[order], second[order]
+    labels = (subjects[first] == subjects[second]).astype(np.int64)
+    return images["template_ids"][first], images["template_ids"][second], labels
 
 
 def _lognormal_shares(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -76,132 +91,81 @@ def _lognormal_shares(rng: np.random.Generator, count: int) -> np.ndarray:
     return shares / shares.sum()
 
 
-# ---- the released algorithm, written plainly ----
-
-def released_template_features(image_feats: np.ndarray, templates: np.ndarray,
-                               medias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One template at a time: find its images, average each media, sum the media, then L2-normalise."""
-    unique_templates = np.unique(templates)
-    template_feats = np.zeros((len(unique_templates), image_feats.shape[1]))
-    for row, template in enumerate(unique_templates):
-        (members,) = np.where(templates == template)
-        member_feats, member_medias = image_feats[members], medias[members]
-        unique_medias, media_counts = np.unique(member_medias, return_counts=True)
-        media_feats = []
-        for media, count in zip(unique_medias, media_counts):
-            (in_media,) = np.where(member_medias == media)
-            media_feats.append(member_feats[in_media] if count == 1
-                               else np.mean(member_feats[in_media], axis=0, keepdims=True))
-        template_feats[row] = np.sum(np.array(media_feats), axis=0)
-    return unique_templates, normalize(template_feats)
+def _fixed_width_text(columns: list[tuple[np.ndarray, int, int, str]]) -> bytes:
+    """Lines of space-separated non-negative numbers, each column (values, integer digits, decimals,
+    suffix) written zero-padded: built as a byte matrix, which Python's formatting is 50x slower at."""
+    parts = []
+    for values, width, decimals, suffix in columns:
+        scaled = np.rint(np.asarray(values, dtype=np.float64) * 10**decimals).astype(np.int64)  # [L]
+        powers = 10 ** np.arange(width + decimals - 1, -1, -1, dtype=np.int64)
+        chars = (scaled[:, None] // powers % 10 + ord("0")).astype(np.uint8)  # [L, digits]
+        if decimals:
+            chars = np.insert(chars, width, ord("."), axis=1)
+        tail = np.frombuffer(suffix.encode() + b" ", dtype=np.uint8)
+        parts += [chars, np.broadcast_to(tail, (len(chars), len(tail)))]
+    lines = np.concatenate(parts, axis=1)  # [L, line length]
+    lines[:, -1] = ord("\n")
+    return lines.tobytes()
 
 
-def released_pair_scores(template_feats: np.ndarray, unique_templates: np.ndarray, first: np.ndarray,
-                         second: np.ndarray, batch_size: int = 100_000) -> np.ndarray:
-    """Look-up table from template id to row, then gathered dot products in batches of pairs."""
-    row_of = np.zeros(unique_templates.max() + 1, dtype=np.int64)
-    row_of[unique_templates] = np.arange(len(unique_templates))
-    scores = np.zeros(len(first))
-    for start in range(0, len(first), batch_size):
-        feats_a = template_feats[row_of[first[start:start + batch_size]]]  # [b, D]
-        feats_b = template_feats[row_of[second[start:start + batch_size]]]  # [b, D]
-        scores[start:start + batch_size] = np.sum(feats_a * feats_b, axis=-1)
-    return scores
+def _write_lines(path: Path, columns: list[tuple[np.ndarray, int, int, str]]) -> None:
+    with open(path, "wb") as stream:
+        for start in range(0, len(columns[0][0]), LINES_PER_CHUNK):
+            stream.write(_fixed_width_text([(values[start:start + LINES_PER_CHUNK], *rest)
+                                            for values, *rest in columns]))
 
 
-def released_table(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    fpr, tpr = ijb.roc(labels, scores)
-    fpr, tpr = np.flipud(fpr), np.flipud(tpr)
-    table = {}
-    for far in ijb.FARS:
-        _, nearest = min(zip(abs(fpr - far), range(len(fpr))))
-        table[ijb.far_key(far)] = tpr[nearest] * 100
-    return table
+def write_protocol(folder: Path, images: dict[str, np.ndarray], pairs) -> None:
+    """<folder>/meta/ijbc_*.txt as the IJB-C release lays them out."""
+    meta = folder / "meta"
+    meta.mkdir(parents=True)
+    names = np.arange(1, len(images["feats"]) + 1)
+    _write_lines(meta / "ijbc_name_5pts_score.txt", [(names, 7, 0, ".jpg")]
+                 + [(images["landmarks"][:, k], 3, 2, "") for k in range(10)] + [(images["faceness"], 1, 3, "")])
+    _write_lines(meta / "ijbc_face_tid_mid.txt", [(names, 7, 0, ".jpg"), (images["templates"], 7, 0, ""),
+                                                   (images["medias"], 7, 0, "")])
+    first, second, labels = pairs
+    _write_lines(meta / "ijbc_template_pair_label.txt", [(first, 6, 0, ""), (second, 6, 0, ""), (labels, 1, 0, "")])
 
 
-def run_released(data: dict[str, np.ndarray]) -> tuple[dict[str, float], np.ndarray, dict[str, float]]:
-    seconds = {}
+def _timed(command: list[str]) -> float:
     start = time.perf_counter()
-    image_feats = (data["feats"] + data["feats_flip"]) * data["faceness"][:, None]
-    unique_templates, template_feats = released_template_features(image_feats, data["templates"],
-                                                                  data["medias"])
-    del image_feats
-    seconds["pooling"] = time.perf_counter() - start
+    subprocess.run(command, check=True, cwd=REPOSITORY, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def bench_end_to_end(scale: float, dim: int, structures: list[str]) -> None:
     start = time.perf_counter()
-    scores = released_pair_scores(template_feats, unique_templates, data["first"], data["second"])
-    seconds["pair scores"] = time.perf_counter() - start
-    start = time.perf_counter()
-    table = released_table(data["labels"], scores)
-    seconds["roc + table"] = time.perf_counter() - start
-    return table, scores, seconds
-
-
-def run_ours(data: dict[str, np.ndarray]) -> tuple[dict[str, float], np.ndarray, dict[str, float]]:
-    seconds = {}
-    start = time.perf_counter()
-    template_ids, template_feats = ijb.template_features(data["feats"], data["templates"], data["medias"],
-                                                         data["feats_flip"], data["faceness"])
-    seconds["pooling"] = time.perf_counter() - start
-    start = time.perf_counter()
-    rows_a, _ = ijb.template_rows_of(template_ids, data["first"])
-    rows_b, _ = ijb.template_rows_of(template_ids, data["second"])
-    scores = ijb.pair_scores(template_feats, rows_a, rows_b)
-    del rows_a, rows_b  # as eval_ijbc does before the ROC
-    seconds["pair scores"] = time.perf_counter() - start
-    start = time.perf_counter()
-    fpr, tpr = ijb.roc(data["labels"], scores)
-    table = ijb.tar_at_far(fpr, tpr)
-    seconds["roc + table"] = time.perf_counter() - start
-    return table, scores, seconds
-
-
-def _memory_mib() -> tuple[int, int] | None:
-    """(resident, peak resident) MiB of this process from /proc, or None where that is not available."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
-
-
-def measured(run: Callable, data: dict[str, np.ndarray]):
-    """run(data) and the peak resident memory it added, in MiB (None when the peak cannot be reset).
-
-    Writing 5 to /proc/self/clear_refs resets the kernel's peak-RSS counter (Linux), so each run's peak
-    is its own; tracemalloc would slow the released loop's many small allocations.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _memory_mib()
-    except OSError:
-        before = None
-    result = run(data)
-    if before is None:
-        return result, None
-    return result, _memory_mib()[1] - before[0]
-
-
-def bench_protocol(scale: float, dim: int) -> None:
-    start = time.perf_counter()
-    data = synthetic_protocol(scale, dim)
-    print(f"synthetic IJB-C x{scale:g}: {len(data['feats']):,} images, {len(np.unique(data['templates'])):,} "
-          f"templates, {len(data['labels']):,} pairs ({int(data['labels'].sum()):,} genuine), {dim}-d "
-          f"features; built in {time.perf_counter() - start:.1f} s")
-    (ours_table, ours_scores, ours_seconds), ours_peak = measured(run_ours, data)
-    (ref_table, ref_scores, ref_seconds), ref_peak = measured(run_released, data)
-    print(f"{'stage':<14}{'released loop':>16}{'ours':>10}{'ratio':>9}")
-    for stage in ours_seconds:
-        print(f"{stage:<14}{ref_seconds[stage]:>14.2f} s{ours_seconds[stage]:>8.2f} s"
-              f"{ref_seconds[stage] / ours_seconds[stage]:>8.1f}x")
-    ref_total, ours_total = sum(ref_seconds.values()), sum(ours_seconds.values())
-    print(f"{'total':<14}{ref_total:>14.2f} s{ours_total:>8.2f} s{ref_total / ours_total:>8.1f}x")
-    if ours_peak is not None:
-        print(f"{'peak memory':<14}{ref_peak:>12} MiB{ours_peak:>6} MiB   (resident, above the inputs)")
-    print(f"max |score difference| {np.abs(ours_scores - ref_scores).max():.2e}")
-    same = all(f"{ours_table[k]:.2f}" == f"{ref_table[k]:.2f}" for k in ref_table)
-    print("TAR@FAR (%)   " + "  ".join(f"{k}: {ref_table[k]:.2f}/{ours_table[k]:.2f}" for k in ref_table)
-          + f"  -> tables {'identical' if same else 'DIFFER'} (released/ours, 2 decimals)")
+    images = synthetic_images(scale, dim)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        features = folder / "ijbc_features.npz"
+        np.savez(features, feats=images["feats"], feats_flip=images["feats_flip"], faceness=images["faceness"])
+        protocols = {}
+        for index, structure in enumerate(structures):
+            pairs = synthetic_pairs(images, scale, structure)
+            protocols[structure] = (folder / f"IJBC{index}", int(pairs[2].sum()), len(pairs[2]))
+            write_protocol(protocols[structure][0], images, pairs)
+            del pairs
+        num_images, num_templates = len(images["feats"]), len(images["template_ids"])
+        del images  # the two processes measured below load what they need themselves
+        print(f"synthetic IJB-C x{scale:g}: {num_images:,} images, {num_templates:,} templates, {dim}-d "
+              f"features; files written in {time.perf_counter() - start:.1f} s")
+        for structure, (image_path, num_genuine, num_pairs) in protocols.items():
+            ours_dir, released_dir = folder / "ours", folder / "released"
+            ours = _timed([sys.executable, "eval_ijbc.py", "--features", str(features), "--image-path",
+                           str(image_path), "--result-dir", str(folder), "--job", "ours", "--target", "IJBC",
+                           "--protocol", "1:1"])
+            released = _timed([sys.executable, "-m", "bench.released_ijb", "--features", str(features),
+                               "--image-path", str(image_path), "--result-dir", str(released_dir)])
+            ours_table = json.loads((ours_dir / "ijbc_result.json").read_text())
+            released_table = json.loads((released_dir / "ijbc_result.json").read_text())
+            difference = max(abs(ours_table[key] - released_table[key]) for key in released_table)
+            print(f"{structure}: {num_pairs:,} pairs ({num_genuine:,} genuine): released {released:.1f} s, "
+                  f"ours {ours:.1f} s, {released / ours:.1f}x; tables differ by at most {difference:.4f} "
+                  "points")
+            print("  TAR@FAR (%) released/ours  " + "  ".join(
+                f"{key}: {released_table[key]:.2f}/{ours_table[key]:.2f}" for key in released_table))
 
 
 def write_loose_crops(folder: Path, count: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -251,15 +215,16 @@ def bench_pipeline(num_images: int, batch_size: int, worker_counts: list[int]) -
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", type=float, default=0.25, help="fraction of the IJB-C sizes (1 = full)")
+    parser.add_argument("--scale", type=float, default=0.1, help="fraction of the IJB-C sizes (1 = full)")
     parser.add_argument("--dim", type=int, default=512, help="feature size")
+    parser.add_argument("--structures", nargs="+", default=list(STRUCTURES), choices=STRUCTURES)
     parser.add_argument("--pipeline-images", type=int, default=1024, help="loose crops for part 2 (0: skip)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--skip-protocol", action="store_true")
     args = parser.parse_args(argv)
     if not args.skip_protocol:
-        bench_protocol(args.scale, args.dim)
+        bench_end_to_end(args.scale, args.dim, args.structures)
     if args.pipeline_images:
         bench_pipeline(args.pipeline_images, args.batch_size, args.workers)
 
