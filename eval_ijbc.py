@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="weight each image feature by its faceness score (released: on)")
     parser.add_argument("--features", default=None,
                         help="score the features saved by an earlier run (<target>_features.npz)")
+    parser.add_argument("--onnx", default=None,
+                        help="evaluate this ONNX model (tools/export_onnx.py) with ONNX Runtime instead of "
+                             "--model-prefix/--network; same loader, batches and flip test")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="run the network under fp16 autocast")
     precision.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
@@ -77,6 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be positive")
+    if args.onnx and args.model_prefix:
+        parser.error("--onnx and --model-prefix name two models; pass one of them")
+    if args.onnx and (args.fp16 or args.bf16):
+        parser.error("--fp16/--bf16 apply to PyTorch autocast; an ONNX model runs in the precision it was "
+                     "exported in")
     if args.num_workers < 0:
         parser.error("--num-workers must be non-negative")
     return args
@@ -263,13 +271,19 @@ def image_features(args: argparse.Namespace, meta: ImageMeta, out_dir: Path,
         feats, feats_flip, faceness = load_saved_features(Path(args.features), meta, args.flip)
         guard_features(args, feats, feats_flip, faceness, meta)
         return feats, feats_flip, faceness
-    if not args.model_prefix:
-        raise UserError("--model-prefix is not set; pass the backbone weights (.pt) or --features.")
-    from backbones import load_backbone
+    if not args.model_prefix and not args.onnx:
+        raise UserError("--model-prefix is not set; pass the backbone weights (.pt), --onnx or --features.")
     from utils.distributed import pick_device
 
     device = pick_device(0, args.device)
-    model = load_backbone(args.network, args.model_prefix).to(device).eval()
+    if args.onnx:
+        from eval.onnx_backbone import load_onnx_backbone
+
+        model = load_onnx_backbone(args.onnx, device)
+    else:
+        from backbones import load_backbone
+
+        model = load_backbone(args.network, args.model_prefix).to(device).eval()
     image_dir = Path(args.image_path) / "loose_crop"
     check_images_exist(image_dir, meta)
     feats, feats_flip = extract_features(model, meta, image_dir, device=device, batch_size=args.batch_size,
@@ -314,7 +328,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     template_ids, template_feats = ijb.template_features(
         feats, meta.templates, meta.medias, feats_flip=feats_flip if args.flip else None,
         faceness=faceness if args.detector_score else None, normalize_images=not args.norm_score)
-    settings = {key: getattr(args, key) for key in ("target", "network", "model_prefix", "features", "flip",
+    settings = {key: getattr(args, key) for key in ("target", "network", "model_prefix", "onnx", "features", "flip",
                                                     "norm_score", "detector_score", "table_rule", "protocol")}
     settings["table_rule_meaning"] = ijb.TABLE_RULES[args.table_rule]
     settings["rank_rule"] = ijb.RANK_RULE

@@ -7,6 +7,7 @@ accuracy on the other 9 folds, and the fold's accuracy is measured with it. Repo
 10 fold accuracies (fractions in [0, 1]) and XNorm, the mean L2 norm of the raw embeddings.
 
     python -m eval.verification --model-prefix model.pt --network vit_t --bins lfw.bin cfp_fp.bin
+    python -m eval.verification --onnx model.onnx --bins lfw.bin
 """
 
 from __future__ import annotations
@@ -170,14 +171,23 @@ class TrainingVerifier:
 @entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="10-fold verification accuracy on .bin pair sets")
-    parser.add_argument("--model-prefix", required=True, help="backbone weights (.pt state_dict)")
-    parser.add_argument("--network", required=True, help="backbone name (backbones.get_model)")
+    model_file = parser.add_mutually_exclusive_group(required=True)
+    model_file.add_argument("--model-prefix", help="backbone weights (.pt state_dict); needs --network")
+    model_file.add_argument("--onnx", help="an ONNX model (tools/export_onnx.py), run by ONNX Runtime")
+    parser.add_argument("--network", help="backbone name (backbones.get_model), with --model-prefix")
     parser.add_argument("--bins", nargs="+", required=True, help=".bin files, e.g. lfw.bin cfp_fp.bin")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
     args = parser.parse_args(argv)
+    if args.model_prefix and not args.network:
+        parser.error("--model-prefix needs --network (the backbone name, e.g. vit_t)")
     device = pick_device(0, args.device)
-    model = load_backbone(args.network, args.model_prefix).to(device)
+    if args.onnx:
+        from eval.onnx_backbone import load_onnx_backbone
+
+        model = load_onnx_backbone(args.onnx, device)
+    else:
+        model = load_backbone(args.network, args.model_prefix).to(device)
     for path in args.bins:
         result = evaluate(model, VerificationSet.load(path), device, batch_size=args.batch_size)
         print(f"{Path(path).stem}: accuracy {result['accuracy'] * 100:.3f} ± {result['std'] * 100:.3f} % "

@@ -20,6 +20,7 @@ from eval import ijb
 from eval.align import ARCFACE_TEMPLATE, align_face
 from eval.ijb_data import MetaPaths
 from tests.diverged import diverged_state_dict
+from tools import export_onnx
 
 NUM_SUBJECTS, TEMPLATES_PER_SUBJECT, IMAGES_PER_TEMPLATE = 6, 3, 2
 EMBEDDING_SIZE = 32  # not 512: any embedding size must work
@@ -388,3 +389,34 @@ def test_corrupt_features_file_exits_2_with_a_clear_message(ijbc, tmp_path, caps
     argv[1] = str(tmp_path / "bad.npz")
     assert eval_ijbc.main(argv) == 2
     assert "bad.npz' is not a readable .npz file" in capsys.readouterr().err
+
+
+# ---- --onnx: an exported model through the same loader, batches and flip test ----
+
+def test_onnx_model_gives_the_pytorch_features_and_tables(ijbc, tmp_path):
+    root, model, out = ijbc
+    export_onnx.export(model, tmp_path / "nano.onnx", opset=17, dynamic_batch=True)
+    argv = ["--onnx", str(tmp_path / "nano.onnx"), "--image-path", str(root / "IJBC"), "--result-dir",
+            str(tmp_path), "--job", "onnx", "--target", "IJBC", "--batch-size", "8", "--num-workers", "0",
+            "--device", "cpu"]
+    assert eval_ijbc.main(argv) == 0
+    ours, reference = np.load(tmp_path / "onnx" / "ijbc_features.npz"), np.load(out / "ijbc_features.npz")
+    for key in ("feats", "feats_flip"):
+        np.testing.assert_allclose(ours[key], reference[key], atol=1e-4, rtol=1e-4)
+    table = json.loads((tmp_path / "onnx" / "ijbc_result.json").read_text())
+    expected = json.loads((out / "ijbc_result.json").read_text())
+    assert table.keys() == expected.keys()
+    assert all(abs(table[key] - expected[key]) <= 0.05 for key in expected)
+    assert json.loads((tmp_path / "onnx" / "ijbc_settings.json").read_text())["onnx"] == str(tmp_path / "nano.onnx")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--model-prefix", "model.pt"], "--onnx and --model-prefix name two models"),
+    (["--fp16"], "--fp16/--bf16 apply to PyTorch autocast"),
+])
+def test_onnx_with_a_pytorch_only_flag_is_a_usage_error(ijbc, tmp_path, capsys, extra, message):
+    root, _, _ = ijbc
+    argv = ["--onnx", str(tmp_path / "m.onnx"), "--image-path", str(root / "IJBC"), *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        eval_ijbc.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""An ONNX model run by ONNX Runtime in place of a PyTorch backbone, for `eval_ijbc.py --onnx` and
+`python -m eval.verification --onnx` (the released `onnx_ijbc.py` evaluates ONNX files the same way).
+
+The model must take one float input [B, 3, 112, 112] (RGB in [-1, 1], as tools/export_onnx.py writes it)
+and return the embedding [B, D] first. Images reach it through the same loader, batches and flip test as
+a PyTorch backbone (eval.embed.embed_batch calls it like one). ONNX Runtime is imported only here, so it
+stays optional: `pip install onnxruntime` (CPU) or `onnxruntime-gpu` (CUDA), whichever fits the machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+from utils.files import check_regular_file
+from utils.images import IMAGE_SIZE
+
+INPUT_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise UserError("--onnx needs ONNX Runtime, which is not installed; run `pip install onnxruntime` "
+                        "(or onnxruntime-gpu for CUDA).") from exc
+    return onnxruntime
+
+
+class OnnxBackbone:
+    """Callable like an eval-mode backbone: float [B, 3, 112, 112] tensor -> embedding [B, D] float32
+    tensor on the input's device. A graph with a fixed batch size n gets its input in chunks of n, the
+    last one zero-padded."""
+
+    training = False
+
+    def __init__(self, session, fixed_batch: int | None):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        self.fixed_batch = fixed_batch
+
+    def eval(self) -> OnnxBackbone:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxBackbone:
+        """Nothing to switch: an exported graph is in eval mode for good."""
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.detach().to("cpu", torch.float32).numpy()  # [B, 3, H, W]
+        if self.fixed_batch is None:
+            embeddings = self._run(batch)
+        else:
+            chunks = []
+            for start in range(0, len(batch), self.fixed_batch):
+                chunk = batch[start:start + self.fixed_batch]  # [<= n, 3, H, W]
+                padded = np.zeros((self.fixed_batch, *chunk.shape[1:]), dtype=np.float32)
+                padded[:len(chunk)] = chunk
+                chunks.append(self._run(padded)[:len(chunk)])
+            embeddings = np.concatenate(chunks)
+        return torch.from_numpy(embeddings).to(x.device)  # [B, D]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0], dtype=np.float32)
+
+
+def load_onnx_backbone(path: str | Path, device: torch.device) -> OnnxBackbone:
+    """An ONNX Runtime session of `path` on `device` (CPU, or CUDA through onnxruntime-gpu).
+
+    Raises UserError when ONNX Runtime or its CUDA provider is missing, the file is not an ONNX model, or
+    its input is not one float tensor [B, 3, 112, 112].
+    """
+    runtime = _import_onnxruntime()
+    path = check_regular_file(path, "ONNX model", "pass a file written by tools/export_onnx.py")
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in runtime.get_available_providers():
+            raise UserError("--device cuda with --onnx needs onnxruntime-gpu (this ONNX Runtime runs on the CPU "
+                            "only); install it or pass --device cpu.")
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    try:
+        session = runtime.InferenceSession(str(path), providers=providers)
+    except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable models
+        raise UserError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {exc}); pass a file "
+                        "written by tools/export_onnx.py.") from exc
+    inputs = session.get_inputs()
+    shape = list(inputs[0].shape) if inputs else []
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(shape) != 4 \
+            or tuple(shape[1:]) != INPUT_SHAPE:
+        found = ", ".join(f"{i.name} {i.type} {list(i.shape)}" for i in inputs) or "no input"
+        raise UserError(f"ONNX model '{path}' takes {found}; evaluation needs one float input [B, 3, "
+                        f"{IMAGE_SIZE}, {IMAGE_SIZE}] (RGB in [-1, 1]), as tools/export_onnx.py writes it.")
+    fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    return OnnxBackbone(session, fixed_batch)
+
+
+__all__ = ["INPUT_SHAPE", "OnnxBackbone", "load_onnx_backbone"]
