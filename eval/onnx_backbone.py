@@ -51,25 +51,28 @@ class OnnxBackbone:
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.detach().to("cpu", torch.float32).numpy()  # [B, 3, H, W]
+        embeddings = self.embed(x.detach().to("cpu", torch.float32).numpy())  # [B, D]
+        return torch.from_numpy(embeddings).to(x.device)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Embeddings [B, D] float32 of network inputs [B, 3, 112, 112] float32."""
         if self.fixed_batch is None:
-            embeddings = self._run(batch)
-        else:
-            chunks = []
-            for start in range(0, len(batch), self.fixed_batch):
-                chunk = batch[start:start + self.fixed_batch]  # [<= n, 3, H, W]
-                padded = np.zeros((self.fixed_batch, *chunk.shape[1:]), dtype=np.float32)
-                padded[:len(chunk)] = chunk
-                chunks.append(self._run(padded)[:len(chunk)])
-            embeddings = np.concatenate(chunks)
-        return torch.from_numpy(embeddings).to(x.device)  # [B, D]
+            return self._run(np.ascontiguousarray(batch, dtype=np.float32))
+        chunks = []
+        for start in range(0, len(batch), self.fixed_batch):
+            chunk = batch[start:start + self.fixed_batch]  # [<= n, 3, H, W]
+            padded = np.zeros((self.fixed_batch, *chunk.shape[1:]), dtype=np.float32)
+            padded[:len(chunk)] = chunk
+            chunks.append(self._run(padded)[:len(chunk)])
+        return np.concatenate(chunks)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0], dtype=np.float32)
 
 
-def load_onnx_backbone(path: str | Path, device: torch.device) -> OnnxBackbone:
-    """An ONNX Runtime session of `path` on `device` (CPU, or CUDA through onnxruntime-gpu).
+def load_onnx_backbone(path: str | Path, device: torch.device | None = None) -> OnnxBackbone:
+    """An ONNX Runtime session of `path` on `device` (CPU, or CUDA through onnxruntime-gpu); with no device,
+    the CUDA provider when it is installed, else the CPU.
 
     Raises UserError when ONNX Runtime or its CUDA provider is missing, the file is not an ONNX model, or
     its input is not one float tensor [B, 3, 112, 112].
@@ -77,7 +80,10 @@ def load_onnx_backbone(path: str | Path, device: torch.device) -> OnnxBackbone:
     runtime = _import_onnxruntime()
     path = check_regular_file(path, "ONNX model", "pass a file written by tools/export_onnx.py")
     providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
+    if device is None:
+        providers = [name for name in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if name in runtime.get_available_providers()]
+    elif device.type == "cuda":
         if "CUDAExecutionProvider" not in runtime.get_available_providers():
             raise UserError("--device cuda with --onnx needs onnxruntime-gpu (this ONNX Runtime runs on the CPU "
                             "only); install it or pass --device cpu.")

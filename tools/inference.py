@@ -41,6 +41,7 @@ from eval.detect import (
     read_photo,
 )
 from eval.guard import check_embeddings
+from eval.onnx_backbone import load_onnx_backbone
 from utils.decode import read_image, split_image_files, warn_skipped
 from utils.distributed import pick_device
 from utils.errors import UserError, entry_point
@@ -132,36 +133,8 @@ def torch_embedder(model: torch.nn.Module, device: torch.device) -> Embedder:
 
 
 def onnx_embedder(path: str | Path) -> Embedder:
-    """ONNX Runtime on the first input; a graph with a fixed batch size gets padded chunks of it."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"ONNX model '{path}' does not exist; export one with python -m tools.export_onnx.")
-    try:
-        available = ort.get_available_providers()
-        providers = [name for name in ("CUDAExecutionProvider", "CPUExecutionProvider") if name in available]
-        session = ort.InferenceSession(str(path), providers=providers)
-    except Exception as exc:
-        raise UserError(f"'{path}' is not a loadable ONNX model ({type(exc).__name__}: {exc}).") from exc
-    graph_input = session.get_inputs()[0]
-    if list(graph_input.shape[1:]) != [3, IMAGE_SIZE, IMAGE_SIZE]:
-        raise UserError(f"ONNX model '{path}' takes input of shape {graph_input.shape}; expected "
-                        f"[batch, 3, {IMAGE_SIZE}, {IMAGE_SIZE}].")
-    fixed_batch = graph_input.shape[0] if isinstance(graph_input.shape[0], int) else None
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        if fixed_batch is None:
-            return session.run(None, {graph_input.name: batch})[0]
-        outputs = []
-        for start in range(0, len(batch), fixed_batch):
-            chunk = batch[start:start + fixed_batch]
-            padding = np.zeros((fixed_batch - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
-            output = session.run(None, {graph_input.name: np.concatenate([chunk, padding])})[0]
-            outputs.append(output[:len(chunk)])
-        return np.concatenate(outputs)
-
-    return run
+    """ONNX Runtime (CUDA provider when installed, else CPU) on a face model, as eval.onnx_backbone loads it."""
+    return load_onnx_backbone(path).embed
 
 
 def embed_faces(embedder: Embedder, faces: np.ndarray, flip: bool = False) -> np.ndarray:
