@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, entry_point
 
 
 def _tensors(value, name: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -108,6 +108,7 @@ def compare_tables(folder_a: Path, folder_b: Path, target: str, tolerance: float
     return agree
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -118,14 +119,10 @@ def main(argv=None) -> int:
     tables.add_argument("--target", default="IJBC")
     tables.add_argument("--tolerance", type=float, default=1.0, help="largest TAR difference, percentage points")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "weights":
-            same = compare_weights(*args.folders)
-        else:
-            same = compare_tables(*args.folders, args.target, args.tolerance)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "weights":
+        same = compare_weights(*args.folders)
+    else:
+        same = compare_tables(*args.folders, args.target, args.tolerance)
     return 0 if same else 1
 
 
