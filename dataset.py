@@ -23,7 +23,7 @@ from utils.decode import decode_chw, decode_image, image_size_of, nvjpeg_ready, 
 from utils.errors import UserError
 from utils.files import check_regular_file, read_bytes, read_text
 from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE
-from utils.recordio import IndexedRecordReader, RecordIOError, first_label, unpack
+from utils.recordio import IndexedRecordReader, RecordIOError, class_label, unpack
 from utils.seeding import derive_seed, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -175,13 +175,13 @@ class RecordDataset(EncodedImageDataset):
             raise UserError(f"data directory '{self.root}' does not exist; set config.rec to the folder that "
                             "holds train.rec, train.idx and property.")
         self.reader = IndexedRecordReader(self.root / "train.rec", self.root / "train.idx")
+        if len(self.reader) == 0:
+            raise UserError(f"'{self.reader.idx_path}' lists no records; re-pack the data (tools.pack_rec) or "
+                            "restore the index.")
         header = self._header_record()
         self.has_header = header is not None
         if header is not None:
-            first_identity, end = int(header.label[0]), int(header.label[1])
-            if not 1 <= first_identity <= min(end, len(self.reader)):
-                raise UserError(f"'{self.reader.rec_path}': header record 0 has label {list(header.label)}, "
-                                "not [first identity key, end key]; the file is damaged: re-pack it.")
+            first_identity, end = self._header_range(header)
             self.image_keys = np.arange(1, first_identity, dtype=np.int64)
             header_classes = end - first_identity
         else:
@@ -207,6 +207,23 @@ class RecordDataset(EncodedImageDataset):
             raise UserError(f"'{self.reader.rec_path}': record 0 is damaged ({exc}); re-pack the data.") from None
         return header if header.flag >= 2 and not payload else None
 
+    def _header_range(self, header) -> tuple[int, int]:
+        """[first identity key, end key) of the header record, checked against the index: every identity
+        record it claims must be there, so a damaged header cannot invent classes."""
+        label = header.label
+        if not (all(math.isfinite(v) and v == int(v) for v in label[:2]) and 1 <= label[0] <= label[1]):
+            raise UserError(f"'{self.reader.rec_path}': header record 0 has label {list(label)}, not [first "
+                            "identity key, end key]; the file is damaged: re-pack it.")
+        first_identity, end = int(label[0]), int(label[1])
+        try:
+            self.reader.offsets_of(np.arange(first_identity, end))
+        except KeyError as exc:
+            raise UserError(f"the header record of '{self.reader.rec_path}' claims {end - first_identity} identity "
+                            f"records (keys {first_identity}..{end - 1}), but {exc.args[0]} "
+                            f"({len(self.reader)} entries); the index is truncated or the header damaged: "
+                            "re-pack the data.") from None
+        return first_identity, end
+
     def _classes_and_size(self, header_classes: int | None) -> tuple[int, tuple[int, int]]:
         prop_path = self.root / "property"
         prop = read_property(prop_path)
@@ -231,7 +248,7 @@ class RecordDataset(EncodedImageDataset):
                 header = self.reader.read_header_at(offset, key)
             except RecordIOError:
                 continue  # counted as corrupt when the sample is read
-            largest = max(largest, int(first_label(header)))
+            largest = max(largest, class_label(header, f"record key {key} of '{self.reader.rec_path}'"))
         return largest + 1
 
     def _encoded(self, index: int) -> tuple[bytes, int, str]:
@@ -239,9 +256,10 @@ class RecordDataset(EncodedImageDataset):
         name = f"record key {key} of '{self.reader.rec_path}'"
         try:
             header, payload = unpack(self.reader.read_at(int(self.image_offsets[index]), key))
+            label = class_label(header, name)
         except (RecordIOError, ValueError) as exc:
             raise _CorruptSample(name, str(exc)) from None
-        return payload, int(first_label(header)), name
+        return payload, label, name
 
 
 def identity_folders(root: Path) -> list[Path]:

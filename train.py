@@ -303,6 +303,8 @@ def _log_step(run: Run, stats: dict, meter: SpeedMeter, scalars: Scalars) -> Non
 @entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}; leave it out to train every step.")
     stop_requested, previous_handler = _catch_sigterm()
     try:
         cfg = config_utils.load_config(args.config, args.overrides)

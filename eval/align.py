@@ -7,8 +7,12 @@ right as seen in the image).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
+
+from utils.errors import UserError
 
 # ArcFace reference landmarks for a 112x112 crop (the 96x112 template shifted right by 8 pixels).
 ARCFACE_TEMPLATE = np.array([
@@ -48,6 +52,27 @@ def estimate_similarity(src_pts: np.ndarray, dst_pts: np.ndarray) -> np.ndarray:
                      [b, a, shift.imag]])
 
 
+# Landmarks closer together than this (RMS distance from their centre, pixels) give no usable alignment.
+MIN_LANDMARK_SPREAD = 1.0
+
+
+def check_landmarks(landmarks: np.ndarray, names: Sequence[str], source: str) -> None:
+    """UserError naming the first image whose landmarks [N, 5, 2] are NaN/inf or (nearly) coincide, which
+    would warp a black or meaningless crop; `source` says where the landmarks came from."""
+    points = np.asarray(landmarks, dtype=np.float64).reshape(len(names), 5, 2)
+    finite = np.isfinite(points).all(axis=(1, 2))  # [N]
+    points = np.where(finite[:, None, None], points, 0.0)  # spread of the finite rows only
+    centred = points - points.mean(axis=1, keepdims=True)  # [N, 5, 2]
+    spread = np.sqrt((centred ** 2).sum(axis=2).mean(axis=1))  # [N] RMS distance from the centre
+    bad = ~finite | (spread < MIN_LANDMARK_SPREAD)
+    if bad.any():
+        row = int(np.argmax(bad))
+        why = "not finite" if not finite[row] else f"within {spread[row]:.2g} pixels of each other"
+        shown = np.asarray(landmarks, dtype=np.float64).reshape(len(names), 10)[row]
+        raise UserError(f"{source}: the landmarks of '{names[row]}' are {why} "
+                        f"({np.array2string(shown, precision=2, separator=' ')}); fix them or leave the image out.")
+
+
 def reference_landmarks(size: int = TEMPLATE_SIZE) -> np.ndarray:
     """The ArcFace template scaled to a `size` x `size` crop, [5, 2] float32."""
     return ARCFACE_TEMPLATE * np.float32(size / TEMPLATE_SIZE)
@@ -64,4 +89,5 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = TEMPLATE_SI
     return cv2.warpAffine(image, matrix, (size, size), borderValue=0.0)
 
 
-__all__ = ["ARCFACE_TEMPLATE", "TEMPLATE_SIZE", "align_face", "estimate_similarity", "reference_landmarks"]
+__all__ = ["ARCFACE_TEMPLATE", "MIN_LANDMARK_SPREAD", "TEMPLATE_SIZE", "align_face", "check_landmarks",
+            "estimate_similarity", "reference_landmarks"]

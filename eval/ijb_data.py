@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eval.align import check_landmarks
 from utils.errors import UserError
 from utils.files import check_regular_file
 
@@ -162,6 +163,10 @@ def read_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                               lambda fields: len(fields) == 3 and _are_numbers(fields, int)
                               and int(fields[2]) in (0, 1),
                               "pair file pairs")
+    if len(np.unique(columns[2])) < 2:  # TAR or FAR would divide by zero
+        kind = "genuine (1)" if columns[2][0] == 1 else "impostor (0)"
+        raise UserError(f"pair file '{path}' holds only {kind} pairs; TAR@FAR needs both genuine and impostor "
+                        "pairs: fix or re-download the meta file.")
     return columns[0], columns[1], columns[2]
 
 
@@ -220,7 +225,19 @@ def read_image_meta(paths: MetaPaths) -> ImageMeta:
         row = int(differ[0])
         raise UserError(f"image {row + 1} is '{media_names[row]}' in '{paths.media}' but '{names[row]}' in "
                         f"'{paths.landmarks}'; both files must list the same images in the same order.")
+    check_landmarks(landmarks, names, str(paths.landmarks))
+    check_faceness(faceness, names, str(paths.landmarks))
     return ImageMeta(names, landmarks, faceness, templates, medias, paths.landmarks)
+
+
+def check_faceness(faceness: np.ndarray, names: list[str], source: str) -> None:
+    """UserError naming the first image whose faceness score [N] is outside [0, 1] or NaN: the score
+    weights its image in the template, and a NaN would silently zero the whole template."""
+    bad = ~((faceness >= 0) & (faceness <= 1))  # NaN fails both comparisons
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise UserError(f"{source}: the faceness score of '{names[row]}' is {faceness[row]}, not in [0, 1]; fix "
+                        "or re-download the meta file (or the saved features).")
 
 
 def check_images_exist(image_dir: str | Path, meta: ImageMeta) -> None:
@@ -240,6 +257,7 @@ __all__ = [
     "TARGETS",
     "ImageMeta",
     "MetaPaths",
+    "check_faceness",
     "check_images_exist",
     "meta_prefix",
     "read_identification_csv",

@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.model_prefix and not args.network:
         parser.error("--model-prefix needs --network (the backbone name, e.g. vit_t)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
     device = pick_device(0, args.device)
     if args.onnx:
         from eval.onnx_backbone import load_onnx_backbone

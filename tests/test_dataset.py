@@ -65,6 +65,10 @@ def write_rec(folder: Path, samples: list[tuple[bytes, float]], header: bool = T
             writer.write(0, pack(IRHeader(0, (first_identity, first_identity + num_classes), 0, 0)))
         for key, (payload, label) in enumerate(samples, start=1):
             writer.write(key, pack(IRHeader(0, label, key, 0), payload))
+        if header:  # identity records: label -> [first image key, end image key)
+            for label in range(num_classes):
+                keys = [key for key, (_, value) in enumerate(samples, start=1) if int(value) == label] or [0]
+                writer.write(first_identity + label, pack(IRHeader(0, (keys[0], keys[-1] + 1), 0, 0)))
     if prop is not None:
         (folder / "property").write_text(prop)
 

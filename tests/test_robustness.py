@@ -15,17 +15,29 @@ import pytest
 
 import dataset as dataset_module
 import train
-from dataset import DataError, ImageFolderDataset
+from dataset import DataError, ImageFolderDataset, RecordDataset
+from eval import verification
+from eval.ijb_data import MetaPaths, read_image_meta, read_pairs
 from tests.test_data_tools import write_folder
 from tools import make_bin
-from tools.inference import list_images, load_face, write_embeddings
+from tools.inference import (
+    build_parser,
+    collect_landmarks,
+    list_images,
+    load_face,
+    read_landmarks_file,
+    write_embeddings,
+)
 from tools.pack_rec import EncodeOptions, encode_file, pack_folder
+from tools.rec2image import unpack_records
+from tools.shuffle_rec import shuffle_records
 from utils.binfile import decode_bin_images, load_bin, save_bin
+from utils.config import load_config
 from utils.decode import image_size_of
 from utils.errors import UserError
 from utils.files import open_append, read_bytes
 from utils.monitor import setup_logging
-from utils.recordio import IndexedRecordWriter
+from utils.recordio import IndexedRecordWriter, IRHeader, pack
 
 
 def plant(path: Path, victim: Path) -> None:
@@ -222,3 +234,146 @@ def test_an_unusable_verification_set_stops_training_before_step_1(tmp_path, iss
     assert train.main([str(config)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+# ---- values checked where they enter ----
+
+@pytest.mark.parametrize("row, message", [
+    ("2.jpg nan 60.0 80.0 60.0 60.0 80.0 45.0 95.0 75.0 95.0 0.5", "landmarks of '2.jpg' are not finite"),
+    ("2.jpg 40.0 60.0 inf 60.0 60.0 80.0 45.0 95.0 75.0 95.0 0.5", "landmarks of '2.jpg' are not finite"),
+    ("2.jpg 40.0 60.0 40.0 60.0 40.0 60.0 40.0 60.0 40.0 60.0 0.5", "landmarks of '2.jpg' are within 0 pixels"),
+    ("2.jpg 40.0 60.0 80.0 60.0 60.0 80.0 45.0 95.0 75.0 95.0 nan", "faceness score of '2.jpg' is nan"),
+    ("2.jpg 40.0 60.0 80.0 60.0 60.0 80.0 45.0 95.0 75.0 95.0 1.5", "faceness score of '2.jpg' is 1.5"),
+])
+def test_ijb_landmarks_and_faceness_are_checked_naming_the_image(tmp_path, row, message):
+    paths = MetaPaths.of(tmp_path, "IJBC")
+    paths.landmarks.parent.mkdir(parents=True)
+    paths.landmarks.write_text("1.jpg 46.0 62.0 87.7 60.3 68.8 77.6 52.1 99.8 86.4 98.6 0.999\n" + row + "\n")
+    paths.media.write_text("1.jpg 1 10\n2.jpg 1 11\n")
+    with pytest.raises(UserError, match=message):
+        read_image_meta(paths)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1,2,3,4,5,6,7,8,9,nan", "landmarks of 'b.jpg' are not finite"),
+    ("5,5,5,5,5,5,5,5,5,5", "landmarks of 'b.jpg' are within 0 pixels"),
+])
+def test_inference_landmarks_are_checked_naming_the_image(text, message):
+    args = build_parser().parse_args(["a.jpg", "b.jpg", "--landmarks", "38,51,73,51,56,71,41,92,70,92",
+                                      "--landmarks", text])
+    with pytest.raises(UserError, match=message):
+        collect_landmarks(args, ["a.jpg", "b.jpg"])
+
+
+@pytest.mark.parametrize("labels, kind", [((1, 1), "genuine"), ((0, 0), "impostor")])
+def test_a_pair_file_without_both_kinds_of_pairs_is_refused(tmp_path, labels, kind):
+    (tmp_path / "pairs.txt").write_text("".join(f"1 {2 + i} {label}\n" for i, label in enumerate(labels)))
+    with pytest.raises(UserError, match=f"holds only {kind}"):
+        read_pairs(tmp_path / "pairs.txt")
+
+
+def _rec(folder: Path, labels: list[float], num_classes: int | None = None, identities: bool = True) -> None:
+    """insightface's layout: header, images with `labels`, identity records (unless `identities` is False);
+    the header claims `num_classes` identities (default: as many as the labels name)."""
+    num_classes = num_classes or int(max(labels)) + 1
+    image = cv2.imencode(".png", np.zeros((112, 112, 3), np.uint8))[1].tobytes()
+    first = len(labels) + 1
+    folder.mkdir(parents=True, exist_ok=True)
+    with IndexedRecordWriter(folder / "train.rec", folder / "train.idx") as writer:
+        writer.write(0, pack(IRHeader(0, (first, first + num_classes), 0, 0)))
+        for key, label in enumerate(labels, start=1):
+            writer.write(key, pack(IRHeader(0, label, key, 0), image))
+        for label in range(num_classes if identities else 0):
+            writer.write(first + label, pack(IRHeader(0, (1, 2), 0, 0)))
+
+
+def test_a_header_claiming_identities_without_records_is_refused(tmp_path):
+    _rec(tmp_path / "data", [0.0, 1.0], num_classes=100_000, identities=False)
+    with pytest.raises(UserError, match="claims 100000 identity records"):
+        RecordDataset(tmp_path / "data")
+    with pytest.raises(UserError, match="claims 100000 identity records"):
+        shuffle_records(tmp_path / "data", tmp_path / "shuffled")
+    assert not (tmp_path / "shuffled" / "property").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.5])
+def test_labels_that_are_not_whole_numbers_are_one_line_errors(tmp_path, bad):
+    _rec(tmp_path / "data", [0.0, bad, 1.0], num_classes=2)
+    with pytest.raises(UserError, match=f"record key 2 .*has label {bad}, not a whole class number"):
+        shuffle_records(tmp_path / "data", tmp_path / "shuffled")
+    num_written, skipped = unpack_records(tmp_path / "data", tmp_path / "unpacked")
+    assert num_written == 2 and "record key 2 has label" in skipped[0]
+    data = RecordDataset(tmp_path / "data", max_corrupt_fraction=0.0)
+    with pytest.raises(DataError, match="record key 2 .*not a whole class number"):
+        data[1]
+
+
+def test_an_empty_or_truncated_index_is_blamed_not_the_header(tmp_path):
+    _rec(tmp_path / "data", [0.0, 1.0])
+    index = (tmp_path / "data" / "train.idx").read_text().splitlines(keepends=True)
+    (tmp_path / "data" / "train.idx").write_text("".join(index[:3]))  # header and the two images
+    with pytest.raises(UserError, match="key 3 is not in .*train.idx.*the index is truncated"):
+        RecordDataset(tmp_path / "data")
+    (tmp_path / "data" / "train.idx").write_text("")
+    with pytest.raises(UserError, match="train.idx' lists no records"):
+        RecordDataset(tmp_path / "data")
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"\xff\xfe1,112,112", "property file"),
+])
+def test_a_non_utf8_property_file_is_one_line(tmp_path, content, what):
+    _rec(tmp_path / "data", [0.0, 1.0])
+    (tmp_path / "data" / "property").write_bytes(content)
+    with pytest.raises(UserError, match=f"{what} .* is not UTF-8 text"):
+        RecordDataset(tmp_path / "data")
+
+
+def test_non_utf8_pairs_and_landmarks_files_are_one_line(tmp_path):
+    (tmp_path / "pairs.txt").write_bytes(b"a.jpg b.jpg 1\n\xe9.jpg c.jpg 0\n")
+    with pytest.raises(UserError, match="pairs file .* is not UTF-8 text"):
+        make_bin.read_pairs(tmp_path / "pairs.txt")
+    (tmp_path / "landmarks.txt").write_bytes(b"\xe9.jpg 1 2 3 4 5 6 7 8 9 10\n")
+    with pytest.raises(UserError, match="landmarks file .* is not UTF-8 text"):
+        read_landmarks_file(tmp_path / "landmarks.txt", ["a.jpg"])
+
+
+def _config(tmp_path: Path, text: str = "", **values) -> Path:
+    path = tmp_path / "exp.py"
+    body = ", ".join(f"{key}={value!r}" for key, value in {"output": str(tmp_path / "out"), **values}.items())
+    path.write_text(f"from easydict import EasyDict\n{text}\nconfig = EasyDict({body})\n")
+    return path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=1e999", "key 'lr' must be a finite number"),
+    ("lr=float('nan')", "key 'lr' must be a finite number"),
+    ("seed=-1", "key 'seed' is -1; it must be in"),
+    (f"seed={2**64}", "key 'seed' is 18446744073709551616; it must be in"),
+    ("output=''", "key 'output' is ''; it must be a folder path"),
+])
+def test_config_values_are_checked_where_they_enter(tmp_path, override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(_config(tmp_path), [override])
+
+
+def test_a_config_that_calls_sys_exit_is_exit_2_naming_the_file(tmp_path, capsys):
+    config = _config(tmp_path, "import sys\nsys.exit(0)")
+    assert train.main([str(config)]) == 2
+    assert f"config file '{config}' called sys.exit(0)" in capsys.readouterr().err
+
+
+def test_a_config_path_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(UserError, match="config file '.*' is a folder"):
+        load_config(tmp_path)
+
+
+def test_max_steps_below_one_is_exit_2(tmp_path, capsys):
+    assert train.main([str(_config(tmp_path)), "--max-steps", "-5"]) == 2
+    assert "--max-steps must be at least 1" in capsys.readouterr().err
+
+
+def test_verification_batch_size_zero_is_exit_2(tmp_path, capsys):
+    assert verification.main(["--model-prefix", "m.pt", "--network", "vit_nano", "--bins", "x.bin",
+                              "--batch-size", "0"]) == 2
+    assert "--batch-size must be a positive integer" in capsys.readouterr().err

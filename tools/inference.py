@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from backbones import load_backbone
-from eval.align import align_face
+from eval.align import align_face, check_landmarks
 from eval.detect import (
     DETECTOR_ENV,
     ZOO_FILE,
@@ -208,13 +208,20 @@ def collect_landmarks(args: argparse.Namespace, names: Sequence[str]) -> list[np
     if args.landmarks and args.landmarks_file:
         raise UserError("give either --landmarks or --landmarks-file, not both.")
     if args.landmarks_file:
-        return read_landmarks_file(args.landmarks_file, names)
-    if not args.landmarks:
+        landmarks = read_landmarks_file(args.landmarks_file, names)
+        source = f"landmarks file '{args.landmarks_file}'"
+    elif args.landmarks:
+        if len(args.landmarks) != len(names):
+            raise UserError(f"--landmarks was given {len(args.landmarks)} times for {len(names)} images; give it "
+                            "once per image, in order.")
+        landmarks = [parse_landmarks(text, f"--landmarks for '{name}'") for text, name in zip(args.landmarks, names)]
+        source = "--landmarks"
+    else:
         return [None] * len(names)
-    if len(args.landmarks) != len(names):
-        raise UserError(f"--landmarks was given {len(args.landmarks)} times for {len(names)} images; give it "
-                        "once per image, in order.")
-    return [parse_landmarks(text, f"--landmarks for '{name}'") for text, name in zip(args.landmarks, names)]
+    given = [(points, name) for points, name in zip(landmarks, names) if points is not None]
+    if given:
+        check_landmarks(np.stack([points for points, _ in given]), [name for _, name in given], source)
+    return landmarks
 
 
 def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[str]) -> Path:

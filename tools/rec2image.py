@@ -25,7 +25,7 @@ from dataset import RecordDataset
 from utils.decode import JPEG_START, PNG_START
 from utils.errors import entry_point
 from utils.files import atomic_write_bytes
-from utils.recordio import RecordIOError, first_label, unpack
+from utils.recordio import RecordIOError, class_label, unpack
 
 
 def payload_suffix(payload: bytes) -> str | None:
@@ -58,7 +58,12 @@ def unpack_records(input_dir: str | Path, output_dir: str | Path,
         if suffix is None:
             skipped.append(f"record key {key} (payload is neither JPEG nor PNG)")
             continue
-        folder = output_dir / f"{int(first_label(header)):0{label_width}d}"
+        try:
+            label = class_label(header, f"record key {key}")
+        except RecordIOError as exc:
+            skipped.append(str(exc))
+            continue
+        folder = output_dir / f"{label:0{label_width}d}"
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(folder / f"{key:0{key_width}d}{suffix}", payload)
     return len(source) - len(skipped), skipped

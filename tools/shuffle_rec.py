@@ -26,7 +26,7 @@ from dataset import RecordDataset
 from tools.pack_rec import pack_order, write_records
 from utils.errors import UserError, entry_point
 from utils.files import atomic_write_bytes, make_folder, read_bytes
-from utils.recordio import IndexedRecordWriter, first_label, unpack
+from utils.recordio import IndexedRecordWriter, class_label, unpack
 
 
 def shuffle_records(input_dir: str | Path, output_dir: str | Path, *, seed: int = 0, overwrite: bool = False,
@@ -59,7 +59,8 @@ def _shuffle_identities(source: RecordDataset, output_dir: Path, seed: int, prog
     reader = source.reader
     keys = source.image_keys.tolist()
     offsets = dict(zip(keys, source.image_offsets.tolist()))
-    labels = [int(first_label(reader.read_header_at(offsets[key], key))) for key in keys]
+    labels = [class_label(reader.read_header_at(offsets[key], key), f"record key {key} of '{reader.rec_path}'")
+              for key in keys]
     outside = [key for key, label in zip(keys, labels) if not 0 <= label < source.num_classes]
     if outside:
         raise UserError(f"record key {outside[0]} of '{reader.rec_path}' has a label outside [0, "

@@ -118,10 +118,12 @@ class CheckpointManager:
 
     @staticmethod
     def _saved_world_size(folder: Path) -> int | None:
+        """The marker's world size; None (an incomplete checkpoint) when it is missing, unreadable or < 1."""
         try:
-            return int((folder / "world_size").read_text())
+            world_size = int((folder / "world_size").read_text())
         except (OSError, ValueError):
             return None
+        return world_size if world_size >= 1 else None
 
     def _complete(self, folder: Path) -> bool:
         world_size = self._saved_world_size(folder)

@@ -13,6 +13,7 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from utils.errors import UserError
 from utils.files import check_regular_file
 
 BASE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "base.py"
+MAX_SEED = 2**32 - 2**16  # room for up to 65536 ranks adding their rank
 
 # Range checks: key -> (predicate, what the value must be).
 _RANGES = {
@@ -50,6 +52,8 @@ _RANGES = {
     "verbose": (lambda v: v >= 1, "a positive integer"),
     "save_every": (lambda v: v >= 0, "non-negative (0: only at epoch end)"),
     "save_last": (lambda v: v >= 1, "a positive integer"),
+    "seed": (lambda v: 0 <= v < MAX_SEED, f"in [0, {MAX_SEED}) (NumPy seeds are 32-bit; ranks add their rank)"),
+    "output": (lambda v: bool(v.strip()), "a folder path for logs and checkpoints, not empty"),
 }
 
 
@@ -59,6 +63,9 @@ def _load_module(path: Path):
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # sys.exit() in a config would end the run with its code, training nothing
+        raise UserError(f"config file '{path}' called sys.exit({exc.code!r}) while loading; a config module "
+                        "must only define `config = EasyDict(...)`.") from None
     except Exception as exc:
         raise UserError(f"config file '{path}' failed to run ({type(exc).__name__}: {exc}); fix the "
                         "module so that it defines `config = EasyDict(...)`.") from exc
@@ -89,7 +96,7 @@ def _coerce(key: str, value: Any, default: Any, nullable: Mapping[str, type], so
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
     elif isinstance(default, tuple):
         if not default and isinstance(value, str):  # --set val_targets=lfw
@@ -99,7 +106,7 @@ def _coerce(key: str, value: Any, default: Any, nullable: Mapping[str, type], so
             value = tuple(value)
             if default:
                 ok = len(value) == len(default) and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
                 value = tuple(float(v) for v in value) if ok else value
             else:
                 ok = all(isinstance(v, str) for v in value)
@@ -107,9 +114,11 @@ def _coerce(key: str, value: Any, default: Any, nullable: Mapping[str, type], so
         ok = isinstance(value, expected)
     if not ok:
         if isinstance(default, tuple) and default:
-            want = f"a sequence of {len(default)} numbers"
+            want = f"a sequence of {len(default)} finite numbers"
         elif isinstance(default, tuple):
             want = "a sequence of strings"
+        elif isinstance(default, float):
+            want = "a finite number"
         else:
             want = expected.__name__
         raise UserError(f"{source}: key '{key}' must be {want}, got {value!r} ({type(value).__name__}); "

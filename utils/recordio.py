@@ -9,6 +9,7 @@ MXNet 1.9 (`MXIndexedRecordIO`, `recordio.pack`/`unpack`).
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import struct
@@ -86,6 +87,14 @@ def unpack(record: bytes) -> tuple[IRHeader, bytes]:
 def first_label(header: IRHeader) -> float:
     """The class of an image record: the scalar label, or the first value of a label vector."""
     return header.label[0] if header.flag > 0 else header.label
+
+
+def class_label(header: IRHeader, name: str) -> int:
+    """`first_label` as an int; RecordIOError naming the record `name` when it is NaN, infinite or fractional."""
+    label = first_label(header)
+    if not math.isfinite(label) or label != int(label):
+        raise RecordIOError(f"{name} has label {label}, not a whole class number; the file is damaged: re-pack it.")
+    return int(label)
 
 
 # ---- chunks ----
