@@ -32,7 +32,6 @@ from eval.ijb_data import (
     TARGETS,
     ImageMeta,
     MetaPaths,
-    check_faceness,
     check_images_exist,
     read_identification_csv,
     read_image_meta,
@@ -177,7 +176,6 @@ def load_saved_features(path: Path, meta: ImageMeta, flip: bool) -> tuple[np.nda
     if feats.ndim != 2 or len(feats) != len(meta.names) or len(arrays["faceness"]) != len(meta.names):
         raise UserError(f"'{path}' holds features of {len(feats)} images but {meta.source} lists "
                         f"{len(meta.names)}; use the features saved for this --image-path and --target.")
-    check_faceness(arrays["faceness"], meta.names, f"'{path}'")
     return feats, arrays["feats_flip"] if flip else None, arrays["faceness"]
 
 
