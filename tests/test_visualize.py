@@ -79,3 +79,13 @@ def test_an_unaligned_image_without_detect_is_a_clear_error(setup, tmp_path, cap
     argv = [*setup["args"], str(setup["folder"] / "photo.png"), "--output", str(tmp_path / "a.png")]
     assert visualize.main(argv) == 2
     assert "not an aligned 112x112 face" in capsys.readouterr().err
+
+
+def test_a_cnn_without_se_gate_is_refused_in_one_line(setup, tmp_path, capsys):
+    weights = tmp_path / "mbf.pt"
+    torch.save(get_model("mbf").state_dict(), weights)
+    argv = ["--network", "mbf", "--weights", str(weights), str(setup["folder"] / "face0.png"), "--output",
+            str(tmp_path / "a.png")]
+    assert visualize.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "network 'mbf' has no SE patch gate" in error
