@@ -54,6 +54,8 @@ def degenerate_reason(*arrays: np.ndarray, tolerance: float = DIRECTION_TOLERANC
     block that shows two directions.
     """
     num_rows, dim = arrays[0].shape
+    if num_rows == 0:
+        return None  # nothing is scored
     check_direction = num_rows >= MIN_ROWS_FOR_DIRECTION
     reference = None  # [D] unit direction of the first non-zero embedding
     for rows in _row_blocks(num_rows, dim):

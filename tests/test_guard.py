@@ -87,3 +87,7 @@ def test_two_equal_embeddings_are_not_called_a_collapse():
     feats = _collapsed(8, num_rows=2)  # e.g. the same face given twice to --compare
     assert degenerate_reason(feats) is None
     assert degenerate_reason(np.zeros((2, 8))) == "all 2 embeddings have zero norm"
+
+
+def test_an_empty_set_is_not_called_degenerate():
+    assert degenerate_reason(np.zeros((0, 8), np.float32)) is None
