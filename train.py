@@ -38,6 +38,7 @@ from utils.errors import UserError, entry_point
 from utils.files import atomic_save, atomic_write_text
 from utils.monitor import Scalars, SpeedMeter, format_seconds, memory_text, setup_logging
 from utils.optim import build_optimizer, lr_at, set_lr
+from utils.output import OutputLock, claim_output, clean_stale_temporaries
 from utils.precision import autocast
 from utils.seeding import derive_seed, seed_everything
 
@@ -60,6 +61,7 @@ class Run:
     step: int = 0  # optimizer steps done
     nonfinite_in_a_row: int = 0
     best: dict[str, float] = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # dataset.data_identity of the training data
 
     @property
     def epoch(self) -> int:
@@ -69,7 +71,8 @@ class Run:
         return {"backbone": self.backbone.state_dict(),
                 "backbone_optimizer": self.backbone_optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "best": dict(self.best),
-                "total_batch_size": self.cfg.total_batch_size, "config": config_utils.to_json(self.cfg)}
+                "total_batch_size": self.cfg.total_batch_size, "config": config_utils.to_json(self.cfg),
+                "data": dict(self.data)}
 
     def local_state(self) -> dict:
         return {"head": self.head.state_dict(), "head_optimizer": self.head_optimizer.state_dict(),
@@ -130,6 +133,7 @@ def restore(run: Run, manager: CheckpointManager) -> bool:
         return False
     common, parts = found
     _check_compatible(run.cfg, common)
+    _check_same_data_and_seed(run, common)
     if common["total_batch_size"] != run.cfg.total_batch_size:
         log.warning("global batch changed from %d to %d; the step counter is kept and the rest of the epoch is "
                     "drawn from the new shards", common["total_batch_size"], run.cfg.total_batch_size)
@@ -161,6 +165,24 @@ def _check_compatible(cfg, common: dict) -> None:
     if changed:
         raise UserError(f"the checkpoint in '{cfg.output}' was trained with other settings ({', '.join(changed)}); "
                         "resume with the same settings, or set another output to start a new run.")
+
+
+def _check_same_data_and_seed(run: Run, common: dict) -> None:
+    """Resuming with other data or another seed silently trains some images twice and skips others in the
+    epoch under way: refuse it with one sentence, unless the config allows it (then warn loudly)."""
+    saved_seed = json.loads(common["config"])["seed"]
+    changed = [f"{key} {common['data'][key]!r} -> {run.data[key]!r}" for key in run.data
+               if key in common.get("data", {}) and common["data"][key] != run.data[key]]
+    if saved_seed != run.cfg.seed:
+        changed.append(f"seed {saved_seed} -> {run.cfg.seed}")
+    if not changed:
+        return
+    if not run.cfg.resume_allow_change:
+        raise UserError(f"the checkpoint in '{run.cfg.output}' was trained on other data or with another seed "
+                        f"({'; '.join(changed)}); restore the data and seed, set another output to start afresh, "
+                        "or --set resume_allow_change=True to continue anyway.")
+    log.warning("RESUMING WITH CHANGED DATA OR SEED (resume_allow_change=True): %s; the epoch under way will "
+                "repeat some images and skip others", "; ".join(changed))
 
 
 def save(run: Run, manager: CheckpointManager) -> None:
@@ -306,6 +328,7 @@ def main(argv=None) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {args.max_steps}; leave it out to train every step.")
     stop_requested, previous_handler = _catch_sigterm()
+    lock = None
     try:
         cfg = config_utils.load_config(args.config, args.overrides)
         _check_network_options(cfg)
@@ -314,7 +337,10 @@ def main(argv=None) -> int:
         if args.resume is not None:
             cfg.resume = args.resume == "auto"
         ctx = distributed.setup(args.device)
+        lock = _claim_output(cfg.output, ctx)
         setup_logging(cfg.output, ctx.rank)
+        if ctx.is_main:
+            clean_stale_temporaries(cfg.output)
         seed_everything(cfg.seed + ctx.rank)  # ranks draw different samples
         train_set = dataset.build_dataset(cfg)
         cfg = dataset.resolve_data_counts(cfg, train_set)
@@ -323,6 +349,7 @@ def main(argv=None) -> int:
             raise UserError("precision 'fp16' needs a GPU; on a CPU use --set precision=bf16 or precision=fp32.")
         _check_val_targets(cfg)
         run = build_run(cfg, ctx)
+        run.data = dataset.data_identity(train_set)
         manager = CheckpointManager(cfg.output, ctx.rank, ctx.world_size, cfg.save_last, save_every=cfg.save_every,
                                     steps_per_epoch=cfg.steps_per_epoch)
         if cfg.resume and restore(run, manager):
@@ -343,8 +370,23 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
+        if lock is not None:
+            lock.release()
         signal.signal(signal.SIGTERM, previous_handler)
         distributed.teardown()
+
+
+def _claim_output(output: str, ctx: distributed.DistContext) -> OutputLock | None:
+    """Rank 0 takes the output folder's lock before any work; if it cannot, every rank stops."""
+    lock, problem = None, None
+    if ctx.is_main:
+        try:
+            lock = claim_output(output)
+        except UserError as exc:
+            problem = exc
+    if distributed.any_rank(problem is not None, ctx):
+        raise problem or UserError(f"rank 0 could not claim the output folder '{output}' (see its error).")
+    return lock
 
 
 def _check_network_options(cfg) -> None:

@@ -74,6 +74,7 @@ config = EasyDict(
     save_every=0,  # checkpoint every this many optimizer steps (0: only at epoch end)
     save_last=3,  # keep this many recent checkpoints
     resume=False,  # continue from the newest complete checkpoint in `output`
+    resume_allow_change=False,  # resume even though the data (images, classes, index) or the seed changed
     tensorboard=True,
 )
 

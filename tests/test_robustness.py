@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import dataset as dataset_module
 import train
@@ -32,6 +37,7 @@ from tools.pack_rec import EncodeOptions, encode_file, pack_folder
 from tools.rec2image import unpack_records
 from tools.shuffle_rec import shuffle_records
 from utils.binfile import decode_bin_images, load_bin, save_bin
+from utils.checkpoint import CheckpointManager
 from utils.config import load_config
 from utils.decode import image_size_of
 from utils.errors import UserError
@@ -377,3 +383,107 @@ def test_verification_batch_size_zero_is_exit_2(tmp_path, capsys):
     assert verification.main(["--model-prefix", "m.pt", "--network", "vit_nano", "--bins", "x.bin",
                               "--batch-size", "0"]) == 2
     assert "--batch-size must be a positive integer" in capsys.readouterr().err
+
+
+# ---- the output folder's owner, resume identity, checkpoint checksums, temporaries ----
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """A folder dataset of 2 identities x 4 images (one step per epoch) and its config."""
+    from tests.test_train import write_config
+
+    write_folder(tmp_path / "faces", [4, 4])
+    return tmp_path / "faces", write_config(tmp_path, tmp_path / "faces", num_epoch=3)
+
+
+def test_a_second_run_on_a_locked_output_exits_2_naming_the_holder(tmp_path, small_run):
+    _, config = small_run
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from utils.output import claim_output; "
+         "lock = claim_output(sys.argv[1]); print('locked', flush=True); time.sleep(120)", str(tmp_path / "out")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run([sys.executable, "train.py", str(config), "--max-steps", "1"], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 2
+    assert f"is in use by another training run (PID {holder.pid} on host {socket.gethostname()})" in second.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "config.json").exists()
+
+
+def test_checkpoints_that_is_a_file_stops_before_any_work(tmp_path, small_run, capsys):
+    _, config = small_run
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "checkpoints").write_text("not a folder")
+    assert train.main([str(config), "--max-steps", "1"]) == 2
+    assert "checkpoints' is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "training.log").exists()
+
+
+def test_resume_refuses_changed_data_or_seed_unless_allowed(tmp_path, small_run, capsys):
+    faces, config = small_run
+    assert train.main([str(config), "--max-steps", "1"]) == 0
+    assert train.main([str(config), "--resume", "auto", "--set", "seed=8"]) == 2
+    assert "seed 7 -> 8" in capsys.readouterr().err
+    shutil.copy(faces / "person_0" / "00.png", faces / "person_0" / "added.png")
+    assert train.main([str(config), "--resume", "auto", "--max-steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "num_image 8 -> 9" in err and "fingerprint 'folder sha256" in err and "resume_allow_change" in err
+    assert train.main([str(config), "--resume", "auto", "--max-steps", "2", "--set", "resume_allow_change=True"]) == 0
+    assert "RESUMING WITH CHANGED DATA OR SEED" in (tmp_path / "out" / "training.log").read_text()
+
+
+def test_a_flipped_bit_in_a_checkpoint_falls_back_to_the_previous_one(tmp_path, small_run):
+    _, config = small_run
+    assert train.main([str(config), "--max-steps", "2"]) == 0
+    newest = tmp_path / "out" / "checkpoints" / "step_000000002" / "common.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    newest.write_bytes(bytes(data))
+    assert train.main([str(config), "--resume", "auto", "--max-steps", "3"]) == 0
+    log_text = (tmp_path / "out" / "training.log").read_text()
+    assert "ChecksumMismatch" in log_text and "trying an older one" in log_text
+    assert "resumed at step 1" in log_text
+
+
+def test_a_world_size_marker_of_zero_falls_back_to_the_previous_checkpoint(tmp_path):
+    manager = CheckpointManager(tmp_path, rank=0, world_size=1)
+    for step in (1, 2):
+        manager.save(step, {"step": step}, {"part": step})
+    (manager.step_dir(2) / "world_size").write_text("0")
+    common, parts = manager.load_latest()
+    assert common["step"] == 1 and parts[0]["part"] == 1
+
+
+def test_stale_temporaries_are_removed_at_start_up(tmp_path, small_run):
+    _, config = small_run
+    step = tmp_path / "out" / "checkpoints" / "step_000000009"
+    step.mkdir(parents=True)
+    stale = [tmp_path / "out" / ".config.json.x1.tmp", step / ".common.pt.x2.tmp", step / ".rank_00000.pt.x3.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")  # what kill -9 during the first save leaves
+    assert train.main([str(config), "--resume", "auto", "--max-steps", "1"]) == 0
+    assert not any(path.exists() for path in stale)
+    assert "removed 3 temporary files" in (tmp_path / "out" / "training.log").read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_during_a_save_leaves_no_temporary(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        manager = CheckpointManager(disk, rank=0, world_size=1)
+        with pytest.raises(UserError, match="No space left on device"):
+            manager.save(1, {"weights": torch.zeros(1_000_000)}, {})  # 4 MB on a 1 MB disk
+        assert [path.name for path in disk.rglob("*.tmp")] == []
+        assert manager.load_latest() is None  # the torn folder is not a checkpoint
+    finally:
+        subprocess.run(["umount", str(disk)])

@@ -4,7 +4,9 @@ A checkpoint is a folder `<output>/checkpoints/step_<N>/` holding
   world_size      written first by rank 0: how many rank files make the checkpoint complete;
   common.pt       written by rank 0: backbone, its optimizer, scaler, step, world size, config;
   rank_<r>.pt     written by every rank: its class-centre shard, that shard's optimizer state and the
-                  rank's random states.
+                  rank's random states;
+  <file>.sha256   beside each .pt: the SHA-256 of its bytes, checked on load, so a file damaged on disk
+                  (a flipped bit) is treated like a torn one instead of resuming with corrupt weights.
 Every file is written to a temporary name and renamed, so a file that exists is whole. Saving needs no
 collective, so every rank can save on preemption. Loading tries folders newest first; all ranks must load
 their part of a folder (they agree through a collective) or all move on to the previous one, so a torn or
@@ -13,6 +15,8 @@ truncated checkpoint is skipped consistently. Folders must be on a file system e
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import random
 import re
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
-from utils.files import atomic_save, atomic_write_text
+from utils.files import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,46 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] 
             generator.set_state(state["generators"][name])
 
 
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class ChecksumMismatch(RuntimeError):
+    """A checkpoint file whose bytes differ from those saved: damaged on disk, treated like a torn file."""
+
+
+class _HashingWriter:
+    """A write-only stream that feeds every byte to `digest` on its way to `stream` (one pass, no copy)."""
+
+    def __init__(self, stream, digest):
+        self.stream, self.digest = stream, digest
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    """torch.save `obj` atomically, then its SHA-256 beside it in `<name>.sha256` (atomically too)."""
+    digest = hashlib.sha256()
+    atomic_write(path, lambda stream: torch.save(obj, _HashingWriter(stream, digest)))
+    atomic_write_text(path.with_name(path.name + CHECKSUM_SUFFIX), digest.hexdigest() + "\n")
+
+
 def _load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint file, its bytes checked against the saved SHA-256 first (ChecksumMismatch if they
+    differ); files saved before checksums existed load with a warning."""
+    data = path.read_bytes()
+    checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if checksum.is_file():
+        expected, actual = checksum.read_text().strip(), hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise ChecksumMismatch(f"{path} has SHA-256 {actual[:12]}..., saved as {expected[:12]}...")
+    else:
+        log.warning("%s has no checksum file (saved by an older version); loading it unverified", path)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 class CheckpointManager:
@@ -99,9 +141,8 @@ class CheckpointManager:
         folder.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             atomic_write_text(folder / "world_size", str(self.world_size))
-            atomic_save({"schema": SCHEMA_VERSION, "world_size": self.world_size, **common},
-                        folder / "common.pt")
-        atomic_save({"schema": SCHEMA_VERSION, "rank": self.rank, **local}, folder / f"rank_{self.rank:05d}.pt")
+            _save({"schema": SCHEMA_VERSION, "world_size": self.world_size, **common}, folder / "common.pt")
+        _save({"schema": SCHEMA_VERSION, "rank": self.rank, **local}, folder / f"rank_{self.rank:05d}.pt")
         if self.rank == 0:
             self._prune(keep=folder)
         return folder

@@ -64,14 +64,22 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; a file the user writes gets their umask
         os.replace(temporary, path)
-    except OSError as exc:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
-        if exc.errno in _USER_ERRNOS:
-            raise _unwritable(path, exc) from None
+        cause = _user_os_error(exc)
+        if cause is not None:
+            raise _unwritable(path, cause) from None
         raise
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+
+def _user_os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError a user fixes behind `exc`, if any: torch.save, for one, turns a full disk's OSError into
+    a RuntimeError whose context is the OSError."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _USER_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 # Write failures a user fixes (a path, permissions, space), as opposed to faults of the program.
