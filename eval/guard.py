@@ -99,5 +99,22 @@ def check_embeddings(*arrays: np.ndarray, source: str, describe: Callable[[int],
                     "weights and --network.", source, reason)
 
 
+def unit_rows(embeddings: np.ndarray, *, source: str, describe: Callable[[int], str] = lambda row: f"row {row}"
+              ) -> np.ndarray:
+    """[N, D] finite embeddings -> the same rows scaled to unit L2 norm, as float32.
+
+    Raises:
+        UserError naming the first image whose embedding has zero norm: it has no direction, so its cosine
+        similarity to anything is undefined (a NaN, not a number to quote).
+    """
+    norms = np.linalg.norm(embeddings.astype(np.float64), axis=1, keepdims=True)  # [N, 1]
+    zero = norms[:, 0] == 0
+    if zero.any():
+        raise UserError(f"{int(zero.sum())} of {len(zero)} embeddings of {source} have zero norm, the first "
+                        f"{describe(int(np.argmax(zero)))}, so no cosine similarity is defined for them; "
+                        "check the weights and --network.")
+    return (embeddings / norms).astype(np.float32)
+
+
 __all__ = ["DIRECTION_TOLERANCE", "MIN_ROWS_FOR_DIRECTION", "NON_FINITE_CAUSES", "NonFiniteEmbeddings",
-           "check_embeddings", "degenerate_reason", "non_finite_rows"]
+           "check_embeddings", "degenerate_reason", "non_finite_rows", "unit_rows"]

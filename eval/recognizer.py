@@ -15,7 +15,7 @@ import torch
 from backbones import load_backbone
 from eval.detect import Face, align_largest, load_detector
 from eval.embed import embed_batch
-from eval.guard import check_embeddings
+from eval.guard import check_embeddings, unit_rows
 from utils.distributed import pick_device
 
 Photo = str | os.PathLike | np.ndarray  # a file path, or H x W x 3 uint8 RGB
@@ -59,7 +59,7 @@ class FaceRecognizer:
         if mirrored is not None:
             embeddings = embeddings + mirrored
         check_embeddings(embeddings, source="the faces given", unit="faces")
-        return (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32)
+        return unit_rows(embeddings, source="the faces given", describe=lambda row: f"face {row}")
 
     def embed(self, photo: Photo) -> np.ndarray:
         """Unit-norm float32 embedding [D] (D = 512) of the largest face in `photo`."""

@@ -10,7 +10,7 @@ import torch
 
 from backbones import get_model
 from eval.align import ARCFACE_TEMPLATE
-from tests.diverged import diverged_state_dict
+from tests.diverged import collapsed_state_dict, diverged_state_dict
 from tools import inference
 from tools.export_onnx import export
 
@@ -197,3 +197,19 @@ def test_diverged_weights_exit_2_and_write_no_embeddings(setup, face_folder, tmp
     assert f"3 of 3 images of the inputs have non-finite embeddings (NaN or ±inf), the first '{folder}/a.png'" \
         in captured.err
     assert captured.out == "" and not (tmp_path / "out").exists()
+
+
+def test_zero_embeddings_give_no_similarity_and_no_normalized_file(setup, face_folder, tmp_path, capsys):
+    """A collapsed model whose embeddings are all zero printed 'cosine similarity: nan' (--compare) and
+    wrote NaN rows (--normalize); a zero vector has no direction, so both stop with one line instead."""
+    folder, _, _ = face_folder
+    torch.save(collapsed_state_dict(setup["model"], 0.0), tmp_path / "zero.pt")
+    model = ["--network", "vit_nano", "--weights", str(tmp_path / "zero.pt")]
+    assert inference.main([*model, "--compare", str(folder / "a.png"), str(folder / "b.jpg")]) == 2
+    captured = capsys.readouterr()
+    assert "2 of 2 embeddings of the inputs have zero norm, the first" in captured.err
+    assert "cosine similarity" not in captured.out and len(captured.err.strip().splitlines()) == 1
+    output = tmp_path / "out" / "emb.npy"
+    assert inference.main([*model, "--folder", str(folder), "--output", str(output), "--normalize"]) == 2
+    assert "3 of 3 embeddings of the inputs have zero norm" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -40,7 +40,7 @@ from eval.detect import (
     load_detector,
     read_photo,
 )
-from eval.guard import check_embeddings
+from eval.guard import check_embeddings, unit_rows
 from eval.onnx_backbone import load_onnx_backbone
 from utils.decode import read_image, split_image_files, warn_skipped
 from utils.distributed import pick_device
@@ -158,13 +158,8 @@ def embed_files(embedder: Embedder, paths: Sequence[Path], landmarks: Sequence[n
     embeddings = np.concatenate(chunks).astype(np.float32)
     check_embeddings(embeddings, source="the inputs", describe=lambda row: f"'{paths[row]}'")
     if normalize:
-        embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+        embeddings = unit_rows(embeddings, source="the inputs", describe=lambda row: f"'{paths[row]}'")
     return embeddings
-
-
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -344,7 +339,7 @@ def embed_detected(args: argparse.Namespace, paths: Sequence[Path],
     embeddings = np.concatenate(chunks).astype(np.float32)
     check_embeddings(embeddings, source="the faces found", describe=lambda row: f"'{found[row].name}'")
     if args.normalize:
-        embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+        embeddings = unit_rows(embeddings, source="the faces found", describe=lambda row: f"'{found[row].name}'")
     return embeddings, found
 
 
@@ -372,10 +367,11 @@ def report(args: argparse.Namespace, embeddings: np.ndarray, names: Sequence[str
     """Print the similarity (--compare; with --all-faces each of the `num_first` faces of A against each
     face of B), write --output, or print each embedding's size and norm."""
     if args.compare:
+        units = unit_rows(embeddings, source="the inputs", describe=lambda row: f"'{names[row]}'").astype(np.float64)
         for a in range(num_first):
             for b in range(num_first, len(names)):
                 pair = f" ({names[a]}, {names[b]})" if len(names) > 2 else ""
-                print(f"cosine similarity: {cosine_similarity(embeddings[a], embeddings[b]):.6f}{pair}")
+                print(f"cosine similarity: {units[a] @ units[b]:.6f}{pair}")
     if args.output:
         names_path = write_embeddings(args.output, embeddings, names)
         print(f"wrote {args.output} {tuple(embeddings.shape)} and {names_path}")
