@@ -1,7 +1,6 @@
 """The released CNNs (IResNet, MobileFaceNet): published keys and shapes, forward contract, block maths,
 BatchNorm in eval mode, fp32 head under autocast, gradient checkpointing, strict loading."""
 
-import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from backbones import VARIANTS, IResNet, MobileFaceNet, get_model, has_patch_info, load_backbone, matching_networks
 from backbones.iresnet import IBasicBlock
 from backbones.mobilefacenet import DepthWise
+from tests.state_dict_reference import parse_state_dicts
 from utils.errors import UserError
 
 REFERENCE = Path(__file__).parent / "data" / "official_cnn_state_dicts.txt"
@@ -18,23 +18,7 @@ CNNS = [name for name, variant in VARIANTS.items() if variant.architecture in (I
 SMALL = ["r18", "mbf"]  # the only CNNs run forward in these tests: the others take seconds per image on CPU
 
 
-def parse_reference() -> dict[str, dict]:
-    """{name: {"meta": {"params": ..., "tensors": ...}, "shapes": {key: shape}}}, every key listed in order."""
-    networks, current = {}, None
-    for line in REFERENCE.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        header = re.match(r"\[(\w+)\]\s+(.*)", line)
-        if header:
-            meta = dict(item.split("=") for item in header.group(2).split())
-            current = networks.setdefault(header.group(1), {"meta": meta, "shapes": {}})
-            continue
-        key, shape, _dtype = re.match(r"(\S+) \(([\d, ]*)\) (\S+)", line).groups()
-        current["shapes"][key] = tuple(int(d) for d in shape.replace(" ", "").split(",") if d)
-    return networks
-
-
-REFERENCE_NETWORKS = parse_reference()
+REFERENCE_NETWORKS = parse_state_dicts(REFERENCE)
 
 
 def images(batch_size: int, seed: int = 0) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 import itertools
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -10,33 +9,24 @@ import torch
 
 from backbones import RELEASED_AS, VARIANTS, PatchInfo, VisionTransformer, get_model
 from backbones.vit import Attention, explicit_attention
+from tests.state_dict_reference import parse_state_dicts
 from utils.errors import UserError
 
 REFERENCE = Path(__file__).parent / "data" / "official_vit_state_dicts.txt"
 SMALL = ["vit_nano", "vit_micro", "vit_mini"]
 
 
-def parse_reference() -> dict[str, dict]:
-    """{name: {"meta": {...}, "shapes": {key: shape}}} with blocks.0.* expanded to every block."""
-    networks, current = {}, None
-    for line in REFERENCE.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        header = re.match(r"\[(\w+)\]\s+(.*)", line)
-        if header:
-            meta = dict(item.split("=") for item in header.group(2).split())
-            current = networks.setdefault(header.group(1), {"meta": meta, "shapes": {}})
-            continue
-        key, shape, _dtype = re.match(r"(\S+) \(([\d, ]*)\) (\S+)", line).groups()
-        dims = tuple(int(d) for d in shape.replace(" ", "").split(",") if d)
-        depth = int(current["meta"]["depth"])
-        keys = [key.replace("blocks.0.", f"blocks.{i}.") for i in range(depth)] if "blocks.0." in key else [key]
-        for name in keys:
-            current["shapes"][name] = dims
+def expand_blocks(networks: dict[str, dict]) -> dict[str, dict]:
+    """The reference lists block 0 only; repeat its keys for every block of the network's depth, in order."""
+    for network in networks.values():
+        depth = int(network["meta"]["depth"])
+        network["shapes"] = {key.replace("blocks.0.", f"blocks.{i}."): dims
+                             for key, dims in network["shapes"].items()
+                             for i in (range(depth) if "blocks.0." in key else [0])}
     return networks
 
 
-REFERENCE_NETWORKS = parse_reference()
+REFERENCE_NETWORKS = expand_blocks(parse_state_dicts(REFERENCE))
 
 
 def test_reference_lists_every_released_network():
