@@ -291,8 +291,7 @@ def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_step
           stop_requested) -> bool:
     """Run optimizer steps until the end (True) or a stop request (False), checkpointing on the way."""
     cfg, ctx = run.cfg, run.ctx
-    global_batch = cfg.total_batch_size
-    end_step = run.step + max(0, math.ceil((cfg.total_samples - run.samples) / global_batch))
+    global_batch, end_step = cfg.total_batch_size, _end_step(run)
     last_step = end_step if max_steps is None else min(max_steps, end_step)
     loader = dataset.build_loader(train_set, cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
                                   num_workers=cfg.num_workers, device=ctx.device,
@@ -333,6 +332,11 @@ def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_step
         progress.close()
         scalars.close()
     return True
+
+
+def _end_step(run: Run) -> int:
+    """The step after which the run has seen its planned `total_samples` (to within one global batch)."""
+    return run.step + max(0, math.ceil((run.cfg.total_samples - run.samples) / run.cfg.total_batch_size))
 
 
 def _log_step(run: Run, stats: dict, meter: SpeedMeter, scalars: Scalars) -> None:
@@ -383,9 +387,10 @@ def main(argv=None) -> int:
                             "--resume auto, or set another output (--set output=...) to start afresh.")
         if ctx.is_main:
             atomic_write_text(Path(cfg.output) / "config.json", config_utils.to_json(cfg))
-        log.info("%s: %d images, %d classes, %d steps of %d images (%d per epoch), world size %d, device %s",
-                 cfg.network, cfg.num_image, cfg.num_classes, cfg.total_steps, cfg.total_batch_size,
-                 cfg.steps_per_epoch, ctx.world_size, ctx.device)
+        log.info("%s: %d images, %d classes, %d steps of %d images (%d per epoch; %d x %d micro-batches x world "
+                 "size %d), %d samples in all, device %s", cfg.network, cfg.num_image, cfg.num_classes,
+                 _end_step(run), cfg.total_batch_size, cfg.steps_per_epoch, cfg.batch_size,
+                 cfg.gradient_accumulation, ctx.world_size, cfg.total_samples, ctx.device)
         verifier = TrainingVerifier.from_config(cfg, ctx) if cfg.val_targets else None
         with logging_redirect_tqdm():
             train(run, train_set, manager, verifier=verifier, max_steps=args.max_steps, stop_requested=stop_requested)
