@@ -423,18 +423,24 @@ def resolve_data_counts(config, dataset) -> EasyDict:
 # ---- sampler and loader ----
 
 class DistributedResumableSampler(Sampler[int]):
-    """Each rank's disjoint share of one permutation per epoch, resumable inside an epoch.
+    """Each rank's disjoint share of one permutation per epoch, resumable inside an epoch at any image.
 
-    Epoch `e` shuffles all indices with the seed `seed + e` (the same permutation on every rank); rank
-    `r` takes every `world_size`-th index of it starting at `r`. Because shares interleave, after every
-    rank consumed `p` samples the whole world consumed exactly the first `p * world_size` indices of the
-    permutation, so resuming (even with another world size) continues with the rest of that permutation.
-    With `drop_last` the tail that does not fill all ranks is dropped; otherwise it is padded by
-    repeating the start of the remaining indices.
+    Epoch `e` shuffles all indices with `torch.randperm` seeded with `seed + e` (the same permutation on
+    every rank, the same order for a seed as every earlier version; held as int32, 4 B per image). An
+    optimizer step takes the next `batch_size × micro_batches × world_size` images of it (one global batch)
+    and splits them over `micro_batches × world_size` virtual ranks, as if each process's micro-batch were a
+    rank of its own: the b-th image of virtual rank v is the (b × virtual ranks + v)-th of the step, and
+    micro-batch m of rank r is virtual rank `m × world_size + r`. So every forward pass sees the same group
+    of images whatever the split of the global batch into ranks and micro-batches (BatchNorm statistics
+    follow), and after any number of steps the world consumed exactly a prefix of the permutation: a
+    resume (even with another split or another global batch) continues with the rest of it
+    (`set_epoch(epoch, start)`). With `drop_last` the tail that does not fill a global batch is dropped;
+    otherwise it is padded by repeating the start of the remaining indices. With the default batch_size=1
+    and micro_batches=1, rank r takes every `world_size`-th index starting at r.
     """
 
     def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 drop_last: bool = True, shuffle: bool = True):
+                 drop_last: bool = True, shuffle: bool = True, *, batch_size: int = 1, micro_batches: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside [0, {world_size})")
         self.num_samples = num_samples
@@ -443,41 +449,54 @@ class DistributedResumableSampler(Sampler[int]):
         self.seed = seed
         self.drop_last = drop_last
         self.shuffle = shuffle
+        self.batch_size = batch_size
+        self.micro_batches = micro_batches
         self.epoch = 0
-        self.consumed = 0  # samples all ranks together consumed in this epoch
+        self.start = 0  # images all ranks together consumed in this epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch `epoch` from its beginning (call before set_start when resuming)."""
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.micro_batches * self.world_size
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Continue epoch `epoch` after the first `start` images of its permutation (all ranks together)."""
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"start {start} is outside [0, {self.num_samples}]")
         self.epoch = epoch
-        self.consumed = 0
+        self.start = start
 
-    def set_start(self, position: int) -> None:
-        """Skip the first `position` samples of this rank's share in the current epoch."""
-        self.consumed = min(position * self.world_size, self.num_samples)
+    def permutation(self) -> torch.Tensor:
+        """The epoch's order of all indices [num_samples], int32 where it fits (same values as int64)."""
+        dtype = torch.int32 if self.num_samples < 2**31 else torch.int64
+        if not self.shuffle:
+            return torch.arange(self.num_samples, dtype=dtype)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.num_samples, generator=generator, dtype=dtype)
 
-    def _remaining(self) -> torch.Tensor:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_samples, generator=generator)
-        else:
-            order = torch.arange(self.num_samples)
-        return order[self.consumed:]
-
-    def __iter__(self):
-        remaining = self._remaining()
+    def _steps(self) -> torch.Tensor:
+        """The rest of the epoch as whole global batches [num_steps, global_batch]."""
+        remaining = self.permutation()[self.start:]
+        tail = len(remaining) % self.global_batch
         if self.drop_last:
-            remaining = remaining[:len(remaining) - len(remaining) % self.world_size]
-        elif len(remaining):
-            padding = -len(remaining) % self.world_size
+            remaining = remaining[:len(remaining) - tail]
+        elif tail:
+            padding = self.global_batch - tail
             repeats = math.ceil(padding / len(remaining))
             remaining = torch.cat([remaining, remaining.repeat(repeats)[:padding]])
-        return iter(remaining[self.rank::self.world_size].tolist())
+        return remaining.view(-1, self.global_batch)
+
+    def __iter__(self):
+        # [S, G] -> [S, b, m, r]: the b-th image of virtual rank m*W + r is image b*(M*W) + m*W + r of the step
+        steps = self._steps().view(-1, self.batch_size, self.micro_batches, self.world_size)
+        mine = steps[..., self.rank].transpose(1, 2)  # [S, M, b]: this rank's micro-batches in order
+        chunk = max(1, 2**16 // (self.batch_size * self.micro_batches))  # steps per list of Python ints
+        for first in range(0, len(mine), chunk):
+            yield from mine[first:first + chunk].reshape(-1).tolist()
 
     def __len__(self) -> int:
-        remaining = self.num_samples - self.consumed
-        if self.drop_last:
-            return remaining // self.world_size
-        return math.ceil(remaining / self.world_size)
+        remaining = self.num_samples - self.start
+        num_steps = remaining // self.global_batch if self.drop_last else math.ceil(remaining / self.global_batch)
+        return num_steps * self.batch_size * self.micro_batches
 
 
 class WorkerSeeder:
@@ -499,13 +518,14 @@ def collate_encoded(batch: Sequence) -> tuple[list[torch.Tensor], torch.Tensor, 
 
 def build_loader(dataset: Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  num_workers: int = 2, device: str | torch.device = "cpu", drop_last: bool = True,
-                 shuffle: bool = True, prefetch_factor: int = 2,
+                 shuffle: bool = True, prefetch_factor: int = 2, micro_batches: int = 1,
                  multiprocessing_context: str | None = None) -> DataLoader:
-    """DataLoader over this rank's share: DistributedResumableSampler (`loader.sampler`), seeded workers,
-    pinned memory on CUDA, persistent workers. Datasets built with decode=False yield encoded bytes for
-    device_input.GpuJpegDecoder."""
+    """DataLoader over this rank's share: DistributedResumableSampler (`loader.sampler`, interleaving ranks
+    and `micro_batches` per optimizer step), seeded workers, pinned memory on CUDA, persistent workers.
+    Datasets built with decode=False yield encoded bytes for device_input.GpuJpegDecoder."""
     device = torch.device(device)
-    sampler = DistributedResumableSampler(len(dataset), rank, world_size, seed, drop_last, shuffle)
+    sampler = DistributedResumableSampler(len(dataset), rank, world_size, seed, drop_last, shuffle,
+                                          batch_size=batch_size, micro_batches=micro_batches)
     encoded = getattr(dataset, "decode", True) is False
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,

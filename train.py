@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -58,19 +59,19 @@ class Run:
     scaler: torch.amp.GradScaler
     generators: dict[str, torch.Generator]
     dpap: DPAP | None
-    step: int = 0  # optimizer steps done
+    step: int = 0  # optimizer steps done (names checkpoints and log lines)
+    samples: int = 0  # training images seen: the run's progress, the learning rate's argument
+    epoch: int = 0  # the epoch under way
+    epoch_samples: int = 0  # images of this epoch's permutation already trained on (the sampler's start)
     nonfinite_in_a_row: int = 0
     best: dict[str, float] = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # dataset.data_identity of the training data
 
-    @property
-    def epoch(self) -> int:
-        return self.step // self.cfg.steps_per_epoch
-
     def common_state(self) -> dict:
         return {"backbone": self.backbone.state_dict(),
                 "backbone_optimizer": self.backbone_optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "step": self.step, "best": dict(self.best),
+                "scaler": self.scaler.state_dict(), "step": self.step, "samples": self.samples,
+                "epoch": self.epoch, "epoch_samples": self.epoch_samples, "best": dict(self.best),
                 "total_batch_size": self.cfg.total_batch_size, "config": config_utils.to_json(self.cfg),
                 "data": dict(self.data)}
 
@@ -134,14 +135,12 @@ def restore(run: Run, manager: CheckpointManager) -> bool:
     common, parts = found
     _check_compatible(run.cfg, common)
     _check_same_data_and_seed(run, common)
-    if common["total_batch_size"] != run.cfg.total_batch_size:
-        log.warning("global batch changed from %d to %d; the step counter is kept and the rest of the epoch is "
-                    "drawn from the new shards", common["total_batch_size"], run.cfg.total_batch_size)
+    _restore_progress(run, common)
     run.backbone.load_state_dict(common["backbone"])
     run.backbone_optimizer.load_state_dict(common["backbone_optimizer"])
     if common["scaler"] and run.scaler.is_enabled():  # empty when the saved run did not use fp16
         run.scaler.load_state_dict(common["scaler"])
-    run.step, run.best = common["step"], dict(common["best"])
+    run.best = dict(common["best"])
     if common["world_size"] == run.ctx.world_size:
         mine = parts[run.ctx.rank]
         run.head.load_state_dict(mine["head"])
@@ -155,6 +154,27 @@ def restore(run: Run, manager: CheckpointManager) -> bool:
         log.warning("world size changed from %d to %d: class centres re-sharded, random states re-seeded",
                     len(parts), run.ctx.world_size)
     return True
+
+
+def _restore_progress(run: Run, common: dict) -> None:
+    """Step, samples seen and the place in the epoch from a checkpoint. Checkpoints written before progress
+    was counted in samples hold only the step: it ran `step x their global batch` samples, and their epochs
+    were `steps_per_epoch` steps long. With another global batch the run continues the same epoch at the
+    same image and the same learning-rate curve; the log says so in one line."""
+    run.step = common["step"]
+    if "samples" in common:
+        run.samples, run.epoch, run.epoch_samples = common["samples"], common["epoch"], common["epoch_samples"]
+    else:
+        saved_steps_per_epoch = json.loads(common["config"])["steps_per_epoch"]
+        epoch, step_in_epoch = divmod(run.step, saved_steps_per_epoch)
+        run.samples = run.step * common["total_batch_size"]
+        run.epoch, run.epoch_samples = epoch, step_in_epoch * common["total_batch_size"]
+    if common["total_batch_size"] != run.cfg.total_batch_size:
+        log.warning("global batch changed from %d to %d (batch_size %d x gradient_accumulation %d x world size %d): "
+                    "kept %d samples seen, epoch %d from image %d and the learning rate at that many samples; "
+                    "the step counter continues from %d and the run ends after %d samples", common["total_batch_size"],
+                    run.cfg.total_batch_size, run.cfg.batch_size, run.cfg.gradient_accumulation, run.ctx.world_size,
+                    run.samples, run.epoch, run.epoch_samples, run.step, run.cfg.total_samples)
 
 
 def _check_compatible(cfg, common: dict) -> None:
@@ -271,34 +291,37 @@ def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_step
           stop_requested) -> bool:
     """Run optimizer steps until the end (True) or a stop request (False), checkpointing on the way."""
     cfg, ctx = run.cfg, run.ctx
-    last_step = cfg.total_steps if max_steps is None else min(max_steps, cfg.total_steps)
+    global_batch, end_step = cfg.total_batch_size, _end_step(run)
+    last_step = end_step if max_steps is None else min(max_steps, end_step)
     loader = dataset.build_loader(train_set, cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
-                                  num_workers=cfg.num_workers, device=ctx.device)
+                                  num_workers=cfg.num_workers, device=ctx.device,
+                                  micro_batches=cfg.gradient_accumulation)
     augment = device_input.build_device_augment(cfg, train_set, ctx.device, generator=run.generators["augment"])
-    meter = SpeedMeter(cfg.total_batch_size, cfg.total_steps, run.step)
+    meter = SpeedMeter(global_batch, end_step, run.step)
     scalars = Scalars(cfg.output, cfg.tensorboard and ctx.is_main)
     progress = tqdm(total=last_step, initial=run.step, unit="step", dynamic_ncols=True,
                     disable=not (ctx.is_main and sys.stderr.isatty()))
     run.model.train()
     try:
         while run.step < last_step:
-            epoch, step_in_epoch = divmod(run.step, cfg.steps_per_epoch)
-            loader.sampler.set_epoch(epoch)
-            loader.sampler.set_start(step_in_epoch * cfg.batch_size * cfg.gradient_accumulation)
+            if cfg.num_image - run.epoch_samples < global_batch:  # the epoch's tail fills no global batch
+                run.epoch, run.epoch_samples = run.epoch + 1, 0
+            loader.sampler.set_epoch(run.epoch, run.epoch_samples)
             batches = iter(loader)
-            for _ in range(step_in_epoch, min(cfg.steps_per_epoch, step_in_epoch + last_step - run.step)):
+            for _ in range(min((cfg.num_image - run.epoch_samples) // global_batch, last_step - run.step)):
                 set_lr([run.backbone_optimizer, run.head_optimizer],
-                       lr_at(run.step, cfg.lr, cfg.total_steps, cfg.warmup_steps, schedule=cfg.lr_scheduler,
+                       lr_at(run.samples, cfg.lr, cfg.total_samples, cfg.warmup_samples, schedule=cfg.lr_scheduler,
                              power=cfg.lr_power))
                 stats = train_step(run, [augment(next(batches)) for _ in range(cfg.gradient_accumulation)])
-                run.step += 1
+                run.step, run.samples, run.epoch_samples = (run.step + 1, run.samples + global_batch,
+                                                            run.epoch_samples + global_batch)
                 progress.update()
                 if stats is not None and (run.step % cfg.frequent == 0 or run.step == last_step):
                     _log_step(run, stats, meter, scalars)
-                if verifier is not None and (run.step % cfg.verbose == 0 or run.step == cfg.total_steps):
+                if verifier is not None and (run.step % cfg.verbose == 0 or run.step == end_step):
                     verifier(run, scalars)
                 stop = distributed.any_rank(stop_requested(), ctx)  # all ranks stop at the same step
-                if run.step % cfg.steps_per_epoch == 0 or run.step == cfg.total_steps:
+                if cfg.num_image - run.epoch_samples < global_batch or run.step == end_step:
                     save_backbone(run)
                 if manager.is_due(run.step, last_step, stop):
                     save(run, manager)
@@ -311,12 +334,17 @@ def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_step
     return True
 
 
+def _end_step(run: Run) -> int:
+    """The step after which the run has seen its planned `total_samples` (to within one global batch)."""
+    return run.step + max(0, math.ceil((run.cfg.total_samples - run.samples) / run.cfg.total_batch_size))
+
+
 def _log_step(run: Run, stats: dict, meter: SpeedMeter, scalars: Scalars) -> None:
     speed, eta = meter.report(run.step)
     lr = run.backbone_optimizer.param_groups[0]["lr"]
     scale = run.scaler.get_scale() if run.scaler.is_enabled() else 1.0
     log.info("step %d/%d epoch %d loss %.4f lr %.3e %.1f samples/s scale %.0f mem %s eta %s",
-             run.step, run.cfg.total_steps, run.epoch, stats["loss"], lr, speed, scale,
+             run.step, meter.total_steps, run.epoch, stats["loss"], lr, speed, scale,
              memory_text(run.ctx.device), format_seconds(eta))
     values = {f"train/{k}": float(v) for k, v in stats.items()}
     scalars.add(values | {"train/lr": lr, "train/samples_per_s": speed}, run.step)
@@ -359,9 +387,10 @@ def main(argv=None) -> int:
                             "--resume auto, or set another output (--set output=...) to start afresh.")
         if ctx.is_main:
             atomic_write_text(Path(cfg.output) / "config.json", config_utils.to_json(cfg))
-        log.info("%s: %d images, %d classes, %d steps of %d images (%d per epoch), world size %d, device %s",
-                 cfg.network, cfg.num_image, cfg.num_classes, cfg.total_steps, cfg.total_batch_size,
-                 cfg.steps_per_epoch, ctx.world_size, ctx.device)
+        log.info("%s: %d images, %d classes, %d steps of %d images (%d per epoch; %d x %d micro-batches x world "
+                 "size %d), %d samples in all, device %s", cfg.network, cfg.num_image, cfg.num_classes,
+                 _end_step(run), cfg.total_batch_size, cfg.steps_per_epoch, cfg.batch_size,
+                 cfg.gradient_accumulation, ctx.world_size, cfg.total_samples, ctx.device)
         verifier = TrainingVerifier.from_config(cfg, ctx) if cfg.val_targets else None
         with logging_redirect_tqdm():
             train(run, train_set, manager, verifier=verifier, max_steps=args.max_steps, stop_requested=stop_requested)

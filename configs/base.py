@@ -55,7 +55,11 @@ config = EasyDict(
     clip_grad_norm=5.0,  # max gradient norm of the backbone; 0 disables clipping
     precision="fp16",  # "fp16" (GradScaler), "bf16" or "fp32"
     batch_size=128,  # images per process per forward pass
-    gradient_accumulation=1,  # forward passes per optimizer step
+    gradient_accumulation=1,  # forward passes per optimizer step (derived when global_batch_size is set)
+    # images per optimizer step over all processes; 0: batch_size x gradient_accumulation x world size. When
+    # set, gradient_accumulation = global_batch_size / (batch_size x world size), so a recipe keeps its global
+    # batch (and its learning rate) on fewer GPUs: 4096 on 4 GPUs x 512 runs 2 micro-batches per step
+    global_batch_size=0,
     max_nonfinite_steps=10,  # stop after this many consecutive non-finite losses
     seed=2048,
     # ---- data ----

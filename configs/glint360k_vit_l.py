@@ -12,6 +12,7 @@ config = EasyDict(
     lr=0.0001,
     weight_decay=0.1,
     batch_size=128,
+    global_batch_size=1024,  # the published 8 GPUs x batch_size
     num_epoch=35,
     warmup_epoch=3,
     dpap=True,

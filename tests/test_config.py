@@ -116,6 +116,25 @@ def test_derive_computes_global_batch_and_steps(tmp_path):
     assert derived.total_steps == 15 * 20 and derived.warmup_epoch == 2 and derived.warmup_steps == 30
 
 
+@pytest.mark.parametrize("name", RELEASED)
+def test_a_released_recipe_keeps_its_published_global_batch_on_fewer_gpus(name):
+    """Issue 28: on 4 GPUs the recipe's 8 x batch_size images per step come from 2 micro-batches."""
+    config = load_config(REPO / "configs" / f"{name}.py", ["num_image=5822653"])
+    published = 8 * config.batch_size
+    for world_size, accumulation in [(8, 1), (4, 2), (1, 8)]:
+        derived = derive(config, world_size)
+        assert derived.gradient_accumulation == accumulation and derived.total_batch_size == published
+        assert derived.steps_per_epoch == 5822653 // published
+
+
+def test_a_global_batch_that_does_not_divide_names_the_batch_sizes_that_would(tmp_path):
+    config = load_config(write_config(tmp_path, "batch_size=48, global_batch_size=4096, num_image=10**6"))
+    with pytest.raises(UserError, match=r"^global_batch_size 4096 is not a multiple of batch_size 48 x 4 "
+                                        r"processes; set batch_size to one of 32, 64, 128, 256, 512, 1024 "):
+        derive(config, world_size=4)
+    config.batch_size = 64
+    assert derive(config, world_size=4).gradient_accumulation == 16
+
 def test_derive_rejects_an_epoch_shorter_than_a_batch(tmp_path):
     config = load_config(write_config(tmp_path, "batch_size=64, num_image=10"))
     with pytest.raises(UserError, match="lower batch_size"):

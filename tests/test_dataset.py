@@ -343,23 +343,58 @@ def test_resuming_mid_epoch_continues_the_same_order(world_size):
         full.set_epoch(2)
         order = list(full)
         resumed = DistributedResumableSampler(40, rank, world_size, seed=11)
-        resumed.set_epoch(2)
-        resumed.set_start(5)
+        resumed.set_epoch(2, 5 * world_size)
         assert list(resumed) == order[5:] and len(resumed) == len(order) - 5
-        resumed.set_start(7)  # a second interruption in the same epoch
+        resumed.set_epoch(2, 7 * world_size)  # a second interruption in the same epoch
         assert list(resumed) == order[7:]
 
 
 def test_resuming_with_another_world_size_sees_every_remaining_sample_once():
-    """Training resumes from the step count: 4 ranks took 3 samples each, so 2 ranks start at 6."""
+    """4 ranks took 3 samples each: 2 ranks continue after the first 12 images of the epoch."""
     old = [DistributedResumableSampler(48, rank, 4, seed=1) for rank in range(4)]
     consumed = {index for sampler in old for index in list(sampler)[:3]}
     new = [DistributedResumableSampler(48, rank, 2, seed=1) for rank in range(2)]
     for sampler in new:
-        sampler.set_start(3 * 4 // 2)
+        sampler.set_epoch(0, 12)
     remaining = [index for sampler in new for index in sampler]
     assert len(remaining) == len(set(remaining)) == 48 - 12
     assert set(remaining) | consumed == set(range(48))
+
+
+def _forward_passes(num_samples: int, world_size: int, micro_batches: int, batch_size: int, start: int = 0):
+    """{step: [the sorted images of each forward pass]} of every rank's sampler, one epoch."""
+    passes = {}
+    for rank in range(world_size):
+        sampler = DistributedResumableSampler(num_samples, rank, world_size, seed=5, batch_size=batch_size,
+                                              micro_batches=micro_batches)
+        sampler.set_epoch(3, start)
+        order = torch.tensor(list(sampler)).view(-1, micro_batches, batch_size)  # [steps, M, b]
+        for step, micro in enumerate(order):
+            passes.setdefault(step, []).extend(sorted(batch.tolist()) for batch in micro)
+    return {step: sorted(groups) for step, groups in passes.items()}
+
+
+@pytest.mark.parametrize("start", [0, 24])
+def test_the_same_images_share_a_forward_pass_whatever_the_ranks_by_micro_batches_split(start):
+    """Regression (issue 28): 1 process with 2 micro-batches put other images together than 2 ranks did,
+    so BatchNorm saw other batches after a resume on fewer GPUs."""
+    reference = _forward_passes(100, 4, 1, 6, start)  # 4 ranks x 1 micro-batch of 6: global batch 24
+    assert len(reference) == (100 - start) // 24
+    for world_size, micro_batches in [(2, 2), (1, 4)]:
+        assert _forward_passes(100, world_size, micro_batches, 6, start) == reference
+    taken = [image for groups in reference.values() for group in groups for image in group]
+    permutation = torch.randperm(100, generator=torch.Generator().manual_seed(5 + 3)).tolist()
+    assert sorted(taken) == sorted(permutation[start:start + len(taken)])  # a prefix of the rest, once each
+
+
+def test_the_permutation_is_int32_and_the_order_of_earlier_versions():
+    """Checkpoints of earlier versions resume into the same order: torch.randperm(N) as int64, seed + epoch."""
+    sampler = DistributedResumableSampler(1000, seed=2048)
+    sampler.set_epoch(4)
+    permutation = sampler.permutation()
+    assert permutation.dtype == torch.int32
+    expected = torch.randperm(1000, generator=torch.Generator().manual_seed(2048 + 4))
+    assert torch.equal(permutation.long(), expected) and list(sampler) == expected.tolist()
 
 
 # ---- loader ----

@@ -23,6 +23,23 @@ def test_polynomial_schedule_matches_the_released_formula():
     assert lr_at(total, base, total, warmup) == 0.0
 
 
+@pytest.mark.parametrize("global_batch", [16, 4096])
+@pytest.mark.parametrize("schedule", ["polynomial", "cosine"])
+def test_the_schedule_in_samples_gives_exactly_the_per_step_values_at_a_fixed_global_batch(global_batch, schedule):
+    """Issue 28: counting progress in samples must not change one learning rate of an existing run."""
+    total, warmup, base = 1423, 121, 1e-3  # MS1MV2 at 4096: 1421 steps per epoch
+
+    def per_step(step):  # the released per-step schedule
+        if step < warmup:
+            return base * step / warmup
+        progress = (step - warmup) / (total - warmup)
+        return base * ((1 - progress) ** 2 if schedule == "polynomial" else 0.5 * (1 + math.cos(math.pi * progress)))
+
+    for step in range(total):
+        assert lr_at(step * global_batch, base, total * global_batch, warmup * global_batch,
+                     schedule=schedule) == per_step(step)
+
+
 def test_cosine_schedule_halves_at_mid_decay_and_ends_at_zero():
     assert lr_at(0, 1.0, 110, 10, schedule="cosine") == 0.0
     assert lr_at(10, 1.0, 110, 10, schedule="cosine") == pytest.approx(1.0)

@@ -1,5 +1,6 @@
 """train.py: learning, exact gradient accumulation, distributed equivalence, exact resume, faults, errors."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -15,12 +16,15 @@ import pytest
 import torch
 from easydict import EasyDict
 
+import dataset
+import device_input
 import train
 from backbones import get_model, load_backbone
 from tests.dist_utils import run_distributed
 from tools import pack_rec
-from utils import distributed
+from utils import checkpoint, distributed
 from utils.config import derive, load_config
+from utils.optim import lr_at
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_CLASSES, IMAGES_PER_CLASS = 8, 8
@@ -376,3 +380,122 @@ def test_a_cnn_with_dpap_ehsm_or_attention_stops_before_training_with_one_line(t
     assert err.count("\n") == 1 and err.startswith("error: ") and "network 'r18' is a CNN" in err
     assert "set dpap=False and ehsm=False" in err or "attention='explicit' applies to ViTs only" in err
     assert not (tmp_path / "out" / "training.log").exists()  # stopped before logging started
+
+
+# ---- progress in samples: resume with another split or another global batch (issue 28) ----
+
+@contextlib.contextmanager
+def _recording():
+    """Record the learning rate of every step and the images (dataset indices) this process took, in the
+    order of its forward passes. Flips are off: they are drawn per process, so they follow the split."""
+    record = {"images": [], "lr": {}}
+    sampler_iter, step = dataset.DistributedResumableSampler.__iter__, train.train_step
+    flip = device_input.flip_and_normalize
+
+    def recording_iter(sampler):
+        for index in sampler_iter(sampler):
+            record["images"].append(index)
+            yield index
+
+    def recording_step(run, micro_batches):
+        record["lr"][run.step] = run.backbone_optimizer.param_groups[0]["lr"]
+        return step(run, micro_batches)
+
+    dataset.DistributedResumableSampler.__iter__ = recording_iter
+    train.train_step = recording_step
+    device_input.flip_and_normalize = lambda images, _flip, generator=None: flip(images, False, generator)
+    try:
+        yield record
+    finally:
+        dataset.DistributedResumableSampler.__iter__, train.train_step = sampler_iter, step
+        device_input.flip_and_normalize = flip
+
+
+def _train_recorded(rank, world_size, argv):
+    with _recording() as record:
+        assert train.main(argv) == 0
+    return record
+
+
+def _forward_passes(records: list[dict], steps: range, micro_batches: int, batch_size: int) -> dict:
+    """{step: sorted groups of images, one group per forward pass of any process}."""
+    passes = {}
+    for record in records:
+        groups = [sorted(record["images"][i:i + batch_size]) for i in range(0, len(record["images"]), batch_size)]
+        for number, step in enumerate(steps):
+            passes.setdefault(step, []).extend(groups[number * micro_batches:(number + 1) * micro_batches])
+    return {step: sorted(groups) for step, groups in passes.items()}
+
+
+def _final_parameters(output: Path, step: int) -> dict:
+    """Backbone parameters (BatchNorm running statistics aside) and the whole class-centre matrix."""
+    folder = output / "checkpoints" / f"step_{step:09d}"
+    backbone = load_weights(folder / "common.pt")["backbone"]
+    shards = [load_weights(path)["head"]["weight"] for path in sorted(folder.glob("rank_*.pt"))]
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    return {**{k: v for k, v in backbone.items() if not k.endswith(statistics)}, "head.weight": torch.cat(shards)}
+
+
+SPLIT_RUN = dict(num_epoch=3, warmup_epoch=1, dpap=False, sample_rate=1.0, optimizer="sgd", lr=0.1,
+                 weight_decay=5e-4, clip_grad_norm=0.05, save_every=6)
+
+
+def test_two_ranks_then_one_process_with_the_same_global_batch_equals_two_ranks_throughout(tmp_path, face_folder):
+    """Regression (issue 28): 1 process with gradient_accumulation=2 grouped other images into its forward
+    passes than 2 ranks did (parameters off by 1e-2 after a resume), and kept a step counter of another batch."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    whole.mkdir(), split.mkdir()
+    whole_config, split_config = (str(write_config(folder, face_folder, **SPLIT_RUN)) for folder in (whole, split))
+    reference = run_distributed(_train_recorded, 2, [whole_config])  # 2 ranks x 8 images: 12 steps of 16
+    first = run_distributed(_train_recorded, 2, [split_config, "--max-steps", "6"])
+    with _recording() as second:
+        assert train.main([split_config, "--resume", "auto", "--set", "global_batch_size=16"]) == 0
+    assert "global batch" not in (split / "out" / "training.log").read_text()  # 16 -> 16: nothing changed
+    assert first[0]["lr"] | second["lr"] == reference[0]["lr"] and len(reference[0]["lr"]) == 12
+    passes = _forward_passes(first, range(6), 1, 8) | _forward_passes([second], range(6, 12), 2, 8)
+    assert passes == _forward_passes(reference, range(12), 1, 8)
+    expected, resumed = _final_parameters(whole / "out", 12), _final_parameters(split / "out", 12)
+    assert expected.keys() == resumed.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(resumed[key], value, atol=2e-5, rtol=1e-4, msg=key)
+
+
+def test_a_resume_with_half_the_global_batch_continues_the_epoch_and_the_learning_rate_curve(tmp_path, face_folder):
+    """3 steps of 16 images, then steps of 8: the resumed run starts at image 48 of epoch 0, ends after the
+    planned 2 x 64 samples, and each step's learning rate is the schedule's at the samples seen before it."""
+    config = str(write_config(tmp_path, face_folder, num_epoch=2, warmup_epoch=1, save_every=3))
+    with _recording() as first:
+        assert train.main([config, "--max-steps", "3", "--set", "gradient_accumulation=2"]) == 0
+    with _recording() as second:
+        assert train.main([config, "--resume", "auto"]) == 0
+    log_text = (tmp_path / "out" / "training.log").read_text()
+    assert "global batch changed from 16 to 8" in log_text
+    assert "kept 48 samples seen, epoch 0 from image 48" in log_text
+    epochs = [dataset.DistributedResumableSampler(64, seed=7) for _ in range(2)]
+    for epoch, sampler in enumerate(epochs):
+        sampler.set_epoch(epoch)
+    permutations = [sampler.permutation().tolist() for sampler in epochs]
+    # Each step of 16 takes the next 16 of the permutation (interleaved over its 2 micro-batches); the
+    # resumed steps of 8 continue at image 48: no image twice, none skipped.
+    assert [sorted(first["images"][16 * step:16 * (step + 1)]) for step in range(3)] == [
+        sorted(permutations[0][16 * step:16 * (step + 1)]) for step in range(3)]
+    assert second["images"] == permutations[0][48:] + permutations[1]
+    final = load_weights(tmp_path / "out" / "checkpoints" / f"step_{3 + 10:09d}" / "common.pt")
+    assert final["samples"] == 2 * 64 and final["step"] == 13 and "lr" not in final
+    samples_before = [16 * step for step in range(3)] + [48 + 8 * step for step in range(10)]
+    assert list(first["lr"].values()) + list(second["lr"].values()) == [
+        lr_at(samples, 1e-3, 128, 64) for samples in samples_before]
+
+
+def test_a_checkpoint_without_a_samples_count_resumes_from_step_times_its_global_batch(tmp_path, face_folder,
+                                                                                      uninterrupted):
+    """Checkpoints written before progress was counted in samples hold only the step (schema of commit b61837d)."""
+    config = str(write_config(tmp_path, face_folder, save_every=3))
+    assert train.main([config, "--max-steps", "10"]) == 0
+    common_path = tmp_path / "out" / "checkpoints" / "step_000000010" / "common.pt"
+    common = load_weights(common_path)
+    assert (common["samples"], common["epoch"], common["epoch_samples"]) == (80, 1, 16)
+    old = {key: value for key, value in common.items() if key not in ("samples", "epoch", "epoch_samples")}
+    checkpoint._save(old, common_path)
+    assert train.main([config, "--resume", "auto"]) == 0
+    assert_same_weights(load_weights(tmp_path / "out" / "model.pt"), load_weights(uninterrupted / "model.pt"))

@@ -43,6 +43,7 @@ _RANGES = {
     "clip_grad_norm": (lambda v: v >= 0, "non-negative (0 disables clipping)"),
     "batch_size": (lambda v: v >= 1, "a positive integer"),
     "gradient_accumulation": (lambda v: v >= 1, "a positive integer"),
+    "global_batch_size": (lambda v: v >= 0, "non-negative (0: batch_size x gradient_accumulation x world size)"),
     "max_nonfinite_steps": (lambda v: v >= 1, "a positive integer"),
     "num_classes": (lambda v: v >= 0, "non-negative (0: read from the data)"),
     "num_image": (lambda v: v >= 0, "non-negative (0: read from the data)"),
@@ -189,7 +190,10 @@ def derive(config: Mapping[str, Any], world_size: int) -> EasyDict:
         raise UserError("config key 'num_image' is unknown; it is read from the data before derive().")
     derived = EasyDict(dict(config))
     derived.world_size = world_size
-    derived.total_batch_size = config["batch_size"] * config["gradient_accumulation"] * world_size
+    if config["global_batch_size"]:
+        derived.gradient_accumulation = _accumulation_for(config["global_batch_size"], config["batch_size"],
+                                                          world_size)
+    derived.total_batch_size = config["batch_size"] * derived.gradient_accumulation * world_size
     derived.steps_per_epoch = config["num_image"] // derived.total_batch_size
     if derived.steps_per_epoch == 0:
         raise UserError(f"one epoch of {config['num_image']} images is shorter than one global batch of "
@@ -200,7 +204,28 @@ def derive(config: Mapping[str, Any], world_size: int) -> EasyDict:
         warmup_epoch = config["num_epoch"] // 10
     derived.warmup_epoch = warmup_epoch
     derived.warmup_steps = derived.steps_per_epoch * warmup_epoch
+    # The run's progress is counted in training samples, so that a resume with another global batch keeps
+    # its place in the epoch and on the learning-rate curve (train.py, utils/optim.lr_at).
+    derived.total_samples = derived.total_steps * derived.total_batch_size
+    derived.warmup_samples = derived.warmup_steps * derived.total_batch_size
     return derived
+
+
+def _accumulation_for(global_batch_size: int, batch_size: int, world_size: int) -> int:
+    """Micro-batches per step that make `global_batch_size` from `batch_size` on `world_size` processes."""
+    per_step = batch_size * world_size
+    if global_batch_size % per_step:
+        fitting = [b for b in range(1, global_batch_size // world_size + 1)
+                   if global_batch_size % (b * world_size) == 0]
+        raise UserError(f"global_batch_size {global_batch_size} is not a multiple of batch_size {batch_size} x "
+                        f"{world_size} processes; set batch_size to one of {_batch_list(fitting)} (or change "
+                        "global_batch_size).")
+    return global_batch_size // per_step
+
+
+def _batch_list(sizes: list[int]) -> str:
+    """The divisors worth naming: the largest few (small batches waste the device)."""
+    return ", ".join(str(b) for b in sizes[-6:]) if sizes else "none (global_batch_size < world size)"
 
 
 def to_json(config: Mapping[str, Any]) -> str:

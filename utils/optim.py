@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules; a schedule is a pure function of the optimizer step."""
+"""Optimizers and learning-rate schedules; a schedule is a pure function of the training samples seen."""
 
 from __future__ import annotations
 
@@ -14,16 +14,20 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("polynomial", "cosine")
 
 
-def lr_at(step: int, base_lr: float, total_steps: int, warmup_steps: int, *, schedule: str = "polynomial",
-          power: float = 2.0) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warm-up from 0, then decay to 0.
+def lr_at(samples: int, base_lr: float, total_samples: int, warmup_samples: int, *,
+          schedule: str = "polynomial", power: float = 2.0) -> float:
+    """Learning rate of the optimizer step that follows `samples` training images: linear warm-up from 0,
+    then decay to 0.
 
     "polynomial" is the released PolyScheduler: base_lr * (1 - progress) ** power; "cosine" is
     base_lr * (1 + cos(pi * progress)) / 2, where progress runs from 0 after warm-up to 1 at the end.
+    Counted in samples so that a resume with another global batch continues the same curve; with a fixed
+    global batch G, lr_at(step * G, lr, total_steps * G, warmup_steps * G) is exactly the released per-step
+    value (the quotients of whole numbers are the same, so the float divisions round alike).
     """
-    if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if warmup_samples > 0 and samples < warmup_samples:
+        return base_lr * samples / warmup_samples
+    progress = min(1.0, (samples - warmup_samples) / max(1, total_samples - warmup_samples))
     if schedule == "polynomial":
         return base_lr * (1.0 - progress) ** power
     if schedule == "cosine":
