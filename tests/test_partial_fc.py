@@ -524,8 +524,9 @@ def test_fused_loss_is_bitwise_the_unfused_composition_and_gradients_agree(case,
     """Regression guard of the one-buffer path against the autograd composition it replaced (cosines,
     margin head forward, cross-entropy as separate tensors): same loss bit for bit, gradients to float32
     rounding (the centre-norm term is computed as c · Σ g u instead of Σ g (u · c)). Rows 0-7 are copies
-    of centres of other classes of the batch: float32 gives cosines just above 1 there (five at full
-    rate), whose clamp has zero gradient, on entries where the softmax, and so the gradient, is large."""
+    of centres of other classes of the batch, so both paths clamp cosines just above 1 (five at full
+    rate); at cos θ = ±1 the cosine's gradient is radial and the normalisations remove it, so that
+    clamp changes the gradients only by rounding."""
     from bench.pfc_baseline import unfused_like
 
     make_head, dtype = FUSED_CASES[case]
