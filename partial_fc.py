@@ -362,6 +362,9 @@ class PartialFC(nn.Module):
         # The local batch size whose agreement over ranks and labels were checked; the checks cost host
         # syncs, so they run on the first step and when the batch size changes, not every step.
         self._checked_batch_size: int | None = None
+        # Rows sampled in the forward passes since the last take_sampled_rows() (a not persistent buffer,
+        # so it follows .to(device)); read by utils.optim.SampledRowsAdamW.
+        self.register_buffer("_rows_since_step", torch.zeros(self.num_local, dtype=torch.bool), persistent=False)
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
                 sample_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -385,6 +388,8 @@ class PartialFC(nn.Module):
             self._check_labels(labels)
             self._checked_batch_size = local_labels.shape[0]
         sampled = self.sample_centres(labels)
+        if sampled.index is not None and torch.is_grad_enabled():
+            self._rows_since_step[sampled.index] = True
         centres = self.weight if sampled.index is None else self.weight[sampled.index]  # [S, D]
         return self._margin_cross_entropy(embeddings, centres, sampled.labels, weights)
 
@@ -405,6 +410,16 @@ class PartialFC(nn.Module):
         index = scores.topk(num_sample).indices.sort().values  # [S]
         remapped = torch.searchsorted(index, local.clamp(0, self.num_local - 1))  # [N]
         return SampledCentres(index, torch.where(in_shard, remapped, -1))
+
+    def take_sampled_rows(self) -> torch.Tensor | None:
+        """The sorted rows [R] of this shard sampled in the forward passes (with gradient) since the last
+        call, union over gradient-accumulation micro-batches; None when every row is used (sample rate 1).
+        Resets the record; a host sync (nonzero)."""
+        if self.num_sample >= self.num_local:
+            return None
+        rows = self._rows_since_step.nonzero().squeeze(1)  # [R], sorted
+        self._rows_since_step.zero_()
+        return rows
 
     def full_weight(self) -> torch.Tensor:
         """All centres [num_classes, D] on every rank (a collective)."""

@@ -616,3 +616,73 @@ def test_a_head_with_a_float_slope_on_the_other_cosines_gets_the_exact_gradient(
     torch.testing.assert_close(loss, expected, **TOLERANCE)
     assert_close_at_scale(embeddings.grad, ref_embeddings.grad)
     assert_close_at_scale(pfc.weight.grad, ref_centres.grad)
+
+
+# ---- centre_update: which rows the optimizer steps with sampling ----
+
+def _head_config(centre_update: str, optimizer: str = "adamw") -> dict:
+    from easydict import EasyDict
+
+    return EasyDict(optimizer=optimizer, lr=1e-2, momentum=0.9, weight_decay=0.1, betas=(0.9, 0.999),
+                    no_weight_decay_on_norm_bias=False, centre_update=centre_update)
+
+
+def _released_sub_parameter_adamw(weight, state, rows, grad, step, lr=1e-2, weight_decay=0.1):
+    """The released PartialFCAdamW step: torch's AdamW on a sub-parameter of the sampled rows whose
+    state is the rows of the full moments and the shard's step count, written back after the step."""
+    sub = nn.Parameter(weight[rows].clone())
+    sub.grad = grad[rows].clone()
+    optimizer = torch.optim.AdamW([sub], lr=lr, weight_decay=weight_decay)
+    optimizer.state[sub] = {"step": torch.tensor(float(step - 1)), "exp_avg": state["exp_avg"][rows].clone(),
+                            "exp_avg_sq": state["exp_avg_sq"][rows].clone()}
+    optimizer.step()
+    weight[rows] = sub.detach()
+    state["exp_avg"][rows] = optimizer.state[sub]["exp_avg"]
+    state["exp_avg_sq"][rows] = optimizer.state[sub]["exp_avg_sq"]
+
+
+def test_sampled_centre_update_steps_only_the_sampled_rows_and_their_moments_as_released():
+    """Two optimizer steps at rate 0.25, the second over two accumulated micro-batches (the union of
+    their rows is stepped), against torch's AdamW on the released sub-parameter."""
+    from utils.optim import SampledRowsAdamW, build_head_optimizer
+
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, 40, sample_rate=0.25, seed=SEED,
+                    generator=torch.Generator().manual_seed(4))
+    record = record_samples(pfc)
+    optimizer = build_head_optimizer(_head_config("sampled"), pfc)
+    assert isinstance(optimizer, SampledRowsAdamW)
+    weight = pfc.weight.detach().clone()
+    state = {"exp_avg": torch.zeros_like(weight), "exp_avg_sq": torch.zeros_like(weight)}
+    for step, micro_batches in enumerate(([[1, 2, 1, 2]], [[30, 31, 30, 31], [5, 6, 5, 6]]), start=1):
+        optimizer.zero_grad()
+        for labels in micro_batches:
+            pfc(make_batch(step, num_samples=4)[0], torch.tensor(labels)).backward()
+        rows = torch.unique(torch.cat(record[-len(micro_batches):]))
+        _released_sub_parameter_adamw(weight, state, rows, pfc.weight.grad, step)
+        optimizer.step()
+        torch.testing.assert_close(pfc.weight.detach(), weight, rtol=1e-6, atol=1e-7)
+        for key in state:
+            torch.testing.assert_close(optimizer.state[pfc.weight][key], state[key], rtol=1e-6, atol=1e-9)
+    never = torch.ones(40, dtype=torch.bool)
+    never[torch.cat(record)] = False
+    assert never.any() and torch.equal(pfc.weight.detach()[never], init_class_centres(40, EMBEDDING_SIZE, 0, 40,
+                                                                                      seed=SEED)[never])
+    assert torch.all(optimizer.state[pfc.weight]["exp_avg"][never] == 0)
+
+
+def test_default_centre_update_is_torch_adamw_over_every_row():
+    """The default keeps the previous optimizer exactly: the same class and parameter groups."""
+    from utils.optim import build_head_optimizer, build_optimizer
+
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, 40, sample_rate=0.25, seed=SEED)
+    default, previous = build_head_optimizer(_head_config("all"), pfc), build_optimizer(_head_config("all"), [pfc])
+    assert type(default) is torch.optim.AdamW
+    assert default.state_dict() == previous.state_dict()
+
+
+def test_sampled_centre_update_with_sgd_raises_user_error_naming_both_keys():
+    from utils.optim import build_head_optimizer
+
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES)
+    with pytest.raises(UserError, match="centre_update 'sampled' needs optimizer 'adamw'"):
+        build_head_optimizer(_head_config("sampled", optimizer="sgd"), pfc)
