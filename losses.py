@@ -79,10 +79,27 @@ class CombinedMarginLoss(nn.Module):
     def _filter_hard_negatives(self, cosine: torch.Tensor, target_column: torch.Tensor,
                                has_target: torch.Tensor) -> torch.Tensor:
         """Zero the non-target cosines above the threshold (label noise guard of the released code)."""
+        return cosine.masked_fill(self._hard_negatives(cosine, target_column, has_target), 0.0)
+
+    def _hard_negatives(self, cosine: torch.Tensor, target_column: torch.Tensor,
+                        has_target: torch.Tensor) -> torch.Tensor:
+        """Bool [B, C]: the non-target cosines above interclass_filtering_threshold."""
         is_target = torch.zeros_like(cosine, dtype=torch.bool).scatter(
             1, target_column, has_target.unsqueeze(1))  # [B, C]
-        too_similar = (cosine > self.interclass_filtering_threshold) & ~is_target  # [B, C]
-        return cosine.masked_fill(too_similar, 0.0)
+        return (cosine > self.interclass_filtering_threshold) & ~is_target  # [B, C]
+
+    def adjust_non_targets_(self, cosine: torch.Tensor, target_column: torch.Tensor, has_target: torch.Tensor,
+                            target_value: torch.Tensor) -> torch.Tensor | None:
+        """partial_fc.MarginHead's in-place edit of the clamped cosines [B, C]: the interclass filter.
+
+        Returns None without a filter, else a bool [B, C], False where a cosine was set to 0 (its
+        gradient is 0). `target_column` [B, 1], `has_target` [B]; `target_value` is not used.
+        """
+        if self.interclass_filtering_threshold <= 0:
+            return None
+        too_similar = self._hard_negatives(cosine, target_column, has_target)  # [B, C]
+        cosine.masked_fill_(too_similar, 0.0)
+        return too_similar.logical_not_()
 
     def _apply_margin(self, cos_target: torch.Tensor) -> torch.Tensor:
         """Target logits [B] with the margin's value and, in backward, the chosen slope."""

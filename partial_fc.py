@@ -12,7 +12,7 @@ rank, S centres of this rank used in the step (C, or fewer when sampling).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
@@ -147,55 +147,168 @@ def _all_gather(local: torch.Tensor, group: dist.ProcessGroup | None) -> torch.T
     return gathered
 
 
-class _DistributedCrossEntropy(torch.autograd.Function):
-    """L = −(1/N) Σ_n w_n log p_n(y_n), p the softmax over the logits of all ranks' columns.
+class MarginHead(Protocol):
+    """What PartialFC needs from a margin head; losses.CombinedMarginLoss is one.
 
-    Forward: max all-reduce, then one all-reduce of the sums of exponentials, the target logit and the
-    number of ranks holding the target (0: the label is in no shard, and that sample's loss is NaN).
-    Backward needs no communication: dL/dz_{n,c} = w_n (p_{n,c} − 1[c = y_n]) / N for this rank's c.
+    PartialFC never asks a head for a logit matrix: it keeps one [N, S] float32 buffer, which holds in
+    turn the cosines, the logits, the softmax (saved for backward) and the logit gradient, and lets the
+    head edit it in place. A head provides:
+
+    - `s`: the logit scale (float), applied to every entry after the head's edits.
+    - `margin_value_and_slope(cos_target) -> (value, slope)`: the target cosines [N] (clamped to
+      [-1, 1], one per row of the global batch) to the target logit before scaling [N] and the
+      derivative d value / d cos θ its backward uses [N] (1 for a straight-through margin). Called
+      without gradient on every row; a row whose class is on another rank (label −1) ignores it.
+    - optionally `adjust_non_targets_(cosine, target_column, has_target, target_value) -> slope | None`:
+      edits the non-target entries of the clamped cosines [N, S] in place (elementwise, e.g. a filter of
+      hard negatives or CurricularFace's re-weighting; `target_column` [N, 1], `has_target` [N] bool,
+      `target_value` [N] the margin value above) and returns d entry / d cos θ for them: None (1
+      everywhere), a bool [N, S] (True 1, False 0; costs 1 byte per entry) or a float [N, S] (costs 4).
+      Entries at the target column of rows with a target are overwritten afterwards; their slope is
+      ignored.
+    """
+
+    s: float
+
+    def margin_value_and_slope(self, cos_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def _margin_logits_(cosine: torch.Tensor, labels: torch.Tensor, head: MarginHead):
+    """Turn the cosines [N, S] into s · (margin logits) in place; returns what the backward needs.
+
+    Returns (frozen [N, S] bool: entries whose gradient is 0 (clamped or filtered), target_frozen [N]
+    bool: the target entry was clamped, target_slope [N], non_target_slope [N, S] float or None).
+    """
+    frozen = (cosine > 1.0).logical_or_(cosine < -1.0)  # [N, S], clamp's zero gradient
+    cosine.clamp_(-1.0, 1.0)
+    has_target = labels >= 0  # [N]
+    target_column = labels.clamp(min=0).unsqueeze(1)  # [N, 1]
+    target_frozen = frozen.gather(1, target_column).squeeze(1)  # [N]
+    cos_target = cosine.gather(1, target_column).squeeze(1)  # [N]
+    value, target_slope = head.margin_value_and_slope(cos_target)  # [N], [N]
+    non_target_slope = None
+    if hasattr(head, "adjust_non_targets_"):
+        non_target_slope = head.adjust_non_targets_(cosine, target_column, has_target, value)
+        if non_target_slope is not None and non_target_slope.dtype == torch.bool:
+            frozen.logical_or_(~non_target_slope)
+            non_target_slope = None
+    current = cosine.gather(1, target_column).squeeze(1)  # [N], the column-0 entry for rows without target
+    cosine.scatter_(1, target_column, torch.where(has_target, value, current).unsqueeze(1))
+    cosine.mul_(head.s)
+    return frozen, target_frozen, target_slope, non_target_slope
+
+
+def _softmax_cross_entropy_(logits: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor,
+                            group: dist.ProcessGroup | None) -> torch.Tensor:
+    """L = −(1/N) Σ_n w_n log p_n(y_n) over all ranks' columns; overwrites logits [N, S] with p.
+
+    A MAX all-reduce of the row maxima, then one all-reduce of the sums of exponentials, the target
+    logit and the number of ranks holding the target (0: the label is in no shard; that sample's loss
+    is NaN).
+    """
+    _, world_size = _rank_and_world(group)
+    max_logit = logits.amax(dim=1)  # [N]
+    if world_size > 1:
+        dist.all_reduce(max_logit, op=dist.ReduceOp.MAX, group=group)
+    has_target = labels >= 0  # [N]
+    target_logit = logits.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)  # [N]
+    probs = logits.sub_(max_logit.unsqueeze(1)).exp_()  # [N, S], exponentials for now
+    # Row 3 counts the ranks holding each sample's target: 0 for a label outside every shard.
+    sums = torch.stack([probs.sum(dim=1), torch.where(has_target, target_logit, 0.0),
+                        has_target.to(probs.dtype)])  # [3, N]
+    if world_size > 1:
+        dist.all_reduce(sums, group=group)
+    sum_exp, target_logit, num_holders = sums.unbind(0)  # each [N]
+    probs.div_(sum_exp.unsqueeze(1))
+    neg_log_prob = max_logit + sum_exp.log() - target_logit  # [N]
+    neg_log_prob = torch.where(num_holders > 0, neg_log_prob, float("nan"))  # a label no rank holds: NaN
+    return (sample_weights * neg_log_prob).sum() / logits.shape[0]
+
+
+class _MarginSoftmaxCrossEntropy(torch.autograd.Function):
+    """Cosines, margin, scale and the distributed cross-entropy in one [N, S] float32 buffer.
+
+    Forward: products unit_embeddings · centres (in `product_dtype`, e.g. fp16 under autocast), divided
+    by the centre norms, clamped, the margin head's in-place edits, times s, softmax across ranks; the
+    softmax stays in the buffer for backward, with a bool [N, S] of entries whose gradient is 0.
+    Backward overwrites the buffer with dL/dz = w_n (p − 1[c = y_n]) / N, then with dL/dproducts, and
+    computes the two product gradients from it; the centre-norm term uses
+    Σ_n g_{n,c} (u_n · c) = c · Σ_n g_{n,c} u_n, so no cosine needs to be kept. The buffer is consumed:
+    backward runs once (no retain_graph).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor,
-                group: dist.ProcessGroup | None) -> torch.Tensor:
-        _, world_size = _rank_and_world(group)
-        max_logit = logits.amax(dim=1)  # [N]
-        if world_size > 1:
-            dist.all_reduce(max_logit, op=dist.ReduceOp.MAX, group=group)
-        probs = (logits - max_logit.unsqueeze(1)).exp_()  # [N, C], exponentials for now
-        has_target = labels >= 0  # [N]
-        target_column = labels.clamp(min=0).unsqueeze(1)  # [N, 1]
-        target_logit = logits.gather(1, target_column).squeeze(1)  # [N]
-        # Row 3 counts the ranks holding each sample's target: 0 for a label outside every shard.
-        sums = torch.stack([probs.sum(dim=1), torch.where(has_target, target_logit, 0.0),
-                            has_target.to(probs.dtype)])  # [3, N]
-        if world_size > 1:
-            dist.all_reduce(sums, group=group)
-        sum_exp, target_logit, num_holders = sums.unbind(0)  # each [N]
-        probs.div_(sum_exp.unsqueeze(1))
-        neg_log_prob = max_logit + sum_exp.log() - target_logit  # [N]
-        neg_log_prob = torch.where(num_holders > 0, neg_log_prob, float("nan"))  # a label no rank holds: NaN
-        ctx.save_for_backward(probs, labels, sample_weights)
-        return (sample_weights * neg_log_prob).sum() / logits.shape[0]
+    def forward(ctx, unit_embeddings: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor,
+                sample_weights: torch.Tensor, head: MarginHead, group: dist.ProcessGroup | None,
+                product_dtype: torch.dtype) -> torch.Tensor:
+        centre_norms = centres.detach().float().norm(dim=1)  # [S]
+        clamped_norms = centre_norms.clamp(min=_MIN_NORM)  # [S]
+        buffer = F.linear(unit_embeddings.to(product_dtype), centres.detach().to(product_dtype)).float()  # [N, S]
+        buffer.div_(clamped_norms)  # cosines
+        with torch.no_grad():
+            frozen, target_frozen, target_slope, non_target_slope = _margin_logits_(buffer, labels, head)
+        loss = _softmax_cross_entropy_(buffer, labels, sample_weights, group)  # buffer: the softmax
+        ctx.save_for_backward(buffer, frozen, target_frozen, target_slope, non_target_slope, labels,
+                              sample_weights, unit_embeddings, centres, centre_norms, clamped_norms)
+        ctx.s, ctx.product_dtype, ctx.consumed = head.s, product_dtype, False
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        probs, labels, sample_weights = ctx.saved_tensors
-        row_scale = sample_weights * (grad_loss / probs.shape[0])  # [N]
-        grad_logits = probs * row_scale.unsqueeze(1)  # [N, C]
-        target_step = torch.where(labels >= 0, -row_scale, 0.0)  # [N]
-        grad_logits.scatter_add_(1, labels.clamp(min=0).unsqueeze(1), target_step.unsqueeze(1))
-        return grad_logits, None, None, None
+        if ctx.consumed:
+            raise RuntimeError("Partial FC's backward reuses its softmax buffer and runs once; do not "
+                               "backward through the same loss twice (retain_graph).")
+        ctx.consumed = True
+        (buffer, frozen, target_frozen, target_slope, non_target_slope, labels, sample_weights,
+         unit_embeddings, centres, centre_norms, clamped_norms) = ctx.saved_tensors
+        _logit_gradient_(buffer, labels, sample_weights, grad_loss)
+        _cosine_gradient_(buffer, labels, ctx.s, frozen, target_frozen, target_slope, non_target_slope)
+        grad_products = buffer.div_(clamped_norms)  # [N, S]
+        return (*_product_gradients(grad_products, unit_embeddings, centres, centre_norms, ctx.product_dtype),
+                None, None, None, None, None)
 
 
-def distributed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor,
-                              group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Weighted mean cross-entropy over the global batch with the softmax across all ranks' columns.
+def _logit_gradient_(probs: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor,
+                     grad_loss: torch.Tensor) -> None:
+    """Overwrite the softmax [N, S] with dL/dz_{n,c} = w_n (p_{n,c} − 1[c = y_n]) / N · grad_loss."""
+    row_scale = sample_weights * (grad_loss / probs.shape[0])  # [N]
+    probs.mul_(row_scale.unsqueeze(1))
+    target_step = torch.where(labels >= 0, -row_scale, 0.0)  # [N]
+    probs.scatter_add_(1, labels.clamp(min=0).unsqueeze(1), target_step.unsqueeze(1))
 
-    logits [N, C] float32 (this rank's columns), labels [N] (column of the target on this rank, or -1
-    when another rank holds it), sample_weights [N]; returns the same scalar on every rank.
+
+def _cosine_gradient_(grad: torch.Tensor, labels: torch.Tensor, s: float, frozen: torch.Tensor,
+                      target_frozen: torch.Tensor, target_slope: torch.Tensor,
+                      non_target_slope: torch.Tensor | None) -> None:
+    """Overwrite dL/dlogits [N, S] with dL/dcos: times s, the head's slopes, zero where frozen."""
+    has_target = labels >= 0  # [N]
+    target_column = labels.clamp(min=0).unsqueeze(1)  # [N, 1]
+    grad.mul_(s)
+    grad_target = grad.gather(1, target_column).squeeze(1)  # [N]
+    grad.masked_fill_(frozen, 0.0)
+    if non_target_slope is not None:
+        grad.mul_(non_target_slope)
+    target_value = torch.where(target_frozen, 0.0, grad_target * target_slope)  # [N]
+    current = grad.gather(1, target_column).squeeze(1)  # [N], the column-0 entry for rows without target
+    grad.scatter_(1, target_column, torch.where(has_target, target_value, current).unsqueeze(1))
+
+
+def _product_gradients(grad_products: torch.Tensor, unit_embeddings: torch.Tensor, centres: torch.Tensor,
+                       centre_norms: torch.Tensor, product_dtype: torch.dtype):
+    """(dL/dunit_embeddings [N, D], dL/dcentres [S, D]) from dL/dproducts [N, S] of cos = u·c / |c|.
+
+    dL/dc = G_c − (c · G_c) c / (|c|_clamped · |c|) with G = grad_productsᵀ u; no gradient through a
+    norm at or below the clamp (as F.normalize).
     """
-    return _DistributedCrossEntropy.apply(logits, labels, sample_weights, group)
+    grad_low = grad_products.to(product_dtype)  # [N, S], a copy only when the product ran in low precision
+    grad_unit = grad_low.mm(centres.to(product_dtype)).to(unit_embeddings.dtype)  # [N, D]
+    grad_centres = unit_embeddings.to(product_dtype).t().mm(grad_low).t().float()  # [S, D], G
+    del grad_low
+    radial = (centres.float() * grad_centres).sum(dim=1)  # [S], c · G_c
+    clamped_norms = centre_norms.clamp(min=_MIN_NORM)  # [S]
+    radial = torch.where(centre_norms > _MIN_NORM, radial / (clamped_norms * centre_norms), 0.0)  # [S]
+    grad_centres -= radial.unsqueeze(1) * centres.float()
+    return grad_unit, grad_centres.to(centres.dtype)
 
 
 class SampledCentres(NamedTuple):
@@ -210,8 +323,8 @@ class PartialFC(nn.Module):
     in DDP. Its only parameter, `weight`, is this rank's shard [C, D] of the centres.
 
     Args:
-        margin_loss: maps cosines [N, S] and labels [N] (-1: not in these columns) to logits [N, S],
-            for example losses.CombinedMarginLoss.
+        margin_loss: a margin head following the MarginHead protocol (its target margin, scale and
+            optional in-place edit of the other cosines), for example losses.CombinedMarginLoss.
         embedding_size: D, the width of the embeddings.
         num_classes: total number of classes over all ranks.
         sample_rate: fraction of this rank's centres used per step, in (0, 1]; below 1 every centre of
@@ -249,6 +362,9 @@ class PartialFC(nn.Module):
         # The local batch size whose agreement over ranks and labels were checked; the checks cost host
         # syncs, so they run on the first step and when the batch size changes, not every step.
         self._checked_batch_size: int | None = None
+        # Rows sampled in the forward passes since the last take_sampled_rows() (a not persistent buffer,
+        # so it follows .to(device)); read by utils.optim.SampledRowsAdamW.
+        self.register_buffer("_rows_since_step", torch.zeros(self.num_local, dtype=torch.bool), persistent=False)
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
                 sample_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -272,11 +388,10 @@ class PartialFC(nn.Module):
             self._check_labels(labels)
             self._checked_batch_size = local_labels.shape[0]
         sampled = self.sample_centres(labels)
+        if sampled.index is not None and torch.is_grad_enabled():
+            self._rows_since_step[sampled.index] = True
         centres = self.weight if sampled.index is None else self.weight[sampled.index]  # [S, D]
-        cosine = self._cosine(embeddings, centres)  # [N, S], float32
-        with torch.autocast(device_type=cosine.device.type, enabled=False):
-            logits = self.margin_loss(cosine, sampled.labels)  # [N, S]
-            return distributed_cross_entropy(logits, sampled.labels, weights, self.group)
+        return self._margin_cross_entropy(embeddings, centres, sampled.labels, weights)
 
     def sample_centres(self, labels: torch.Tensor) -> SampledCentres:
         """The rows of this shard used for the global labels [N], and the labels remapped to them.
@@ -295,6 +410,16 @@ class PartialFC(nn.Module):
         index = scores.topk(num_sample).indices.sort().values  # [S]
         remapped = torch.searchsorted(index, local.clamp(0, self.num_local - 1))  # [N]
         return SampledCentres(index, torch.where(in_shard, remapped, -1))
+
+    def take_sampled_rows(self) -> torch.Tensor | None:
+        """The sorted rows [R] of this shard sampled in the forward passes (with gradient) since the last
+        call, union over gradient-accumulation micro-batches; None when every row is used (sample rate 1).
+        Resets the record; a host sync (nonzero)."""
+        if self.num_sample >= self.num_local:
+            return None
+        rows = self._rows_since_step.nonzero().squeeze(1)  # [R], sorted
+        self._rows_since_step.zero_()
+        return rows
 
     def full_weight(self) -> torch.Tensor:
         """All centres [num_classes, D] on every rank (a collective)."""
@@ -381,15 +506,19 @@ class PartialFC(nn.Module):
             raise UserError(f"label {bad} is outside [0, {self.num_classes}); labels must run from 0 to "
                             "num_classes - 1, so set num_classes to the number of identities in the data.")
 
-    def _cosine(self, embeddings: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        """Cosines [N, S] in float32; the product runs in the autocast dtype when autocast is on.
+    def _margin_cross_entropy(self, embeddings: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor,
+                              sample_weights: torch.Tensor) -> torch.Tensor:
+        """The loss from the global embeddings [N, D], the used centres [S, D] and labels [N] (-1: not
+        in these columns), with one [N, S] float32 buffer (see _MarginSoftmaxCrossEntropy).
 
-        The centres are divided by their norms after the product, on [N, S] rather than on [S, D]: no
-        normalised copy of the centres (nor its gradient) is materialised, which for large shards is as
-        big as the shard itself.
+        The product runs in the autocast dtype when autocast is on; the embedding normalisation, the
+        centre norms, the margin and the softmax in float32. The centres are divided by their norms after
+        the product, on [N, S] rather than on [S, D], so no normalised copy of the shard is kept.
         """
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        device_type = embeddings.device.type
+        product_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+                         else torch.float32)
+        with torch.autocast(device_type=device_type, enabled=False):
             unit_embeddings = F.normalize(embeddings.float(), dim=1)  # [N, D]
-            centre_norms = centres.float().norm(dim=1).clamp(min=_MIN_NORM)  # [S]
-        products = F.linear(unit_embeddings, centres)  # [N, S]
-        return products.float() / centre_norms
+            return _MarginSoftmaxCrossEntropy.apply(unit_embeddings, centres, labels, sample_weights,
+                                                    self.margin_loss, self.group, product_dtype)

@@ -38,7 +38,7 @@ from utils.checkpoint import CheckpointManager, rng_state, set_rng_state
 from utils.errors import UserError, entry_point
 from utils.files import atomic_save, atomic_write_text
 from utils.monitor import Scalars, SpeedMeter, format_seconds, memory_text, setup_logging
-from utils.optim import build_optimizer, lr_at, set_lr
+from utils.optim import build_head_optimizer, build_optimizer, lr_at, set_lr
 from utils.output import OutputLock, claim_output, clean_stale_temporaries
 from utils.precision import autocast
 from utils.seeding import derive_seed, seed_everything
@@ -112,7 +112,7 @@ def build_run(cfg, ctx) -> Run:
     generators = {name: torch.Generator(ctx.device).manual_seed(derive_seed(cfg.seed, ctx.rank, stream))
                   for stream, name in enumerate(("augment", "dpap"))}
     return Run(cfg=cfg, ctx=ctx, backbone=backbone, model=model, head=head,
-               backbone_optimizer=build_optimizer(cfg, [backbone]), head_optimizer=build_optimizer(cfg, [head]),
+               backbone_optimizer=build_optimizer(cfg, [backbone]), head_optimizer=build_head_optimizer(cfg, head),
                scaler=_grad_scaler(cfg, ctx), generators=generators,
                dpap=DPAP.from_config(cfg) if cfg.dpap else None)
 

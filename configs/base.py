@@ -10,7 +10,7 @@ from easydict import EasyDict
 from backbones.vit import ATTENTION_KINDS
 from dataset import DATASET_KINDS
 from losses import EHSM_RULES
-from utils.optim import LR_SCHEDULES, OPTIMIZERS
+from utils.optim import CENTRE_UPDATES, LR_SCHEDULES, OPTIMIZERS
 from utils.precision import PRECISIONS
 
 config = EasyDict(
@@ -28,6 +28,10 @@ config = EasyDict(
     margin_exact_gradient=False,  # False: released straight-through angular margin; True: exact gradient
     interclass_filtering_threshold=0.0,  # zero non-target logits above this cosine (0 disables)
     sample_rate=1.0,  # Partial FC: fraction of class centres sampled per step, in (0, 1]
+    # "all": the optimizer steps every centre (zero gradient on rows not sampled; insightface's newer
+    # Partial FC); "sampled": AdamW steps only the rows sampled since the last step, as the released
+    # PartialFCAdamW (cheaper at low sample rates); docs/partial_fc.md
+    centre_update="all",
     # ---- EHSM (entropy-based hard sample mining) ----
     ehsm=True,  # weight each sample's loss by its patch-level hardness
     ehsm_gamma=1.0,  # gamma of w = 1 + exp(-gamma * reduction)
@@ -94,6 +98,7 @@ choices = {
     "attention": ATTENTION_KINDS,
     "ehsm_rule": EHSM_RULES,
     "optimizer": OPTIMIZERS,
+    "centre_update": CENTRE_UPDATES,
     "lr_scheduler": LR_SCHEDULES,
     "precision": PRECISIONS,
     "dataset": DATASET_KINDS,

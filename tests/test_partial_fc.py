@@ -498,3 +498,191 @@ def test_optimizer_state_saved_by_three_ranks_reshards_to_two_exactly():
 def test_a_later_bad_label_on_one_rank_makes_the_loss_nan_on_every_rank(distributed_case):
     _, _, results, _ = distributed_case
     assert all(torch.isnan(result["later_bad_label_loss"]) for result in results)
+
+
+# ---- the fused buffer (one [N, S] float32 tensor for cosines, logits, softmax and gradient) ----
+
+FUSED_CASES = {  # margin head, autocast dtype or None
+    "arcface": (lambda: margin_loss("arcface"), None),
+    "arcface_exact": (lambda: margin_loss("arcface_exact"), None),
+    "cosface_bf16": (lambda: margin_loss("cosface"), torch.bfloat16),
+    "arcface_filtered": (lambda: CombinedMarginLoss(64.0, 1.0, 0.5, 0.0, interclass_filtering_threshold=0.2), None),
+}
+
+
+def _loss_and_grads(pfc, embeddings, labels, sample_weights, dtype):
+    embeddings = embeddings.clone().requires_grad_(True)
+    with torch.autocast(device_type="cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        loss = pfc(embeddings, labels, sample_weights)
+    loss.backward()
+    return loss.detach(), embeddings.grad, pfc.weight.grad
+
+
+@pytest.mark.parametrize("sample_rate", [1.0, 0.3])
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_loss_is_bitwise_the_unfused_composition_and_gradients_agree(case, sample_rate):
+    """Regression guard of the one-buffer path against the autograd composition it replaced (cosines,
+    margin head forward, cross-entropy as separate tensors): same loss bit for bit, gradients to float32
+    rounding (the centre-norm term is computed as c · Σ g u instead of Σ g (u · c)). Rows 0-7 are copies
+    of centres of other classes of the batch, so both paths clamp cosines just above 1 (five at full
+    rate); at cos θ = ±1 the cosine's gradient is radial and the normalisations remove it, so that
+    clamp changes the gradients only by rounding."""
+    from bench.pfc_baseline import unfused_like
+
+    make_head, dtype = FUSED_CASES[case]
+    embeddings, labels, sample_weights = make_batch(20, num_samples=24, classes=list(range(0, 40, 3)))
+    pfc = PartialFC(make_head(), EMBEDDING_SIZE, 40, sample_rate, seed=SEED,
+                    generator=torch.Generator().manual_seed(1))
+    embeddings[:8] = 3.0 * pfc.weight.detach()[labels[8:16]]
+    unfused = unfused_like(pfc)
+    unfused.generator = torch.Generator().manual_seed(1)
+    fused = _loss_and_grads(pfc, embeddings, labels, sample_weights, dtype)
+    expected = _loss_and_grads(unfused, embeddings, labels, sample_weights, dtype)
+    assert torch.equal(fused[0], expected[0])
+    tolerance = 1e-5 if dtype is None else 2e-2  # bf16 products: both are within bf16 rounding of the truth
+    assert_close_at_scale(fused[1], expected[1], tolerance)
+    assert_close_at_scale(fused[2], expected[2], tolerance)
+
+
+def _saved_bytes_per_logit(pfc, embeddings, labels) -> float:
+    """Bytes of the distinct logit-sized storages (at least N · C bytes) autograd keeps for backward, per
+    element of the [N, C] logits."""
+    num_logits = embeddings.shape[0] * pfc.num_local
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.nbytes() >= num_logits:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        pfc(embeddings.requires_grad_(True), labels)
+    return sum(storages.values()) / num_logits
+
+
+def test_backward_keeps_one_float32_buffer_and_one_bool_mask_per_logit():
+    """Regression: the loss kept the cosines, the margin logits, their scaled copy and the softmax
+    (20 bytes per logit element saved for backward); now 4 (the softmax, overwritten in place by the
+    gradient) + 1 (the mask of clamped or filtered entries)."""
+    from bench.pfc_baseline import unfused_like
+
+    embeddings, labels, _ = make_batch(21, num_samples=256)
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, 4096, seed=SEED)
+    assert _saved_bytes_per_logit(pfc, embeddings, labels) == 5.0
+    assert _saved_bytes_per_logit(unfused_like(pfc), embeddings, labels) >= 16.0
+
+
+def test_backward_through_the_same_loss_twice_raises():
+    """The softmax buffer becomes the gradient in place, so a second backward would be wrong, not repeated."""
+    embeddings, labels, _ = make_batch(22)
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES, seed=SEED)
+    loss = pfc(embeddings.requires_grad_(True), labels)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
+
+
+class _ReweightedNegatives(nn.Module):
+    """A test head of the MarginHead protocol with a float slope on the non-target cosines: CosFace
+    target, and every other cosine c becomes c · (t + c) (CurricularFace's form with a fixed t)."""
+
+    s, m, t = 32.0, 0.3, 0.2
+
+    def margin_value_and_slope(self, cos_target):
+        return cos_target - self.m, torch.ones_like(cos_target)
+
+    def adjust_non_targets_(self, cosine, target_column, has_target, target_value):
+        slope = self.t + 2.0 * cosine  # [N, S], d/dc of c · (t + c)
+        cosine.mul_(cosine + self.t)
+        return slope
+
+
+def test_a_head_with_a_float_slope_on_the_other_cosines_gets_the_exact_gradient():
+    head = _ReweightedNegatives()
+    embeddings, labels, sample_weights = make_batch(23)
+    embeddings.requires_grad_(True)
+    pfc = PartialFC(head, EMBEDDING_SIZE, NUM_CLASSES, seed=SEED)
+    loss = pfc(embeddings, labels, sample_weights)
+    loss.backward()
+
+    ref_embeddings = embeddings.detach().clone().requires_grad_(True)
+    ref_centres = pfc.weight.detach().clone().requires_grad_(True)
+    cosine = F.normalize(ref_embeddings, dim=1) @ F.normalize(ref_centres, dim=1).T  # [N, C]
+    is_target = F.one_hot(labels, NUM_CLASSES).bool()  # [N, C]
+    logits = head.s * torch.where(is_target, cosine - head.m, cosine * (head.t + cosine))
+    expected = (F.cross_entropy(logits, labels, reduction="none") * sample_weights).mean()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, **TOLERANCE)
+    assert_close_at_scale(embeddings.grad, ref_embeddings.grad)
+    assert_close_at_scale(pfc.weight.grad, ref_centres.grad)
+
+
+# ---- centre_update: which rows the optimizer steps with sampling ----
+
+def _head_config(centre_update: str, optimizer: str = "adamw") -> dict:
+    from easydict import EasyDict
+
+    return EasyDict(optimizer=optimizer, lr=1e-2, momentum=0.9, weight_decay=0.1, betas=(0.9, 0.999),
+                    no_weight_decay_on_norm_bias=False, centre_update=centre_update)
+
+
+def _released_sub_parameter_adamw(weight, state, rows, grad, step, lr=1e-2, weight_decay=0.1):
+    """The released PartialFCAdamW step: torch's AdamW on a sub-parameter of the sampled rows whose
+    state is the rows of the full moments and the shard's step count, written back after the step."""
+    sub = nn.Parameter(weight[rows].clone())
+    sub.grad = grad[rows].clone()
+    optimizer = torch.optim.AdamW([sub], lr=lr, weight_decay=weight_decay)
+    optimizer.state[sub] = {"step": torch.tensor(float(step - 1)), "exp_avg": state["exp_avg"][rows].clone(),
+                            "exp_avg_sq": state["exp_avg_sq"][rows].clone()}
+    optimizer.step()
+    weight[rows] = sub.detach()
+    state["exp_avg"][rows] = optimizer.state[sub]["exp_avg"]
+    state["exp_avg_sq"][rows] = optimizer.state[sub]["exp_avg_sq"]
+
+
+def test_sampled_centre_update_steps_only_the_sampled_rows_and_their_moments_as_released():
+    """Two optimizer steps at rate 0.25, the second over two accumulated micro-batches (the union of
+    their rows is stepped), against torch's AdamW on the released sub-parameter."""
+    from utils.optim import SampledRowsAdamW, build_head_optimizer
+
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, 40, sample_rate=0.25, seed=SEED,
+                    generator=torch.Generator().manual_seed(4))
+    record = record_samples(pfc)
+    optimizer = build_head_optimizer(_head_config("sampled"), pfc)
+    assert isinstance(optimizer, SampledRowsAdamW)
+    weight = pfc.weight.detach().clone()
+    state = {"exp_avg": torch.zeros_like(weight), "exp_avg_sq": torch.zeros_like(weight)}
+    for step, micro_batches in enumerate(([[1, 2, 1, 2]], [[30, 31, 30, 31], [5, 6, 5, 6]]), start=1):
+        optimizer.zero_grad()
+        for labels in micro_batches:
+            pfc(make_batch(step, num_samples=4)[0], torch.tensor(labels)).backward()
+        rows = torch.unique(torch.cat(record[-len(micro_batches):]))
+        _released_sub_parameter_adamw(weight, state, rows, pfc.weight.grad, step)
+        optimizer.step()
+        torch.testing.assert_close(pfc.weight.detach(), weight, rtol=1e-6, atol=1e-7)
+        for key in state:
+            torch.testing.assert_close(optimizer.state[pfc.weight][key], state[key], rtol=1e-6, atol=1e-9)
+    never = torch.ones(40, dtype=torch.bool)
+    never[torch.cat(record)] = False
+    assert never.any() and torch.equal(pfc.weight.detach()[never], init_class_centres(40, EMBEDDING_SIZE, 0, 40,
+                                                                                      seed=SEED)[never])
+    assert torch.all(optimizer.state[pfc.weight]["exp_avg"][never] == 0)
+
+
+def test_default_centre_update_is_torch_adamw_over_every_row():
+    """The default keeps the previous optimizer exactly: the same class and parameter groups."""
+    from utils.optim import build_head_optimizer, build_optimizer
+
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, 40, sample_rate=0.25, seed=SEED)
+    default, previous = build_head_optimizer(_head_config("all"), pfc), build_optimizer(_head_config("all"), [pfc])
+    assert type(default) is torch.optim.AdamW
+    assert default.state_dict() == previous.state_dict()
+
+
+def test_sampled_centre_update_with_sgd_raises_user_error_naming_both_keys():
+    from utils.optim import build_head_optimizer
+
+    pfc = PartialFC(margin_loss(), EMBEDDING_SIZE, NUM_CLASSES)
+    with pytest.raises(UserError, match="centre_update 'sampled' needs optimizer 'adamw'"):
+        build_head_optimizer(_head_config("sampled", optimizer="sgd"), pfc)

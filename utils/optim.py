@@ -11,6 +11,7 @@ from torch import nn
 from utils.errors import UserError
 
 OPTIMIZERS = ("adamw", "sgd")
+CENTRE_UPDATES = ("all", "sampled")
 LR_SCHEDULES = ("polynomial", "cosine")
 
 
@@ -68,3 +69,64 @@ def build_optimizer(cfg, modules: Iterable[nn.Module]) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise UserError(f"optimizer '{cfg.optimizer}' is not known; use 'adamw' or 'sgd'.")
+
+
+class SampledRowsAdamW(torch.optim.Optimizer):
+    """AdamW over Partial FC's centres that steps only the rows sampled since the last step.
+
+    The released PartialFCAdamW behaviour (TransFace / insightface's older partial_fc.py): the sampled
+    rows of the centres and of both moments are updated (decoupled weight decay included); the other
+    rows, and their moments, stay as they are. One step count serves the whole shard, as the released
+    code's sub-parameter has one, so a row's bias correction uses the number of optimizer steps, not the
+    number of times it was sampled. With sample rate 1 every row is stepped, as torch.optim.AdamW does.
+    The state has AdamW's keys and shapes (step, exp_avg [C, D], exp_avg_sq [C, D]).
+    """
+
+    def __init__(self, head, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__([head.weight], dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.head = head
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("SampledRowsAdamW does not take a closure")
+        rows = self.head.take_sampled_rows()  # [R] or None
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self._step_rows(param, group, rows)
+
+    def _step_rows(self, param: torch.Tensor, group: dict, rows: torch.Tensor | None) -> None:
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        state["step"] += 1
+        step = state["step"].item()
+        beta1, beta2 = group["betas"]
+        select = (lambda t: t) if rows is None else (lambda t: t[rows])  # [R, D] copies
+        weight, grad = select(param), select(param.grad)
+        exp_avg, exp_avg_sq = select(state["exp_avg"]), select(state["exp_avg_sq"])
+        weight.mul_(1.0 - group["lr"] * group["weight_decay"])
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        denom = (exp_avg_sq.sqrt() / math.sqrt(1.0 - beta2 ** step)).add_(group["eps"])
+        weight.addcdiv_(exp_avg, denom, value=-group["lr"] / (1.0 - beta1 ** step))
+        if rows is not None:
+            for target, value in ((param, weight), (state["exp_avg"], exp_avg), (state["exp_avg_sq"], exp_avg_sq)):
+                target.index_copy_(0, rows, value)
+
+
+def build_head_optimizer(cfg, head) -> torch.optim.Optimizer:
+    """The optimizer of Partial FC's centres: build_optimizer's, or with cfg.centre_update "sampled" the
+    released rule that steps only the sampled rows (SampledRowsAdamW; AdamW only)."""
+    if cfg.centre_update == "all":
+        return build_optimizer(cfg, [head])
+    if cfg.centre_update != "sampled":
+        raise UserError(f"centre_update '{cfg.centre_update}' is not known; use 'all' or 'sampled'.")
+    if cfg.optimizer != "adamw":
+        raise UserError(f"centre_update 'sampled' needs optimizer 'adamw', not '{cfg.optimizer}'; set "
+                        "centre_update to 'all' or the optimizer to 'adamw'.")
+    return SampledRowsAdamW(head, cfg.lr, tuple(cfg.betas), weight_decay=cfg.weight_decay)
