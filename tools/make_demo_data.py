@@ -63,7 +63,7 @@ from tools.demo_faces import (
 from tools.pack_rec import write_records
 from utils.binfile import decode_bin_images, load_bin, save_bin
 from utils.errors import UserError, entry_point
-from utils.files import atomic_write, atomic_write_bytes, atomic_write_text
+from utils.files import atomic_write_bytes, atomic_write_text
 from utils.recordio import IRHeader
 
 VERIFICATION_SETS = ("demo_lfw", "demo_hard")
@@ -74,6 +74,7 @@ RFW_RACES = ("African", "Asian", "Caucasian", "Indian")
 # images per identity, and LFW-style folds x pairs of each kind per fold.
 SUITE_IDS, SUITE_IMAGES_PER_ID, SUITE_FOLDS, SUITE_PAIRS_PER_KIND = 12, 4, 10, 3
 TINYFACE_SIDE = 20  # TinyFace's faces are about 20 pixels high
+MAT_HEADER, MAT_HEADER_BYTES = "MATLAB 5.0 MAT-file, written by tools.make_demo_data", 116
 
 
 class Stream(IntEnum):
@@ -449,8 +450,11 @@ def _save_id_list(path: Path, names_key: str, ids_key: str, names: list[str], id
 
     cells = np.empty((len(names), 1), dtype=object)  # a MATLAB cell array of file names, as released
     cells[:, 0] = names
-    atomic_write(path, lambda stream: savemat(stream, {names_key: cells,
-                                                       ids_key: np.asarray(ids, dtype=np.float64)[:, None]}))
+    stream = io.BytesIO()
+    savemat(stream, {names_key: cells, ids_key: np.asarray(ids, dtype=np.float64)[:, None]})
+    # The first 116 bytes are free text in which savemat puts the time; a fixed text keeps the bytes reproducible.
+    header = MAT_HEADER.ljust(MAT_HEADER_BYTES).encode("ascii")
+    atomic_write_bytes(path, header + stream.getvalue()[MAT_HEADER_BYTES:])
 
 
 def write_tinyface_like_set(spec: DemoSpec, out_dir: Path, pool) -> int:
