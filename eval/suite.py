@@ -33,7 +33,7 @@ from utils.errors import UserError, entry_point
 from utils.files import atomic_write, atomic_write_text
 
 SUITE_VERSION = 1
-CACHE_VERSION = 1
+MIN_BATCHES_FOR_WORKERS = 4
 
 
 # ---- embeddings, once per image set, cached by model, precision, flip and the set's files ----
@@ -151,8 +151,9 @@ class Embedder:
             from eval.embed import embed_batch
 
             dataset = bm.FaceDataset(faces)
-            workers = dict(num_workers=self.args.num_workers, multiprocessing_context="spawn") \
-                if self.args.num_workers else {}
+            # Spawning workers costs seconds; a set of a few batches decodes faster in this process.
+            use_workers = self.args.num_workers and len(dataset) >= MIN_BATCHES_FOR_WORKERS * self.args.batch_size
+            workers = dict(num_workers=self.args.num_workers, multiprocessing_context="spawn") if use_workers else {}
             loader = DataLoader(dataset, batch_size=self.args.batch_size, shuffle=False,
                                 collate_fn=bm.collate_faces, **workers)
             model = self.model()
