@@ -464,8 +464,13 @@ def compare_table(a: dict, b: dict) -> str:
                 f"only in {'a' if vb is None else 'b'}"
             rows.append([name, metric, cell_a, cell_b, diff])
     header = ["benchmark", "metric", f"a: {a['model']['name']}", f"b: {b['model']['name']}", "b - a"]
+    settings_a, settings_b = a.get("settings", {}), b.get("settings", {})
+    differ = [f"{key} {settings_a.get(key)} vs {settings_b.get(key)}" for key in ("flip", "precision")
+              if settings_a.get(key) != settings_b.get(key)]
+    warning = f"settings differ: {', '.join(differ)}\n" if differ else ""
     return (f"a: {a['model']['file']} (SHA-256 {a['model']['sha256'][:12]})\n"
-            f"b: {b['model']['file']} (SHA-256 {b['model']['sha256'][:12]})\n\n" + markdown_table(header, rows))
+            f"b: {b['model']['file']} (SHA-256 {b['model']['sha256'][:12]})\n{warning}\n"
+            + markdown_table(header, rows))
 
 
 # ---- command line ----

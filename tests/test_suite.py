@@ -250,3 +250,18 @@ def test_a_nan_model_is_refused_and_no_number_is_printed(tmp_path, capsys):
     assert "| lfw | accuracy" not in out and "| lfw | xnorm" not in out
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "suite.csv").read_text())))
     assert [(row["metric"], row["value"]) for row in rows] == [("", "")] and rows[0]["refused"]
+
+
+def test_a_second_run_with_another_protocol_option_reads_the_features_cache(tmp_path):
+    rng = np.random.default_rng(1)
+    images = [cv2.imencode(".png", rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))[1].tobytes()
+              for _ in range(24)]
+    save_bin(tmp_path / "lfw.bin", images, [True, False] * 6)
+    torch.manual_seed(0)
+    torch.save(get_model("vit_nano", num_features=16).state_dict(), tmp_path / "m.pt")
+    argv = ["--model-prefix", str(tmp_path / "m.pt"), "--network", "vit_nano", "--data-root", str(tmp_path),
+            "--device", "cpu", "--num-workers", "0", "--features-cache", str(tmp_path / "cache")]
+    first = suite.run_suite(suite.parse_args([*argv, "--result-dir", str(tmp_path / "a")]))
+    second = suite.run_suite(suite.parse_args([*argv, "--result-dir", str(tmp_path / "b"), "--no-norm-score"]))
+    assert first["settings"]["network_runs"] == 1 and second["settings"]["network_runs"] == 0
+    assert second["results"][0]["metrics"] == first["results"][0]["metrics"]
