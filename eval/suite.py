@@ -110,9 +110,13 @@ class Embedder:
         """Embeddings from the cache file of (model, precision, flip, key, files), else `compute()`, saved."""
         path = self.cache_path(key, fingerprint)
         if path is not None and path.is_file():
-            with np.load(path, allow_pickle=False) as saved:
-                mirrored = saved["mirrored"] if "mirrored" in saved.files else None
-                return Embeddings(saved["plain"], mirrored, int(saved["num_centred"]))
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    mirrored = saved["mirrored"] if "mirrored" in saved.files else None
+                    return Embeddings(saved["plain"], mirrored, int(saved["num_centred"]))
+            except (OSError, ValueError, KeyError) as exc:
+                raise UserError(f"features cache file '{path}' is unreadable ({type(exc).__name__}: {exc}); "
+                                "delete it and run again.") from None
         result = compute()
         self.network_runs += 1
         if path is not None:
