@@ -265,3 +265,23 @@ def test_a_second_run_with_another_protocol_option_reads_the_features_cache(tmp_
     second = suite.run_suite(suite.parse_args([*argv, "--result-dir", str(tmp_path / "b"), "--no-norm-score"]))
     assert first["settings"]["network_runs"] == 1 and second["settings"]["network_runs"] == 0
     assert second["results"][0]["metrics"] == first["results"][0]["metrics"]
+
+
+def test_ijbc_numbers_equal_those_of_eval_ijbc_on_the_same_folder(tmp_path):
+    import eval_ijbc
+    from tests.test_eval_ijbc_cli import _build_ijbc
+
+    _build_ijbc(tmp_path / "data" / "IJBC")
+    torch.manual_seed(0)
+    torch.save(get_model("vit_nano", num_features=16).state_dict(), tmp_path / "m.pt")
+    model = ["--model-prefix", str(tmp_path / "m.pt"), "--network", "vit_nano", "--device", "cpu",
+             "--num-workers", "0", "--no-norm-score"]
+    assert eval_ijbc.main([*model, "--image-path", str(tmp_path / "data" / "IJBC"), "--result-dir",
+                           str(tmp_path / "cli"), "--job", "run", "--target", "IJBC"]) == 0
+    result = suite.run_suite(suite.parse_args([*model, "--data-root", str(tmp_path / "data"), "--result-dir",
+                                               str(tmp_path / "suite")]))["results"][0]
+    table = json.loads((tmp_path / "cli" / "run" / "ijbc_result.json").read_text())
+    one_to_n = json.loads((tmp_path / "cli" / "run" / "ijbc_1N_result.json").read_text())["mean"]
+    assert {key: result["metrics"][f"TAR@FAR={key}"] for key in table} == table
+    assert {key: result["metrics"][f"1:N {key}"] for key in one_to_n} == one_to_n
+    assert result["sizes"]["images"] == 36 and result["switches"]["norm_score"] is False
