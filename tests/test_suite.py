@@ -284,4 +284,6 @@ def test_ijbc_numbers_equal_those_of_eval_ijbc_on_the_same_folder(tmp_path):
     one_to_n = json.loads((tmp_path / "cli" / "run" / "ijbc_1N_result.json").read_text())["mean"]
     assert {key: result["metrics"][f"TAR@FAR={key}"] for key in table} == table
     assert {key: result["metrics"][f"1:N {key}"] for key in one_to_n} == one_to_n
+    np.testing.assert_array_equal(np.load(tmp_path / "suite" / "ijbc" / "ijbc.npy"),
+                                  np.load(tmp_path / "cli" / "run" / "ijbc.npy"))  # the same pair scores
     assert result["sizes"]["images"] == 36 and result["switches"]["norm_score"] is False
