@@ -26,9 +26,10 @@ demo-data:
 demo-train:
 	$(PYTHON) train.py configs/demo.py --resume auto --set rec=$(DEMO_DATA) output=$(DEMO_OUTPUT)
 
+# Every benchmark in $(DEMO_DATA) (.bin sets, lfw/, RFW/, IJBC/, tinyface/) in one run; prints the table.
 demo-eval:
-	$(PYTHON) eval_ijbc.py --model-prefix $(DEMO_OUTPUT)/model.pt --network vit_nano \
-		--image-path $(DEMO_DATA)/IJBC --result-dir $(DEMO_OUTPUT) --job ijbc --target IJBC --num-workers 2
+	$(PYTHON) -m eval.suite --model-prefix $(DEMO_OUTPUT)/model.pt --network vit_nano \
+		--data-root $(DEMO_DATA) --result-dir $(DEMO_OUTPUT)/suite --num-workers 2
 
 bench:
 	$(PYTHON) -m bench.bench_backbone

@@ -12,6 +12,11 @@ Written under --out:
     demo_lfw.bin, demo_hard.bin          insightface .bin pair sets (hard: pose, occlusion, light,
                                          look-alike impostors)
     IJBC/loose_crop/<n>.jpg, IJBC/meta/  loose crops with 5-point landmarks, templates, pairs, 1:N files
+    lfw/                                 LFW layout: pairs.txt (10 folds), <name>/<name>_NNNN.jpg loose crops,
+                                         lfw_landmarks.txt (held-out identities, other images than the .bin)
+    RFW/test/data, RFW/test/txts         RFW layout: four groups named as RFW's races, pairs and landmarks
+    tinyface/Testing_Set/                TinyFace layout: 20-pixel faces, Probe, Gallery_Match,
+                                         Gallery_Distractor and the two .mat ID lists
     manifest.json                        the arguments, the identity splits and who is in which image
 
     python -m tools.make_demo_data --out demo_data --seed 0
@@ -64,6 +69,12 @@ from utils.recordio import IRHeader
 VERIFICATION_SETS = ("demo_lfw", "demo_hard")
 IJB_TARGET = "IJBC"
 GALLERY_FRACTIONS = {"G1": 0.4, "G2": 0.4}  # the remaining subjects are in no gallery
+RFW_RACES = ("African", "Asian", "Caucasian", "Indian")
+# The small benchmark-suite sets: identities (taken from the held-out split, cycling when it is small),
+# images per identity, and LFW-style folds x pairs of each kind per fold.
+SUITE_IDS, SUITE_IMAGES_PER_ID, SUITE_FOLDS, SUITE_PAIRS_PER_KIND = 12, 4, 10, 3
+TINYFACE_SIDE = 20  # TinyFace's faces are about 20 pixels high
+MAT_HEADER, MAT_HEADER_BYTES = "MATLAB 5.0 MAT-file, written by tools.make_demo_data", 116
 
 
 class Stream(IntEnum):
@@ -78,6 +89,8 @@ class Stream(IntEnum):
     IJB_FRAME = 6
     IJB_PLACEMENT = 7
     SHEET = 8
+    SUITE_PLAN = 9
+    SUITE_IMAGE = 10
 
 
 @dataclass(frozen=True)
@@ -331,6 +344,143 @@ def write_ijb_set(spec: DemoSpec, out_dir: Path, pool) -> IjbPlan:
     return plan
 
 
+# ---- benchmark-suite sets: LFW-style pairs.txt, RFW-like races, TinyFace-like identification ----
+
+@dataclass(frozen=True)
+class SuiteImage:
+    """One image of a suite set: set number (0 LFW, 1-4 RFW races, 5 TinyFace), identity, image number."""
+
+    group: int
+    identity: int
+    number: int
+    tiny: bool = False
+
+
+def suite_ids(spec: DemoSpec, group: int, count: int) -> list[int]:
+    """`count` held-out identities for a suite set, a different slice per set (cycling through val_ids)."""
+    ids = list(spec.val_ids())
+    return [ids[(group * count + k) % len(ids)] for k in range(count)]
+
+
+def person_name(index: int) -> str:
+    return f"Person_{index:04d}"
+
+
+def suite_image(spec: DemoSpec, image: SuiteImage) -> tuple[bytes, np.ndarray]:
+    """(JPEG, landmarks [5, 2]) of a loose crop, or of a TINYFACE_SIDE-pixel aligned face (no landmarks)."""
+    rng = stream_rng(spec, Stream.SUITE_IMAGE, image.group, image.identity, image.number)
+    person = identity_of(spec, image.identity)
+    if image.tiny:
+        face, view = sample_aligned(person, rng)
+        small = cv2.resize(face, (TINYFACE_SIDE, TINYFACE_SIDE), interpolation=cv2.INTER_AREA)
+        return encode_jpeg(small, view.jpeg_quality), np.full((5, 2), np.nan)
+    face = render_loose(person, sample_view(rng), rng)
+    return encode_jpeg(face.image, 90), face.landmarks
+
+
+def _suite_task(task: tuple[DemoSpec, SuiteImage]) -> tuple[bytes, np.ndarray]:
+    return suite_image(*task)
+
+
+def plan_lfw_pairs(spec: DemoSpec, group: int, ids: list[int]) -> list[str]:
+    """Pair lines in LFW's order: per fold SUITE_PAIRS_PER_KIND same-person lines `name n1 n2`, then as many
+    different-person lines `name1 n1 name2 n2` (image numbers from 1)."""
+    rng = stream_rng(spec, Stream.SUITE_PLAN, group)
+    lines = []
+    for _ in range(SUITE_FOLDS):
+        for _ in range(SUITE_PAIRS_PER_KIND):
+            person = ids[int(rng.integers(len(ids)))]
+            first, second = rng.choice(SUITE_IMAGES_PER_ID, 2, replace=False) + 1
+            lines.append(f"{person_name(person)}\t{first}\t{second}")
+        for _ in range(SUITE_PAIRS_PER_KIND):
+            a, b = rng.choice(len(ids), 2, replace=False)
+            first, second = rng.integers(1, SUITE_IMAGES_PER_ID + 1, 2)
+            lines.append(f"{person_name(ids[a])}\t{first}\t{person_name(ids[b])}\t{second}")
+    return lines
+
+
+def _write_faces(spec: DemoSpec, pool, images: list[SuiteImage], paths: list[Path]) -> list[np.ndarray]:
+    rendered = pool_map(pool, _suite_task, [(spec, image) for image in images])
+    for path, (data, _) in zip(paths, rendered):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+    return [points for _, points in rendered]
+
+
+def _landmark_line(name: str, points: np.ndarray, extra: str = "") -> str:
+    return " ".join([name, *([extra] if extra else []), *(f"{v:.3f}" for v in points.reshape(-1))]) + "\n"
+
+
+def write_lfw_style_set(spec: DemoSpec, out_dir: Path, pool) -> int:
+    """lfw/pairs.txt (header `<folds> <pairs of each kind>`), lfw/<name>/<name>_NNNN.jpg loose crops and
+    lfw/lfw_landmarks.txt (path and 5 points per image); returns the number of pairs."""
+    ids = suite_ids(spec, 0, SUITE_IDS)
+    images = [SuiteImage(0, index, number) for index in ids for number in range(1, SUITE_IMAGES_PER_ID + 1)]
+    names = [f"{person_name(i.identity)}/{person_name(i.identity)}_{i.number:04d}.jpg" for i in images]
+    points = _write_faces(spec, pool, images, [out_dir / "lfw" / name for name in names])
+    lines = plan_lfw_pairs(spec, 0, ids)
+    atomic_write_text(out_dir / "lfw" / "pairs.txt",
+                      f"{SUITE_FOLDS}\t{SUITE_PAIRS_PER_KIND}\n" + "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "lfw" / "lfw_landmarks.txt",
+                      "".join(_landmark_line(name, p) for name, p in zip(names, points)))
+    return len(lines)
+
+
+def write_rfw_like_set(spec: DemoSpec, out_dir: Path, pool) -> int:
+    """RFW/test/data/<race>/<name>/<name>_NNNN.jpg and RFW/test/txts/<race>/<race>_pairs.txt (LFW's lines,
+    tab-separated, no header) and <race>_lmk.txt (path, a number, 5 points) for four groups of identities."""
+    total = 0
+    for group, race in enumerate(RFW_RACES, start=1):
+        ids = suite_ids(spec, group, SUITE_IDS)
+        images = [SuiteImage(group, index, number) for index in ids for number in range(1, SUITE_IMAGES_PER_ID + 1)]
+        names = [f"{person_name(i.identity)}/{person_name(i.identity)}_{i.number:04d}.jpg" for i in images]
+        points = _write_faces(spec, pool, images, [out_dir / "RFW" / "test" / "data" / race / n for n in names])
+        lines = plan_lfw_pairs(spec, group, ids)
+        txts = out_dir / "RFW" / "test" / "txts" / race
+        txts.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(txts / f"{race}_pairs.txt", "\n".join(lines) + "\n")
+        atomic_write_text(txts / f"{race}_lmk.txt", "".join(
+            _landmark_line(f"./test/data/{race}/{name}", p, "0") for name, p in zip(names, points)))
+        total += len(lines)
+    return total
+
+
+def _save_id_list(path: Path, names_key: str, ids_key: str, names: list[str], ids: list[int]) -> None:
+    from scipy.io import savemat
+
+    cells = np.empty((len(names), 1), dtype=object)  # a MATLAB cell array of file names, as released
+    cells[:, 0] = names
+    stream = io.BytesIO()
+    savemat(stream, {names_key: cells, ids_key: np.asarray(ids, dtype=np.float64)[:, None]})
+    # The first 116 bytes are free text in which savemat puts the time; a fixed text keeps the bytes reproducible.
+    header = MAT_HEADER.ljust(MAT_HEADER_BYTES).encode("ascii")
+    atomic_write_bytes(path, header + stream.getvalue()[MAT_HEADER_BYTES:])
+
+
+def write_tinyface_like_set(spec: DemoSpec, out_dir: Path, pool) -> int:
+    """tinyface/Testing_Set/{Probe, Gallery_Match, Gallery_Distractor}/ with TINYFACE_SIDE-pixel faces and
+    probe_img_ID_pairs.mat / gallery_match_img_ID_pairs.mat (scipy.io.savemat); returns the image count.
+    Identity k has one probe (image 1) and SUITE_IMAGES_PER_ID - 1 gallery images; distractors show
+    identities that have no probe."""
+    ids = suite_ids(spec, 5, SUITE_IDS)
+    matched, distractors = ids[:SUITE_IDS // 2], ids[SUITE_IDS // 2:]
+    testing = out_dir / "tinyface" / "Testing_Set"
+    probes = [SuiteImage(5, index, 1, tiny=True) for index in matched]
+    gallery = [SuiteImage(5, index, n, tiny=True) for index in matched for n in range(2, SUITE_IMAGES_PER_ID + 1)]
+    others = [SuiteImage(5, index, n, tiny=True) for index in distractors for n in range(1, SUITE_IMAGES_PER_ID + 1)]
+    parts = (("Probe", probes), ("Gallery_Match", gallery), ("Gallery_Distractor", others))
+    for part, images in parts:
+        names = [f"{i.identity}_{i.number}.jpg" for i in images]
+        _write_faces(spec, pool, images, [testing / part / name for name in names])
+        if part == "Probe":
+            _save_id_list(testing / "probe_img_ID_pairs.mat", "probe_set", "probe_ids", names,
+                          [i.identity + 1 for i in images])
+        elif part == "Gallery_Match":
+            _save_id_list(testing / "gallery_match_img_ID_pairs.mat", "gallery_set", "gallery_ids", names,
+                          [i.identity + 1 for i in images])
+    return sum(len(images) for _, images in parts)
+
+
 # ---- the whole set ----
 
 def pool_map(pool, function, tasks: list) -> list:
@@ -352,7 +502,8 @@ def generate(spec: DemoSpec, out_dir: str | Path, num_workers: int = 1, overwrit
     if (out_dir / "manifest.json").exists():
         if not overwrite:
             raise UserError(f"'{out_dir}' already holds demo data; choose another --out or pass --overwrite.")
-        shutil.rmtree(out_dir / IJB_TARGET / "loose_crop", ignore_errors=True)  # no stale images stay
+        for stale in (out_dir / IJB_TARGET / "loose_crop", out_dir / "lfw", out_dir / "RFW", out_dir / "tinyface"):
+            shutil.rmtree(stale, ignore_errors=True)  # no stale images stay
     out_dir.mkdir(parents=True, exist_ok=True)
     # Workers come from a fork server: a child forked from a process that already ran OpenCV's thread pool
     # can deadlock inside OpenCV (seen in the test suite).
@@ -369,6 +520,11 @@ def generate(spec: DemoSpec, out_dir: str | Path, num_workers: int = 1, overwrit
         plan = write_ijb_set(spec, out_dir, pool)
         log(f"IJB-C-format set: {len(plan.images)} images, {len(plan.template_subject)} templates, "
             f"{len(plan.pairs())} pairs ({time.perf_counter() - start:.1f} s)")
+        num_lfw = write_lfw_style_set(spec, out_dir, pool)
+        num_rfw = write_rfw_like_set(spec, out_dir, pool)
+        num_tiny = write_tinyface_like_set(spec, out_dir, pool)
+        log(f"suite sets: lfw/ {num_lfw} pairs, RFW/ {num_rfw} pairs in {len(RFW_RACES)} races, tinyface/ "
+            f"{num_tiny} images ({time.perf_counter() - start:.1f} s)")
     finally:
         if pool is not None:
             pool.shutdown()
