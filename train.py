@@ -191,7 +191,7 @@ def save(run: Run, manager: CheckpointManager) -> None:
 
 
 def save_backbone(run: Run) -> None:
-    """model.pt: the bare backbone state_dict, loadable by the released evaluation code."""
+    """model.pt: the bare backbone state_dict, loadable by the released evaluation code, and its model.pt.sha256."""
     if run.ctx.is_main:
         atomic_save(run.backbone.state_dict(), Path(run.cfg.output) / "model.pt")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
-from utils.files import check_regular_file
+from utils.files import check_regular_file, check_weights_file
 from utils.images import IMAGE_SIZE
 
 INPUT_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
@@ -79,6 +79,7 @@ def load_onnx_backbone(path: str | Path, device: torch.device | None = None) -> 
     """
     runtime = _import_onnxruntime()
     path = check_regular_file(path, "ONNX model", "pass a file written by tools/export_onnx.py")
+    check_weights_file(path, "ONNX model")
     providers = ["CPUExecutionProvider"]
     if device is None:
         providers = [name for name in ("CUDAExecutionProvider", "CPUExecutionProvider")
