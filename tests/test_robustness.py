@@ -465,7 +465,10 @@ def test_stale_temporaries_are_removed_at_start_up(tmp_path, small_run):
     _, config = small_run
     step = tmp_path / "out" / "checkpoints" / "step_000000009"
     step.mkdir(parents=True)
-    stale = [tmp_path / "out" / ".config.json.x1.tmp", step / ".common.pt.x2.tmp", step / ".rank_00000.pt.x3.tmp"]
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    writer = f"{int(ended.stdout)}@{socket.gethostname()}"  # a process that has ended
+    stale = [tmp_path / "out" / f".config.json.{writer}.{'1' * 16}.tmp", step / f".common.pt.{writer}.{'2' * 16}.tmp",
+             step / f".rank_00000.pt.{writer}.{'3' * 16}.tmp"]
     for path in stale:
         path.write_bytes(b"partial")  # what kill -9 during the first save leaves
     assert train.main([str(config), "--resume", "auto", "--max-steps", "1"]) == 0
