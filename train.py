@@ -268,7 +268,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_steps: int | None,
-          stop_requested) -> bool:
+          stop_requested, lock: OutputLock | None = None) -> bool:
     """Run optimizer steps until the end (True) or a stop request (False), checkpointing on the way."""
     cfg, ctx = run.cfg, run.ctx
     last_step = cfg.total_steps if max_steps is None else min(max_steps, cfg.total_steps)
@@ -298,9 +298,13 @@ def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_step
                 if verifier is not None and (run.step % cfg.verbose == 0 or run.step == cfg.total_steps):
                     verifier(run, scalars)
                 stop = distributed.any_rank(stop_requested(), ctx)  # all ranks stop at the same step
-                if run.step % cfg.steps_per_epoch == 0 or run.step == cfg.total_steps:
+                backbone_due = run.step % cfg.steps_per_epoch == 0 or run.step == cfg.total_steps
+                checkpoint_due = manager.is_due(run.step, last_step, stop)
+                if backbone_due or checkpoint_due:
+                    _check_still_owner(lock, ctx)
+                if backbone_due:
                     save_backbone(run)
-                if manager.is_due(run.step, last_step, stop):
+                if checkpoint_due:
                     save(run, manager)
                 if stop:
                     log.warning("stopped at step %d on request; continue with --resume auto", run.step)
@@ -364,7 +368,8 @@ def main(argv=None) -> int:
                  cfg.steps_per_epoch, ctx.world_size, ctx.device)
         verifier = TrainingVerifier.from_config(cfg, ctx) if cfg.val_targets else None
         with logging_redirect_tqdm():
-            train(run, train_set, manager, verifier=verifier, max_steps=args.max_steps, stop_requested=stop_requested)
+            train(run, train_set, manager, verifier=verifier, max_steps=args.max_steps, stop_requested=stop_requested,
+                  lock=lock)
         return 0
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
@@ -387,6 +392,18 @@ def _claim_output(output: str, ctx: distributed.DistContext) -> OutputLock | Non
     if distributed.any_rank(problem is not None, ctx):
         raise problem or UserError(f"rank 0 could not claim the output folder '{output}' (see its error).")
     return lock
+
+
+def _check_still_owner(lock: OutputLock | None, ctx: distributed.DistContext) -> None:
+    """Before writing into the output: rank 0 checks its lock still guards the folder; every rank stops if not."""
+    problem = None
+    if lock is not None:
+        try:
+            lock.check_still_owner()
+        except UserError as exc:
+            problem = exc
+    if distributed.any_rank(problem is not None, ctx):
+        raise problem or UserError("rank 0 no longer owns the output folder (see its error); stopping.")
 
 
 def _check_network_options(cfg) -> None:

@@ -320,7 +320,7 @@ def unreadable(path: Path, what: str, exc: OSError, hint: str = "check the path"
     return UserError(f"cannot read {what} '{path}' ({exc.strerror or exc}); {hint}.")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process `pid` runs on this machine (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
@@ -337,7 +337,7 @@ def temporary_writer_ended(path: Path) -> bool:
     A temporary of another host, or of a name this module does not make, is never counted as ended.
     """
     match = _TEMPORARY_NAME.match(path.name)
-    return bool(match) and match.group(2) == _host() and not _process_alive(int(match.group(1)))
+    return bool(match) and match.group(2) == _host() and not process_alive(int(match.group(1)))
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
