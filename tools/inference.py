@@ -40,7 +40,7 @@ from eval.detect import (
     load_detector,
     read_photo,
 )
-from eval.guard import check_embeddings, unit_rows
+from eval.guard import check_embeddings, check_model_output, unit_rows
 from eval.onnx_backbone import load_onnx_backbone
 from utils.decode import read_image, split_image_files, warn_skipped
 from utils.distributed import pick_device
@@ -127,7 +127,9 @@ def torch_embedder(model: torch.nn.Module, device: torch.device) -> Embedder:
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+            output = check_model_output(model(torch.from_numpy(batch).to(device)), len(batch),
+                                        source=type(model).__name__)
+            return output.float().cpu().numpy()  # [B, D]
 
     return run
 
