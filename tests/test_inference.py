@@ -173,7 +173,7 @@ def test_unreadable_image_is_a_clear_error(setup, tmp_path, capsys):
     broken = Path(tmp_path / "broken.png")
     broken.write_bytes(b"not an image")
     assert inference.main([*setup["args"], str(broken)]) == 2
-    assert "broken.png' is not a decodable image" in capsys.readouterr().err
+    assert "broken.png' has no image header this project can read" in capsys.readouterr().err
 
 
 def test_cuda_device_without_cuda_exits_2_with_the_message(setup, capsys, monkeypatch):
