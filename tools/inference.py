@@ -221,15 +221,27 @@ def collect_landmarks(args: argparse.Namespace, names: Sequence[str]) -> list[np
     return landmarks
 
 
+def escape_name(name: str) -> str:
+    """A file name as one line of the names file: backslash, newline and carriage return written as
+    `\\`, `\n`, `\r`, so every name is one line whatever it holds (undo with `unescape_name`)."""
+    return name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def unescape_name(line: str) -> str:
+    """The file name of one line of the names file (see `escape_name`)."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), line)
+
+
 def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[str]) -> Path:
-    """Save [N, D] embeddings to `path` (.npy) and the image names, one a line, beside it (.txt)."""
+    """Save [N, D] embeddings to `path` (.npy) and the image names, one a line (`escape_name`), beside it
+    (.txt): line i names row i."""
     path = Path(path)
     if path.suffix != ".npy":
         raise UserError(f"--output '{path}' must end in .npy.")
     make_folder(path.parent)
     atomic_write(path, lambda stream: np.save(stream, embeddings))
     names_path = path.with_suffix(".txt")
-    atomic_write_text(names_path, "".join(f"{name}\n" for name in names))
+    atomic_write_text(names_path, "".join(f"{escape_name(name)}\n" for name in names))
     return names_path
 
 
