@@ -130,7 +130,9 @@ class EncodedImageDataset(Dataset):
             raise DataError(f"{name} has label {label}, outside [0, {self.num_classes}); the class count "
                             "(from `property` or the header record) does not match the labels: re-pack the data.")
         size = image_size_of(payload)  # from the header: a wrong size or a bomb is refused before decoding
-        if size is not None and size[::-1] != self.image_size:
+        if size is None:  # never decoded on trust
+            raise _CorruptSample(name, "its image header cannot be read")
+        if size[::-1] != self.image_size:
             raise DataError(f"{name} is {size[0]}x{size[1]}, not {self.image_size[1]}x{self.image_size[0]}; "
                             f"{ALIGN_HINT}.")
         if not self.decode and nvjpeg_ready(payload):

@@ -32,6 +32,7 @@ from eval.ijb_data import (
     TARGETS,
     ImageMeta,
     MetaPaths,
+    check_faceness,
     check_images_exist,
     read_identification_csv,
     read_image_meta,
@@ -82,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--batch-size must be positive")
     if args.onnx and args.model_prefix:
         parser.error("--onnx and --model-prefix name two models; pass one of them")
+    if args.features and args.onnx:
+        parser.error("--features scores saved features without a model; drop --onnx (or --features)")
     if args.onnx and (args.fp16 or args.bf16):
         parser.error("--fp16/--bf16 apply to PyTorch autocast; an ONNX model runs in the precision it was "
                      "exported in")
@@ -172,11 +175,18 @@ def load_saved_features(path: Path, meta: ImageMeta, flip: bool) -> tuple[np.nda
                         "an earlier run.")
     if flip and "feats_flip" not in arrays:
         raise UserError(f"'{path}' was saved without the flip test (no feats_flip); add --no-flip.")
-    feats = arrays["feats"]
-    if feats.ndim != 2 or len(feats) != len(meta.names) or len(arrays["faceness"]) != len(meta.names):
-        raise UserError(f"'{path}' holds features of {len(feats)} images but {meta.source} lists "
-                        f"{len(meta.names)}; use the features saved for this --image-path and --target.")
-    return feats, arrays["feats_flip"] if flip else None, arrays["faceness"]
+    feats, faceness = arrays["feats"], arrays["faceness"]
+    feats_flip = arrays["feats_flip"] if flip else None
+    expected = {"feats": f"[{len(meta.names)}, D]", "feats_flip": f"[{len(meta.names)}, D]",
+                "faceness": f"[{len(meta.names)}]"}
+    for name, array, ok in (("feats", feats, feats.ndim == 2 and len(feats) == len(meta.names)),
+                            ("feats_flip", feats_flip, feats_flip is None or feats_flip.shape == feats.shape),
+                            ("faceness", faceness, faceness.shape == (len(meta.names),))):
+        if not ok:
+            raise UserError(f"array {name} of '{path}' has shape {list(array.shape)}, expected {expected[name]} "
+                            f"({meta.source} lists {len(meta.names)} images; D = the width of feats); use the "
+                            "features saved for this --image-path and --target.")
+    return feats, feats_flip, faceness
 
 
 def _pair_rows(template_ids: np.ndarray, pairs_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -312,6 +322,19 @@ def guard_features(args: argparse.Namespace, feats: np.ndarray, feats_flip: np.n
         raise UserError(f"{int(bad.sum())} faceness scores in {args.features or meta.source} are not finite, "
                         f"the first of {describe(int(np.argmax(bad)))}; repair the file or add "
                         "--no-detector-score.")
+    if args.detector_score and args.features:
+        check_faceness(faceness, meta.names, f"'{args.features}'")  # the meta reader's rule, in one place
+
+
+def _output_folder(args: argparse.Namespace) -> Path:
+    """<result-dir>/<job>, not created yet (nothing is written before the features pass the guard); a
+    UserError now when either names something that is not a folder."""
+    out_dir = Path(args.result_dir) / args.job
+    for folder in (out_dir.parent, out_dir):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"'{folder}' is not a folder; give a --result-dir (and --job) where results can be "
+                            "written.")
+    return out_dir
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -321,7 +344,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise UserError(f"1:N needs {paths.probes} and the gallery files "
                         f"{', '.join(str(p) for p in paths.galleries.values())}; copy them into meta/.")
     meta = read_image_meta(paths)
-    out_dir = Path(args.result_dir) / args.job
+    out_dir = _output_folder(args)
     prefix = args.target.lower()
     feats, feats_flip, faceness = image_features(args, meta, out_dir, prefix)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -211,7 +211,7 @@ def save(run: Run, manager: CheckpointManager) -> None:
 
 
 def save_backbone(run: Run) -> None:
-    """model.pt: the bare backbone state_dict, loadable by the released evaluation code."""
+    """model.pt: the bare backbone state_dict, loadable by the released evaluation code, and its model.pt.sha256."""
     if run.ctx.is_main:
         atomic_save(run.backbone.state_dict(), Path(run.cfg.output) / "model.pt")
 
@@ -288,7 +288,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_steps: int | None,
-          stop_requested) -> bool:
+          stop_requested, lock: OutputLock | None = None) -> bool:
     """Run optimizer steps until the end (True) or a stop request (False), checkpointing on the way."""
     cfg, ctx = run.cfg, run.ctx
     global_batch, end_step = cfg.total_batch_size, _end_step(run)
@@ -321,9 +321,13 @@ def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_step
                 if verifier is not None and (run.step % cfg.verbose == 0 or run.step == end_step):
                     verifier(run, scalars)
                 stop = distributed.any_rank(stop_requested(), ctx)  # all ranks stop at the same step
-                if cfg.num_image - run.epoch_samples < global_batch or run.step == end_step:
+                backbone_due = cfg.num_image - run.epoch_samples < global_batch or run.step == end_step
+                checkpoint_due = manager.is_due(run.step, last_step, stop)
+                if backbone_due or checkpoint_due:
+                    _check_still_owner(lock, ctx)
+                if backbone_due:
                     save_backbone(run)
-                if manager.is_due(run.step, last_step, stop):
+                if checkpoint_due:
                     save(run, manager)
                 if stop:
                     log.warning("stopped at step %d on request; continue with --resume auto", run.step)
@@ -393,7 +397,8 @@ def main(argv=None) -> int:
                  cfg.gradient_accumulation, ctx.world_size, cfg.total_samples, ctx.device)
         verifier = TrainingVerifier.from_config(cfg, ctx) if cfg.val_targets else None
         with logging_redirect_tqdm():
-            train(run, train_set, manager, verifier=verifier, max_steps=args.max_steps, stop_requested=stop_requested)
+            train(run, train_set, manager, verifier=verifier, max_steps=args.max_steps, stop_requested=stop_requested,
+                  lock=lock)
         return 0
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
@@ -416,6 +421,18 @@ def _claim_output(output: str, ctx: distributed.DistContext) -> OutputLock | Non
     if distributed.any_rank(problem is not None, ctx):
         raise problem or UserError(f"rank 0 could not claim the output folder '{output}' (see its error).")
     return lock
+
+
+def _check_still_owner(lock: OutputLock | None, ctx: distributed.DistContext) -> None:
+    """Before writing into the output: rank 0 checks its lock still guards the folder; every rank stops if not."""
+    problem = None
+    if lock is not None:
+        try:
+            lock.check_still_owner()
+        except UserError as exc:
+            problem = exc
+    if distributed.any_rank(problem is not None, ctx):
+        raise problem or UserError("rank 0 no longer owns the output folder (see its error); stopping.")
 
 
 def _check_network_options(cfg) -> None:

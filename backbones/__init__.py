@@ -17,7 +17,7 @@ from backbones.iresnet import IResNet
 from backbones.mobilefacenet import MobileFaceNet
 from backbones.vit import PatchInfo, VisionTransformer
 from utils.errors import UserError
-from utils.files import check_regular_file
+from utils.files import check_regular_file, check_weights_file
 
 
 class Variant(NamedTuple):
@@ -87,8 +87,13 @@ def _shapes(name: str, num_features: int) -> dict[str, tuple[int, ...]]:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A backbone state_dict from a file: a plain state_dict, or a dict holding one under "backbone",
-    "state_dict" or "model"; a DDP `module.` prefix is removed. Loaded with weights_only=True."""
+    "state_dict" or "model"; a DDP `module.` prefix is removed. Loaded with weights_only=True.
+
+    The file's bytes are checked against `<path>.sha256` first (utils.files.check_weights_file): a
+    mismatch is a ChecksumMismatch (UserError); a file without one (a released model) loads with a warning.
+    """
     path = check_regular_file(path, "weights file")
+    check_weights_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -25,7 +25,7 @@ import numpy as np
 from eval.align import align_face
 from utils.decode import read_image
 from utils.errors import UserError
-from utils.files import atomic_write_bytes
+from utils.files import atomic_write_bytes, check_regular_file
 from utils.images import IMAGE_SIZE
 
 DETECTOR_ENV = "TRANSFACE_DETECTOR_MODEL"
@@ -36,6 +36,7 @@ ZOO_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4" 
 DOWNLOAD_TIMEOUT_S = 30
 SCORE_THRESHOLD = 0.7
 MAX_SIDE = 1280  # larger photos are detected on a downscaled copy (landmarks are mapped back)
+PROBE_SIDE = 64  # the blank image a loaded detector must run on, so another ONNX model fails at load
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,8 @@ def find_detector_model(path: str | os.PathLike | None = None) -> Path:
     """
     given = path or os.environ.get(DETECTOR_ENV)
     if given:
-        given = Path(given)
-        if not given.is_file():
-            raise UserError(f"face detector model '{given}' does not exist; download {ZOO_FILE} from "
-                            f"{ZOO_PAGE} and pass its path.")
-        return given
+        return check_regular_file(given, "face detector model", f"download {ZOO_FILE} from {ZOO_PAGE} and pass "
+                                  "its path")
     cached = cache_folder() / ZOO_FILE
     if cached.is_file() and sha256_of(cached) == ZOO_SHA256:
         return cached
@@ -133,9 +131,10 @@ class FaceDetector:
         logging.setLogLevel(logging.LOG_LEVEL_ERROR)
         try:
             self.net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold)
-        except cv2.error as exc:
-            raise UserError(f"'{model_path}' is not a YuNet face detector model OpenCV can load; download "
-                            f"{ZOO_FILE} from {ZOO_PAGE}.") from exc
+            self.detect(np.zeros((PROBE_SIDE, PROBE_SIDE, 3), np.uint8))  # another ONNX model fails here
+        except (cv2.error, IndexError, ValueError) as exc:
+            raise UserError(f"'{model_path}' is not a YuNet face detector model OpenCV can load and run; "
+                            f"download {ZOO_FILE} from {ZOO_PAGE}.") from exc
         finally:
             logging.setLogLevel(level)
 

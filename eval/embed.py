@@ -10,6 +10,7 @@ import contextlib
 import numpy as np
 import torch
 
+from eval.guard import check_model_output
 from utils.images import normalize
 
 
@@ -28,6 +29,7 @@ def embed_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.devi
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
     with autocast:
-        embeddings = model(x).float().cpu().numpy()  # [B or 2B, D]
+        output = check_model_output(model(x), len(x), source=type(model).__name__)
+        embeddings = output.float().cpu().numpy()  # [B or 2B, D]
     num_images = len(images)
     return embeddings[:num_images], embeddings[num_images:] if flip else None

@@ -99,6 +99,25 @@ def check_embeddings(*arrays: np.ndarray, source: str, describe: Callable[[int],
                     "weights and --network.", source, reason)
 
 
+def check_model_output(output, num_rows: int, *, source: str, width: int | None = None):
+    """`output` if it is one embedding array [num_rows, D] (a tensor or ndarray; D == `width` when given);
+    else a UserError naming the model `source`, the expected and the actual shape.
+
+    Called on every forward pass of an evaluation or inference (PyTorch and ONNX alike), before a row is
+    used: a tuple, a rank-1 or rank-4 output, or a reshape to [1, -1] otherwise fails later as a
+    traceback or silently drops images.
+    """
+    shape = tuple(output.shape) if hasattr(output, "shape") else None
+    expected = f"[{num_rows}, {width if width is not None else 'D'}]"
+    if shape is None:
+        raise UserError(f"model {source} returned a {type(output).__name__}, not one embedding array {expected}; "
+                        "export or load a backbone whose forward returns the embedding only.")
+    if len(shape) != 2 or shape[0] != num_rows or (width is not None and shape[1] != width):
+        raise UserError(f"model {source} returned shape {list(shape)} for {num_rows} images, expected "
+                        f"{expected}; use a face embedding model (tools/export_onnx.py writes one).")
+    return output
+
+
 def unit_rows(embeddings: np.ndarray, *, source: str, describe: Callable[[int], str] = lambda row: f"row {row}"
               ) -> np.ndarray:
     """[N, D] finite embeddings -> the same rows scaled to unit L2 norm, as float32.
@@ -117,4 +136,4 @@ def unit_rows(embeddings: np.ndarray, *, source: str, describe: Callable[[int], 
 
 
 __all__ = ["DIRECTION_TOLERANCE", "MIN_ROWS_FOR_DIRECTION", "NON_FINITE_CAUSES", "NonFiniteEmbeddings",
-           "check_embeddings", "degenerate_reason", "non_finite_rows", "unit_rows"]
+           "check_embeddings", "check_model_output", "degenerate_reason", "non_finite_rows", "unit_rows"]

@@ -1,8 +1,10 @@
 """An ONNX model run by ONNX Runtime in place of a PyTorch backbone, for `eval_ijbc.py --onnx` and
 `python -m eval.verification --onnx` (the released `onnx_ijbc.py` evaluates ONNX files the same way).
 
-The model must take one float input [B, 3, 112, 112] (RGB in [-1, 1], as tools/export_onnx.py writes it)
-and return the embedding [B, D] first. Images reach it through the same loader, batches and flip test as
+The model must take one float input [B, 3, 112, 112] (RGB in [-1, 1], as tools/export_onnx.py writes it) and
+return the embedding [B, D]: its only output, or the output named `embedding` among several. Every run's
+output is checked to be [B, D] for B inputs, D the same each time (eval.guard.check_model_output).
+Images reach it through the same loader, batches and flip test as
 a PyTorch backbone (eval.embed.embed_batch calls it like one). ONNX Runtime is imported only here, so it
 stays optional: `pip install onnxruntime` (CPU) or `onnxruntime-gpu` (CUDA), whichever fits the machine.
 """
@@ -14,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval.guard import check_model_output
 from utils.errors import UserError
-from utils.files import check_regular_file
+from utils.files import check_regular_file, check_weights_file
 from utils.images import IMAGE_SIZE
 
 INPUT_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
@@ -37,11 +40,13 @@ class OnnxBackbone:
 
     training = False
 
-    def __init__(self, session, fixed_batch: int | None):
+    def __init__(self, session, fixed_batch: int | None, source: str = "ONNX model"):
         self.session = session
         self.input_name = session.get_inputs()[0].name
-        self.output_name = session.get_outputs()[0].name
+        self.output_name = embedding_output(session, source)
         self.fixed_batch = fixed_batch
+        self.source = source
+        self.width: int | None = None  # D, fixed by the first run
 
     def eval(self) -> OnnxBackbone:
         return self
@@ -67,7 +72,25 @@ class OnnxBackbone:
         return np.concatenate(chunks)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0], dtype=np.float32)
+        output = self.session.run([self.output_name], {self.input_name: batch})[0]
+        check_model_output(output, len(batch), source=self.source, width=self.width)
+        self.width = output.shape[1]
+        return np.asarray(output, dtype=np.float32)
+
+
+def embedding_output(session, source: str) -> str:
+    """The name of the session's embedding output: its only one, or the one named `embedding`; a
+    UserError naming the outputs that exist otherwise, or when the output's declared rank is not 2."""
+    outputs = session.get_outputs()
+    chosen = outputs[0] if len(outputs) == 1 else next((o for o in outputs if o.name == "embedding"), None)
+    if chosen is None:
+        names = ", ".join(f"'{o.name}' {list(o.shape)}" for o in outputs) or "none"
+        raise UserError(f"{source} has {len(outputs)} outputs ({names}) and none is named 'embedding'; export "
+                        "a model whose only output is the embedding [B, D] (tools/export_onnx.py).")
+    if chosen.shape is not None and len(chosen.shape) != 2:
+        raise UserError(f"{source} declares its output '{chosen.name}' as {list(chosen.shape)}, expected the "
+                        "embedding [B, D]; export a face embedding model (tools/export_onnx.py).")
+    return chosen.name
 
 
 def load_onnx_backbone(path: str | Path, device: torch.device | None = None) -> OnnxBackbone:
@@ -79,6 +102,7 @@ def load_onnx_backbone(path: str | Path, device: torch.device | None = None) -> 
     """
     runtime = _import_onnxruntime()
     path = check_regular_file(path, "ONNX model", "pass a file written by tools/export_onnx.py")
+    check_weights_file(path, "ONNX model")
     providers = ["CPUExecutionProvider"]
     if device is None:
         providers = [name for name in ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -101,7 +125,7 @@ def load_onnx_backbone(path: str | Path, device: torch.device | None = None) -> 
         raise UserError(f"ONNX model '{path}' takes {found}; evaluation needs one float input [B, 3, "
                         f"{IMAGE_SIZE}, {IMAGE_SIZE}] (RGB in [-1, 1]), as tools/export_onnx.py writes it.")
     fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-    return OnnxBackbone(session, fixed_batch)
+    return OnnxBackbone(session, fixed_batch, f"'{path}'")
 
 
-__all__ = ["INPUT_SHAPE", "OnnxBackbone", "load_onnx_backbone"]
+__all__ = ["INPUT_SHAPE", "OnnxBackbone", "embedding_output", "load_onnx_backbone"]

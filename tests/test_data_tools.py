@@ -225,8 +225,8 @@ def test_make_bin_stores_other_formats_as_png_of_the_same_pixels(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"", "is not a decodable image"),  # an empty file once gave an OpenCV traceback in pack_rec
-    (b"not an image", "is not a decodable image"),
+    (b"", "has no image header this project can read"),  # an empty file once gave an OpenCV traceback
+    (b"not an image", "has no image header this project can read"),
     (None, "is 120x120, not 112x112"),
 ])
 def test_make_bin_and_pack_rec_refuse_a_bad_image_naming_it(tmp_path, content, message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 
 import cv2
 import numpy as np
@@ -21,6 +22,7 @@ from tools.pack_rec import EncodeOptions, encode_file, pack_folder
 from utils.binfile import decode_bin_images, load_bin
 from utils.decode import decode_image, exif_orientation, jpeg_header, nvjpeg_ready, read_image
 from utils.errors import UserError
+from utils.images import IMAGE_EXTENSIONS
 
 # What a viewer shows for each EXIF orientation, given the stored pixels [H, W, 3] (the TIFF/EXIF spec).
 EXIF_VIEW = {
@@ -105,7 +107,7 @@ def test_undecodable_bytes_are_a_value_error_and_a_bad_file_names_itself(tmp_pat
     with pytest.raises(ValueError):
         decode_image(b"not an image")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    with pytest.raises(UserError, match="bad.jpg' is not a decodable image"):
+    with pytest.raises(UserError, match="bad.jpg' has no image header this project can read"):
         read_image(tmp_path / "bad.jpg")
     with pytest.raises(UserError, match="image .*missing.jpg' does not exist"):
         read_image(tmp_path / "missing.jpg")
@@ -229,3 +231,61 @@ def test_image_extensions_are_types_opencv_reads(tmp_path):
         assert cv2.imwrite(str(path), rgb[:, :, 0] if suffix in (".pbm", ".pgm") else rgb[:, :, ::-1]), suffix
         assert read_image(path).shape[2] == 3, suffix
 
+
+
+HUGE = 20000  # a side above utils.decode.MAX_IMAGE_SIDE: 400 M pixels, gigabytes once decoded
+
+
+def _patched(data: bytes, offset: int, fmt: str) -> bytes:
+    """`data` with (HUGE, HUGE) packed at `offset` in the struct format `fmt`."""
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, HUGE, HUGE)
+    return bytes(out)
+
+
+def _tiff_claiming_huge(data: bytes) -> bytes:
+    out = bytearray(data)
+    for tag in (256, 257):  # ImageWidth, ImageLength entries: tag, type SHORT or LONG, count 1, value
+        for kind, fmt in ((3, "<H"), (4, "<I")):
+            at = out.find(struct.pack("<HHI", tag, kind, 1))
+            if at >= 0:
+                struct.pack_into(fmt, out, at + 8, HUGE)
+    return bytes(out)
+
+
+def _bomb(ext: str) -> bytes:
+    """A small file of type `ext` whose header claims HUGE x HUGE pixels."""
+    pixels = np.full((8, 8, 3), 128, np.uint8)
+    if ext in (".hdr", ".pic"):
+        return b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y %d +X %d\n" % (HUGE, HUGE) + b"\x80" * 64
+    if ext in (".pbm", ".pgm", ".ppm", ".pnm", ".pxm"):
+        return b"P6\n%d %d\n255\n" % (HUGE, HUGE) + bytes(192)
+    encoded = cv2.imencode(".jpg" if ext in (".jpeg", ".jpe") else ext, pixels)[1].tobytes()
+    if ext in (".jpg", ".jpeg", ".jpe"):
+        sof = encoded.index(b"\xff\xc0")
+        encoded = encoded[:sof] + b"\x00" + encoded[sof:]  # regression: a stray byte hid the frame header
+        return _patched(encoded, sof + 1 + 5, ">HH")
+    offsets = {".png": (16, ">II"), ".bmp": (18, "<ii"), ".dib": (18, "<ii"), ".sr": (4, ">II"),
+               ".ras": (4, ">II"), ".gif": (6, "<HH")}
+    if ext in offsets:
+        return _patched(encoded, *offsets[ext])
+    if ext in (".tif", ".tiff"):
+        return _tiff_claiming_huge(encoded)
+    return None
+
+
+@pytest.mark.parametrize("ext", [ext for ext in IMAGE_EXTENSIONS if ext not in (".jp2", ".webp", ".avif")])
+def test_a_small_file_claiming_a_huge_size_is_refused_before_decoding_in_every_type(tmp_path, ext, monkeypatch):
+    """Regression: a 9 MB 12000x12000 .hdr took 2.68 GB; a JPEG with a stray byte was decoded in full."""
+    path = tmp_path / f"bomb{ext}"
+    path.write_bytes(_bomb(ext))
+    monkeypatch.setattr("utils.decode._decode_bgr", lambda data: pytest.fail("decoded a bomb"))
+    with pytest.raises(UserError, match=r"claims \d+x\d+ pixels, more than this project decodes"):
+        read_image(path)
+
+
+def test_an_image_whose_header_cannot_be_read_is_refused_not_decoded_on_trust(tmp_path):
+    path = tmp_path / "odd.png"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match="has no image header this project can read"):
+        read_image(path)

@@ -21,6 +21,7 @@ from eval.detect import (
     align_largest,
     download_detector_model,
     find_detector_model,
+    load_detector,
     read_photo,
 )
 from eval.recognizer import FaceRecognizer
@@ -257,3 +258,16 @@ def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path):
     fake.write_text("not a model")
     with pytest.raises(UserError, match="is not a YuNet face detector model"):
         FaceDetector(fake)
+
+
+def test_a_detector_model_that_is_another_onnx_model_or_a_folder_is_one_line(tmp_path):
+    """Regression: an embedding model as --detector-model was an OpenCV traceback at the first photo; a
+    folder was reported as missing."""
+    from tools import export_onnx
+
+    export_onnx.export(get_model("vit_nano", num_features=8).eval(), tmp_path / "face.onnx", opset=17,
+                       dynamic_batch=True)
+    with pytest.raises(UserError, match="face.onnx' is not a YuNet face detector model OpenCV can load and run"):
+        load_detector(tmp_path / "face.onnx")
+    with pytest.raises(UserError, match=f"face detector model '{tmp_path}' is a folder"):
+        load_detector(tmp_path)

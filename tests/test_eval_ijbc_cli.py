@@ -3,6 +3,7 @@ faces with known landmarks), with a random vit_nano; outputs checked against dir
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -420,3 +421,44 @@ def test_onnx_with_a_pytorch_only_flag_is_a_usage_error(ijbc, tmp_path, capsys, 
     with pytest.raises(SystemExit) as exit_info:
         eval_ijbc.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+# ---- saved features and outputs checked like every other input (issue 26) ----
+
+def _saved_with(tmp_path, out, **changes):
+    arrays = dict(np.load(out / "ijbc_features.npz"))
+    arrays.update(changes)
+    np.savez(tmp_path / "edited.npz", **arrays)
+    return str(tmp_path / "edited.npz")
+
+
+@pytest.mark.parametrize("change, message", [
+    # Regression: faceness -1 flipped its images in the pooling although the meta reader refuses it.
+    (lambda a: {"faceness": np.where(np.arange(36) == 3, -1.0, a["faceness"]).astype(np.float32)},
+     r"the faceness score of '4.jpg' is -1.0, not in \[0, 1\]"),
+    (lambda a: {"faceness": np.full(36, 2.0, np.float32)}, r"the faceness score of '1.jpg' is 2.0, not in \[0, 1\]"),
+    (lambda a: {"feats_flip": a["feats_flip"][:, :-1]},
+     r"array feats_flip of .* has shape \[36, 31\], expected \[36, D\]"),
+    (lambda a: {"feats": a["feats"].reshape(-1)}, r"array feats of .* has shape \[1152\], expected \[36, D\]"),
+    (lambda a: {"faceness": a["faceness"][:-1]}, r"array faceness of .* has shape \[35\], expected \[36\]"),
+])
+def test_saved_features_of_the_wrong_shape_or_range_exit_2_naming_the_array(ijbc, tmp_path, capsys, change, message):
+    root, _, out = ijbc
+    argv = _features_argv(root, out, "edited")
+    edited = change(dict(np.load(out / "ijbc_features.npz")))
+    argv[argv.index("--features") + 1] = _saved_with(tmp_path, out, **edited)
+    argv[argv.index("--result-dir") + 1] = str(tmp_path / "results")
+    err = _run_expecting_error(argv, capsys)
+    assert re.search(message, err) and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_features_with_onnx_and_a_result_dir_that_is_a_file_exit_2(ijbc, tmp_path, capsys):
+    root, _, out = ijbc
+    with pytest.raises(SystemExit) as stopped:  # argparse's exit for flags that contradict each other
+        eval_ijbc.main([*_features_argv(root, out, "both"), "--onnx", "m.onnx"])
+    assert stopped.value.code == 2 and "--features scores saved features without a model" in capsys.readouterr().err
+    (tmp_path / "file").write_text("not a folder")
+    argv = _features_argv(root, out, "x")
+    argv[argv.index("--result-dir") + 1] = str(tmp_path / "file")
+    assert "file' is not a folder; give a --result-dir" in _run_expecting_error(argv, capsys)

@@ -1,5 +1,6 @@
 """utils.files: the one atomic write every output goes through."""
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -10,7 +11,16 @@ import pytest
 import torch
 
 from utils.errors import UserError
-from utils.files import atomic_save, atomic_write, atomic_write_text, remove_stale_temporaries
+from utils.files import (
+    ChecksumMismatch,
+    atomic_save,
+    atomic_write,
+    atomic_write_text,
+    check_weights_file,
+    checksum_path,
+    remove_stale_temporaries,
+    verify_checksum,
+)
 
 
 def test_new_file_gets_the_permissions_of_the_users_umask(tmp_path):
@@ -66,3 +76,56 @@ def test_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
     removed = remove_stale_temporaries(tmp_path)
     assert [p.name for p in removed] == left
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden_user_file", "keep.pt"]
+
+
+def test_a_temporary_a_live_process_is_writing_is_kept(tmp_path):
+    """Regression: a starting run deleted the temporary file of an export writing into its output."""
+    script = ("import os, sys, time; from utils.files import atomic_write; "
+              "atomic_write(sys.argv[1], lambda s: (s.write(b'x'), s.flush(), print('writing', flush=True), "
+              "time.sleep(120)))")
+    writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "m.onnx")],
+                              cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        (tmp_path / ".legacy.pt.abc123.tmp").write_bytes(b"no writer named")
+        assert remove_stale_temporaries(tmp_path) == []
+        assert len(list(tmp_path.glob(".m.onnx.*.tmp"))) == 1
+    finally:
+        writer.kill()
+        writer.wait()
+    assert [p.name.startswith(".m.onnx.") for p in remove_stale_temporaries(tmp_path)] == [True]
+
+
+def test_a_weight_file_and_its_checksum_round_trip_and_a_flipped_bit_is_caught(tmp_path):
+    path = tmp_path / "model.pt"
+    atomic_save({"w": torch.arange(100.0)}, path)
+    assert verify_checksum(path) and verify_checksum(path, path.read_bytes())
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch, match="model.pt' has SHA-256 .* its checksum file records"):
+        verify_checksum(path)
+
+
+def test_the_checksum_is_in_place_before_the_data_file(tmp_path, monkeypatch):
+    """A kill between the two renames must never leave a data file without its checksum."""
+    replaced = []
+    real_replace = os.replace
+
+    def record(source, destination):
+        replaced.append(Path(destination).name)
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", record)
+    atomic_write(tmp_path / "rank_00000.pt", lambda stream: stream.write(b"weights"), checksum=True)
+    assert replaced == ["rank_00000.pt.sha256", "rank_00000.pt"]
+    assert checksum_path(tmp_path / "rank_00000.pt").read_text().strip() == hashlib.sha256(b"weights").hexdigest()
+
+
+def test_a_file_without_a_checksum_loads_unverified_with_one_warning(tmp_path, caplog):
+    path = tmp_path / "released.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    assert check_weights_file(path) is False
+    assert [r.getMessage() for r in caplog.records if "unverified" in r.getMessage()] == [
+        f"weights file '{path}' has no checksum file 'released.pt.sha256' (a released or third-party file): "
+        "loading it unverified"]

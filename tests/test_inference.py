@@ -173,7 +173,7 @@ def test_unreadable_image_is_a_clear_error(setup, tmp_path, capsys):
     broken = Path(tmp_path / "broken.png")
     broken.write_bytes(b"not an image")
     assert inference.main([*setup["args"], str(broken)]) == 2
-    assert "broken.png' is not a decodable image" in capsys.readouterr().err
+    assert "broken.png' has no image header this project can read" in capsys.readouterr().err
 
 
 def test_cuda_device_without_cuda_exits_2_with_the_message(setup, capsys, monkeypatch):
@@ -213,3 +213,11 @@ def test_zero_embeddings_give_no_similarity_and_no_normalized_file(setup, face_f
     assert inference.main([*model, "--folder", str(folder), "--output", str(output), "--normalize"]) == 2
     assert "3 of 3 embeddings of the inputs have zero norm" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_names_file_has_one_line_per_embedding_whatever_the_file_names_hold(tmp_path):
+    """Regression: a newline in a file name gave 2 embeddings and 3 name lines."""
+    names = ["a\nb.png", "back\\slash\\n.png"]
+    names_path = inference.write_embeddings(tmp_path / "emb.npy", np.zeros((2, 4), np.float32), names)
+    lines = names_path.read_text().splitlines()
+    assert len(lines) == 2 and [inference.unescape_name(line) for line in lines] == names

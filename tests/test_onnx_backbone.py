@@ -85,3 +85,55 @@ def test_verification_cli_with_onnx_prints_the_pytorch_accuracy(nano, tmp_path, 
     pytorch = capsys.readouterr().out
     assert verification.main(["--onnx", str(folder / "dynamic.onnx"), *common]) == 0
     assert capsys.readouterr().out == pytorch  # accuracy, std and XNorm to the printed digits
+
+
+def _face_graph(path, nodes, outputs):
+    """A model with the face input [B, 3, 112, 112] named 'data', the given nodes and (name, shape) outputs."""
+    graph = helper.make_graph(
+        nodes, "odd_outputs", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["B", 3, 112, 112])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outputs],
+        initializer=[helper.make_tensor("flat", TensorProto.INT64, [2], [1, -1]),
+                     helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+POOL = helper.make_node("GlobalAveragePool", ["data"], ["pooled"])  # [B, 3, 1, 1]
+SQUEEZE = helper.make_node("Squeeze", ["pooled", "axes"], ["embedding"])  # [B, 3]
+
+
+@pytest.mark.parametrize("nodes, outputs, message", [
+    # Regression: tools.inference --onnx silently dropped the third of three images with this one.
+    ([POOL, helper.make_node("Reshape", ["pooled", "flat"], ["out"])], [("out", None)],
+     r"returned shape \[1, 9\] for 3 images, expected \[3, D\]"),
+    ([POOL], [("pooled", None)], r"declares its output 'pooled' as \['B', 3, 1, 1\], expected the embedding"),
+    ([POOL, SQUEEZE], [("pooled", ["B", 3, 1, 1]), ("embedding", ["B", 3])], None),  # takes 'embedding'
+    ([POOL, helper.make_node("Squeeze", ["pooled", "axes"], ["feat"])], [("pooled", None), ("feat", None)],
+     r"has 2 outputs \('pooled' .*'feat' .*none is named 'embedding'"),
+])
+def test_every_onnx_output_is_one_embedding_row_per_image(tmp_path, nodes, outputs, message):
+    path = _face_graph(tmp_path / "odd.onnx", nodes, outputs)
+    batch = np.zeros((3, 3, 112, 112), dtype=np.float32)
+    if message is None:
+        assert load_onnx_backbone(path, CPU).embed(batch).shape == (3, 3)
+        return
+    with pytest.raises(UserError, match=message):
+        load_onnx_backbone(path, CPU).embed(batch)
+
+
+def test_a_pytorch_model_returning_a_tuple_or_another_row_count_is_one_line():
+    from eval.embed import embed_batch
+
+    class Pair(torch.nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3)), x
+
+    class OneRow(torch.nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3)).reshape(1, -1)  # [1, B * 3]
+
+    images = torch.zeros(2, 3, 112, 112, dtype=torch.uint8)
+    with pytest.raises(UserError, match="model Pair returned a tuple, not one embedding array"):
+        embed_batch(Pair(), images, CPU)
+    with pytest.raises(UserError, match=r"model OneRow returned shape \[1, 12\] for 4 images"):
+        embed_batch(OneRow(), images, CPU)

@@ -465,7 +465,10 @@ def test_stale_temporaries_are_removed_at_start_up(tmp_path, small_run):
     _, config = small_run
     step = tmp_path / "out" / "checkpoints" / "step_000000009"
     step.mkdir(parents=True)
-    stale = [tmp_path / "out" / ".config.json.x1.tmp", step / ".common.pt.x2.tmp", step / ".rank_00000.pt.x3.tmp"]
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    writer = f"{int(ended.stdout)}@{socket.gethostname()}"  # a process that has ended
+    stale = [tmp_path / "out" / f".config.json.{writer}.{'1' * 16}.tmp", step / f".common.pt.{writer}.{'2' * 16}.tmp",
+             step / f".rank_00000.pt.{writer}.{'3' * 16}.tmp"]
     for path in stale:
         path.write_bytes(b"partial")  # what kill -9 during the first save leaves
     assert train.main([str(config), "--resume", "auto", "--max-steps", "1"]) == 0
@@ -487,3 +490,41 @@ def test_a_full_disk_during_a_save_leaves_no_temporary(tmp_path):
         assert manager.load_latest() is None  # the torn folder is not a checkpoint
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+def test_a_run_whose_output_was_deleted_and_relocked_stops_before_its_next_checkpoint(tmp_path):
+    """Regression: `rm -rf O` under a live run, then a second run on O: both finished in one folder."""
+    from utils.output import claim_output
+
+    first = claim_output(tmp_path / "out")
+    first.check_still_owner()  # nothing happened yet
+    shutil.rmtree(tmp_path / "out")
+    with pytest.raises(UserError, match="run.lock' of this run was removed"):
+        train._check_still_owner(first, train.distributed.DistContext(0, 0, 1, torch.device("cpu")))
+    second = claim_output(tmp_path / "out")  # the new lock file: another inode
+    try:
+        with pytest.raises(UserError, match="run.lock' of this run was replaced"):
+            first.check_still_owner()
+        second.check_still_owner()
+    finally:
+        first.release()
+        second.release()
+
+
+def test_a_lock_held_by_another_process_is_not_reported_as_the_stale_run_it_names(tmp_path):
+    from utils.output import claim_output
+
+    claim_output(tmp_path / "out").release()  # the file now names this process...
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "out" / "run.lock").write_text(f"PID {int(ended.stdout)} on host {socket.gethostname()}\n")
+    holder = subprocess.Popen(  # ...but a plain flock, not a training run, holds it
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(120)", str(tmp_path / "out" / "run.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"not a training run of this project .*PID {int(ended.stdout)}.*ended"):
+            claim_output(tmp_path / "out")
+    finally:
+        holder.kill()
+        holder.wait()

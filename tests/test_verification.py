@@ -172,7 +172,7 @@ def test_cli_with_diverged_weights_exits_2_without_an_accuracy(tmp_path, capsys,
 @pytest.mark.parametrize("bias, reason", [(0.3, "within 1e-06 of one direction"), (0.0, "zero norm")])
 def test_cli_with_a_collapsed_model_warns_once(tmp_path, capsys, caplog, bias, reason):
     assert verification.main(_cli_argv(tmp_path, collapsed_state_dict(_tiny_model(), bias))) == 0
-    messages = [record.getMessage() for record in caplog.records]
+    messages = [record.getMessage() for record in caplog.records if "unverified" not in record.getMessage()]
     assert len(messages) == 1 and reason in messages[0] and "no identity information" in messages[0]
 
 

@@ -89,3 +89,16 @@ def test_a_cnn_without_se_gate_is_refused_in_one_line(setup, tmp_path, capsys):
     assert visualize.main(argv) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "network 'mbf' has no SE patch gate" in error
+
+
+def test_nan_weights_exit_2_and_write_no_picture(setup, tmp_path, capsys):
+    """Regression: NaN weights drew a picture and exited 0; visualize goes through eval.guard like every
+    evaluation."""
+    state = {key: torch.full_like(value, float("nan")) if value.is_floating_point() else value
+             for key, value in setup["model"].state_dict().items()}
+    torch.save(state, tmp_path / "nan.pt")
+    argv = ["--network", "vit_nano", "--weights", str(tmp_path / "nan.pt"), str(setup["folder"] / "face0.png"),
+            "--output", str(tmp_path / "a.png")]
+    assert visualize.main(argv) == 2
+    assert "have non-finite embeddings (NaN or ±inf), the first face 0" in capsys.readouterr().err
+    assert not (tmp_path / "a.png").exists()

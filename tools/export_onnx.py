@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: ONNX Runtime and PyTorch embeddings differ by more than {args.tolerance:g} on "
                   f"{', '.join(failures)}; '{output}' was not written.", file=sys.stderr)
             return 1
-        atomic_write_bytes(output, partial.read_bytes())
+        atomic_write_bytes(output, partial.read_bytes(), checksum=True)
     batch = "batch" if args.dynamic_batch else "1"
     print(f"wrote {output}: input '{INPUT_NAME}' [{batch}, 3, {IMAGE_SIZE}, {IMAGE_SIZE}] float32 RGB in "
           f"[-1, 1], output '{OUTPUT_NAME}' [{batch}, {model.num_features}]")

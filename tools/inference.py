@@ -40,7 +40,7 @@ from eval.detect import (
     load_detector,
     read_photo,
 )
-from eval.guard import check_embeddings, unit_rows
+from eval.guard import check_embeddings, check_model_output, unit_rows
 from eval.onnx_backbone import load_onnx_backbone
 from utils.decode import read_image, split_image_files, warn_skipped
 from utils.distributed import pick_device
@@ -127,7 +127,9 @@ def torch_embedder(model: torch.nn.Module, device: torch.device) -> Embedder:
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+            output = check_model_output(model(torch.from_numpy(batch).to(device)), len(batch),
+                                        source=type(model).__name__)
+            return output.float().cpu().numpy()  # [B, D]
 
     return run
 
@@ -219,15 +221,27 @@ def collect_landmarks(args: argparse.Namespace, names: Sequence[str]) -> list[np
     return landmarks
 
 
+def escape_name(name: str) -> str:
+    """A file name as one line of the names file: backslash, newline and carriage return written as
+    `\\`, `\n`, `\r`, so every name is one line whatever it holds (undo with `unescape_name`)."""
+    return name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def unescape_name(line: str) -> str:
+    """The file name of one line of the names file (see `escape_name`)."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), line)
+
+
 def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[str]) -> Path:
-    """Save [N, D] embeddings to `path` (.npy) and the image names, one a line, beside it (.txt)."""
+    """Save [N, D] embeddings to `path` (.npy) and the image names, one a line (`escape_name`), beside it
+    (.txt): line i names row i."""
     path = Path(path)
     if path.suffix != ".npy":
         raise UserError(f"--output '{path}' must end in .npy.")
     make_folder(path.parent)
     atomic_write(path, lambda stream: np.save(stream, embeddings))
     names_path = path.with_suffix(".txt")
-    atomic_write_text(names_path, "".join(f"{name}\n" for name in names))
+    atomic_write_text(names_path, "".join(f"{escape_name(name)}\n" for name in names))
     return names_path
 
 

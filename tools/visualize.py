@@ -30,6 +30,7 @@ from matplotlib.patches import Rectangle
 from backbones import load_backbone
 from dpap import DPAP, dominant_patches, perturb_chosen
 from eval.detect import align_largest, load_detector
+from eval.guard import check_embeddings
 from tools.inference import load_face
 from utils.config import BASE_CONFIG, load_config
 from utils.distributed import pick_device
@@ -67,7 +68,11 @@ def attention(model: torch.nn.Module, faces: np.ndarray, dpap: DPAP, device: tor
     """
     pixels = torch.from_numpy(faces).permute(0, 3, 1, 2)  # [F, H, W, 3] -> [F, 3, H, W]
     x = normalize(pixels.to(device))  # [F, 3, H, W] in [-1, 1]
-    patch_weights = model(x, with_patch_info=True).patch_weights.float()  # [F, N]
+    info = model(x, with_patch_info=True)
+    # the same non-finite guard as every evaluation: NaN weights would draw a blank map and exit 0
+    check_embeddings(info.embedding.float().cpu().numpy(), source="the faces", describe=lambda row: f"face {row}",
+                     unit="faces")
+    patch_weights = info.patch_weights.float()  # [F, N]
     cells = dominant_patches(patch_weights, dpap.k)  # [F, K]
     everyone = torch.arange(len(faces), device=device)  # [F]
     perturbed = perturb_chosen(x, everyone, patch_weights, k=dpap.k, alpha=dpap.alpha, ratio=dpap.ratio,

@@ -7,7 +7,9 @@ A checkpoint is a folder `<output>/checkpoints/step_<N>/` holding
                   rank's random states;
   <file>.sha256   beside each .pt: the SHA-256 of its bytes, checked on load, so a file damaged on disk
                   (a flipped bit) is treated like a torn one instead of resuming with corrupt weights.
-Every file is written to a temporary name and renamed, so a file that exists is whole. Saving needs no
+Every file is written to a temporary name and renamed, so a file that exists is whole; a .pt and its checksum
+are one unit: the checksum is renamed into place first (utils.files.atomic_write with checksum=True), so a
+part without its checksum is a save a kill interrupted, and its folder is incomplete. Saving needs no
 collective, so every rank can save on preemption. Loading tries folders newest first; all ranks must load
 their part of a folder (they agree through a collective) or all move on to the previous one, so a torn or
 truncated checkpoint is skipped consistently. Folders must be on a file system every rank sees.
@@ -15,7 +17,6 @@ truncated checkpoint is skipped consistently. Folders must be on a file system e
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import random
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
-from utils.files import atomic_write, atomic_write_text
+from utils.files import ChecksumMismatch, atomic_write, atomic_write_text, checksum_path, verify_checksum
 
 log = logging.getLogger(__name__)
 
@@ -64,45 +65,19 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] 
             generator.set_state(state["generators"][name])
 
 
-CHECKSUM_SUFFIX = ".sha256"
-
-
-class ChecksumMismatch(RuntimeError):
-    """A checkpoint file whose bytes differ from those saved: damaged on disk, treated like a torn file."""
-
-
-class _HashingWriter:
-    """A write-only stream that feeds every byte to `digest` on its way to `stream` (one pass, no copy)."""
-
-    def __init__(self, stream, digest):
-        self.stream, self.digest = stream, digest
-
-    def write(self, data) -> int:
-        self.digest.update(data)
-        return self.stream.write(data)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
 def _save(obj: dict[str, Any], path: Path) -> None:
-    """torch.save `obj` atomically, then its SHA-256 beside it in `<name>.sha256` (atomically too)."""
-    digest = hashlib.sha256()
-    atomic_write(path, lambda stream: torch.save(obj, _HashingWriter(stream, digest)))
-    atomic_write_text(path.with_name(path.name + CHECKSUM_SUFFIX), digest.hexdigest() + "\n")
+    """torch.save `obj` atomically with its SHA-256: `<name>.sha256` is renamed into place before the data
+    file (utils.files.atomic_write with checksum=True), so a data file never stands without its checksum."""
+    atomic_write(path, lambda stream: torch.save(obj, stream), checksum=True)
 
 
 def _load(path: Path) -> dict[str, Any]:
     """A checkpoint file, its bytes checked against the saved SHA-256 first (ChecksumMismatch if they
-    differ); files saved before checksums existed load with a warning."""
+    differ, or if the checksum file is missing: a part without one is not complete)."""
     data = path.read_bytes()
-    checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
-    if checksum.is_file():
-        expected, actual = checksum.read_text().strip(), hashlib.sha256(data).hexdigest()
-        if actual != expected:
-            raise ChecksumMismatch(f"{path} has SHA-256 {actual[:12]}..., saved as {expected[:12]}...")
-    else:
-        log.warning("%s has no checksum file (saved by an older version); loading it unverified", path)
+    if not verify_checksum(path, data):
+        raise ChecksumMismatch(f"{path} has no checksum file {checksum_path(path).name} (a save that was "
+                               "interrupted)")
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
@@ -167,9 +142,10 @@ class CheckpointManager:
         return world_size if world_size >= 1 else None
 
     def _complete(self, folder: Path) -> bool:
+        """Whether every part of the checkpoint in `folder` is there, each with its checksum file."""
         world_size = self._saved_world_size(folder)
-        return world_size is not None and (folder / "common.pt").is_file() and all(
-            (folder / f"rank_{r:05d}.pt").is_file() for r in range(world_size))
+        parts = [folder / "common.pt", *(folder / f"rank_{r:05d}.pt" for r in range(world_size or 0))]
+        return world_size is not None and all(part.is_file() and checksum_path(part).is_file() for part in parts)
 
     def _prune(self, keep: Path) -> None:
         """Delete folders older than the newest `keep_last` complete ones. `keep`, just written by rank 0, is

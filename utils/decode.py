@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 import warnings
 from collections.abc import Iterable
@@ -46,6 +47,9 @@ _NO_LENGTH_MARKERS = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # markers with
 MAX_IMAGE_SIDE = 16384
 MAX_IMAGE_PIXELS = 2**27
 _NUM_SKIPPED_NAMED = 5  # skipped files a warning names
+_RADIANCE_STARTS = (b"#?RADIANCE", b"#?RGBE")
+_RADIANCE_HEADER_LIMIT = 1 << 16  # bytes searched for the end of a Radiance header
+_RADIANCE_RESOLUTION = re.compile(rb"[-+]([XY]) (\d+) [-+]([XY]) (\d+)")
 
 
 def _decode_bgr(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
@@ -92,8 +96,9 @@ def _jpeg_frame(data: bytes) -> tuple[int, bool] | None:
     its marker segments; None when the markers break or run out first."""
     position, has_exif = 2, False
     while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
+        if data[position] != 0xFF:  # a stray byte: libjpeg skips to the next 0xFF and decodes on, so do we
+            position += 1
+            continue
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte before a marker
             position += 1
@@ -117,12 +122,30 @@ def jpeg_header(data: bytes) -> tuple[int, bool] | None:
     return data[position + 9], has_exif
 
 
+def _radiance_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a Radiance HDR (.hdr, .pic) from its text header (lines up to a blank one, then
+    the resolution line such as `-Y 480 +X 640`); None when the header is not one. PIL does not read it."""
+    end = data.find(b"\n\n", 0, _RADIANCE_HEADER_LIMIT)
+    if end < 0:
+        return None
+    line = data[end + 2:data.find(b"\n", end + 2, end + 2 + 64)]
+    match = _RADIANCE_RESOLUTION.fullmatch(line.strip())
+    if match is None:
+        return None
+    sizes = {match.group(1): int(match.group(2)), match.group(3): int(match.group(4))}
+    return (sizes[b"X"], sizes[b"Y"]) if set(sizes) == {b"X", b"Y"} else None
+
+
 def image_size_of(data: bytes) -> tuple[int, int] | None:
     """(width, height) in pixels from an encoded image's header, without decoding it; None when the header
-    cannot be read. JPEG and PNG (what .rec and .bin files hold) are parsed directly in a few microseconds,
-    other formats by PIL's lazy open. The size is the stored one, before any EXIF rotation."""
+    cannot be read (then `check_image_size` refuses the image). JPEG, PNG (what .rec and .bin files hold)
+    and Radiance HDR are parsed directly, every other type of IMAGE_EXTENSIONS by PIL's lazy open. The size
+    is the stored one, before any EXIF rotation. A JPEG's stray bytes between markers are skipped as
+    libjpeg skips them, so the frame header read is the one the decoder uses."""
     if data.startswith(PNG_START) and len(data) >= 24:
         return struct.unpack_from(">II", data, 16)
+    if data.startswith(_RADIANCE_STARTS):
+        return _radiance_size(data)
     if data.startswith(b"\xff\xd8"):
         frame = _jpeg_frame(data)
         if frame is None:
@@ -141,11 +164,13 @@ def image_size_of(data: bytes) -> tuple[int, int] | None:
 
 
 def check_image_size(data: bytes, name: str, expected: tuple[int, int] | None = None, hint: str = "") -> None:
-    """UserError before decoding when the header of `data` gives a size other than `expected` (width,
-    height), or more than MAX_IMAGE_SIDE / MAX_IMAGE_PIXELS; `name` names the image in the message."""
+    """UserError before decoding when the header of `data` cannot be read, or gives a size other than
+    `expected` (width, height), or more than MAX_IMAGE_SIDE / MAX_IMAGE_PIXELS; `name` names the image in
+    the message. No image is decoded on trust: a header this project cannot read is refused."""
     size = image_size_of(data)
     if size is None:
-        return
+        raise UserError(f"{name} has no image header this project can read (types: {' '.join(IMAGE_EXTENSIONS)}); "
+                        "the file is damaged or of another type: replace it.")
     width, height = size
     if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
         raise UserError(f"{name} claims {width}x{height} pixels, more than this project decodes "

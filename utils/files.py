@@ -13,14 +13,29 @@ use `open_append`, which refuses a symlink or anything but a regular file at the
 Readers use `read_bytes` / `read_text`, which open without blocking, refuse anything that is not a
 regular file (after following symlinks, which users place on purpose for data) and say "is a folder"
 rather than "does not exist" when that is the problem.
+
+Weight files (checkpoint parts, model.pt, ONNX exports) are written with `checksum=True`: the SHA-256 of
+the bytes, computed as they are written, goes to `<name>.sha256` under its final name *before* the data
+file is renamed into place. So a data file the project wrote always has its checksum: a kill between the
+two renames leaves a checksum without its data file (a new file) or beside the previous data file (a
+replaced one), which `verify_checksum` reports as a mismatch, never as verified. Every loader calls
+`verify_checksum` (through `check_weights_file` where a file without a checksum, a released model, may
+load with one warning).
+
+Temporary files are named `.<name>.<pid>@<host>.<random>.tmp`, so a starting run removes only those
+whose writer on this host has ended (`remove_stale_temporaries`), never one another tool is writing.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import logging
 import os
+import re
+import secrets
+import socket
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +43,13 @@ from typing import IO, Any
 
 from utils.errors import UserError
 
+log = logging.getLogger(__name__)
+
 TEMP_SUFFIX = ".tmp"
+CHECKSUM_SUFFIX = ".sha256"
+_HASH_CHUNK = 1 << 22  # bytes read per step when hashing a file: 4 MiB, whatever the file's size
+# `.<name>.<pid>@<host>.<random>.tmp`: the writer of a temporary file, so only an ended one's is removed.
+_TEMPORARY_NAME = re.compile(r"^\..*\.(\d+)@([^/]*)\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + "$")
 
 
 def _umask() -> int:
@@ -43,29 +64,70 @@ def temporary_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
+def _host() -> str:
+    """This machine's name as it can stand in a file name."""
+    return socket.gethostname().replace("/", "_") or "unknown"
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """(descriptor, path) of a new temporary file beside `path`, created exclusively (mode 0600) and named
+    after this process and host (see _TEMPORARY_NAME)."""
+    while True:
+        temporary = path.parent / (f"{temporary_prefix(path)}{os.getpid()}@{_host()}."
+                                   f"{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        try:
+            return os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), temporary
+        except FileExistsError:
+            continue
+
+
+class _HashingWriter:
+    """A write-only stream that feeds every byte to `digest` on its way to `stream` (one pass, no copy)."""
+
+    def __init__(self, stream: IO[bytes], digest):
+        self.stream, self.digest = stream, digest
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """Where the SHA-256 of the weight file `path` is kept: `<path>.sha256`."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
 @contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+def atomic_open(path: str | os.PathLike, checksum: bool = False) -> Iterator[IO[bytes]]:
     """A binary file object whose content replaces `path` when the block ends without an exception.
 
-    Raises whatever the file system raises (missing folder, no space, read-only); the temporary file is
-    removed then and `path` is untouched.
+    With `checksum`, the SHA-256 of everything written goes to `checksum_path(path)` (atomically) before
+    the data file is renamed into place (see the module docstring). Raises UserError for what a user
+    fixes (missing folder, no space, read-only); the temporary file is removed then and `path` is untouched.
     """
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         raise UserError(f"output '{path}' is a folder; give a file path.")
     try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=TEMP_SUFFIX)
+        handle, temporary = _create_temporary(path)
     except OSError as exc:
         raise _unwritable(path, exc) from None
+    digest = hashlib.sha256() if checksum else None
     try:
         with os.fdopen(handle, "wb") as stream:
-            yield stream
+            yield _HashingWriter(stream, digest) if checksum else stream
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; a file the user writes gets their umask
+        os.chmod(temporary, 0o666 & ~_umask())  # created 0600; a file the user writes gets their umask
+        if checksum:
+            atomic_write_text(checksum_path(path), digest.hexdigest() + "\n")
         os.replace(temporary, path)
     except BaseException as exc:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         cause = _user_os_error(exc)
         if cause is not None:
             raise _unwritable(path, cause) from None
@@ -92,14 +154,15 @@ def _unwritable(path: Path, exc: OSError) -> UserError:
                      "space if the disk is full.")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call `write(binary file object)` and put the result at `path` atomically (see the module docstring)."""
-    with atomic_open(path) as stream:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], checksum: bool = False) -> None:
+    """Call `write(binary file object)` and put the result at `path` atomically, with its SHA-256 beside it
+    when `checksum` (see the module docstring)."""
+    with atomic_open(path, checksum) as stream:
         write(stream)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    atomic_write(path, lambda stream: stream.write(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, checksum: bool = False) -> None:
+    atomic_write(path, lambda stream: stream.write(data), checksum)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -108,10 +171,58 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save(obj) to `path`, atomically."""
+    """torch.save(obj) to `path`, atomically, with its SHA-256 in `<path>.sha256` (a weight file)."""
     import torch  # here, not at the top: writers of plain files (eval_ijbc --features) start without PyTorch
 
-    atomic_write(path, lambda stream: torch.save(obj, stream))
+    atomic_write(path, lambda stream: torch.save(obj, stream), checksum=True)
+
+
+class ChecksumMismatch(UserError):
+    """A weight file whose bytes differ from those its writer recorded: damaged on disk, or torn."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of the file at `path`, read in 4 MiB pieces (memory does not grow with the file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str | os.PathLike, data: bytes | None = None) -> bool:
+    """Whether the weight file `path` has a checksum file (`checksum_path`); if it has, its bytes (`data`
+    when the caller already read them, else read from disk) must match it.
+
+    The one check of every weight file (checkpoint parts, model.pt, ONNX exports). Returns False when there
+    is no checksum file (the caller decides: a checkpoint part is then incomplete, a released model loads
+    unverified). Raises ChecksumMismatch (a UserError) naming the file and both digests.
+    """
+    path = Path(path)
+    try:
+        expected = checksum_path(path).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return False
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChecksumMismatch(f"the checksum file '{checksum_path(path)}' of '{path}' is unreadable ({exc}); "
+                               "restore both files, or write them again.") from None
+    actual = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+    if actual != expected:
+        raise ChecksumMismatch(f"'{path}' has SHA-256 {actual[:16]}..., but its checksum file records "
+                               f"{expected[:16]}...: the file is damaged or was not written whole; restore it "
+                               "or write it again.")
+    return True
+
+
+def check_weights_file(path: str | os.PathLike, what: str = "weights file") -> bool:
+    """`verify_checksum` for a file a user names (--weights, --init, --onnx): a mismatch stops; a file
+    without a checksum (a released or third-party model) loads with one warning. Returns whether it was
+    verified."""
+    verified = verify_checksum(path)
+    if not verified:
+        log.warning("%s '%s' has no checksum file '%s' (a released or third-party file): loading it unverified",
+                    what, path, checksum_path(path).name)
+    return verified
 
 
 def open_append(path: str | os.PathLike) -> IO[str]:
@@ -209,15 +320,35 @@ def unreadable(path: Path, what: str, exc: OSError, hint: str = "check the path"
     return UserError(f"cannot read {what} '{path}' ({exc.strerror or exc}); {hint}.")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that killed writers left in `folder`; returns what was removed.
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    Only names this module makes (`.<name>.<random>.tmp`) are touched; call it only where no other process
-    is writing into `folder` at the same time.
+
+def temporary_writer_ended(path: Path) -> bool:
+    """Whether `path` is a temporary file of this module whose writer, a process on this host, has ended.
+
+    A temporary of another host, or of a name this module does not make, is never counted as ended.
+    """
+    match = _TEMPORARY_NAME.match(path.name)
+    return bool(match) and match.group(2) == _host() and not process_alive(int(match.group(1)))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files in `folder` whose writers have ended (killed); returns what was removed.
+
+    Only names this module makes (`.<name>.<pid>@<host>.<random>.tmp`) whose process on this host is
+    gone are touched, so a tool writing into `folder` right now (an export, an evaluation) keeps its file.
     """
     removed = []
     for candidate in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-        if candidate.is_file() and not candidate.is_symlink():
+        if candidate.is_file() and not candidate.is_symlink() and temporary_writer_ended(candidate):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed

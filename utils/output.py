@@ -3,7 +3,13 @@ writable before any work, and cleared of the temporary files that killed runs le
 
 The lock is `fcntl.flock` on `<output>/run.lock`, taken by rank 0 (ranks share the folder); the kernel
 releases it when the process ends, however it ends, so a killed run never leaves a stale lock. The file
-itself stays and names the last holder (PID and host), which a second run reports when it is refused.
+itself stays and names the last holder (PID and host), which a second run reports when it is refused; when
+the process the file names has ended, the lock is held by something else (another tool took it), and the
+refusal says so instead of naming a stale run.
+
+The holder proves it is still the owner before each checkpoint (`OutputLock.check_still_owner`): when the
+folder or the lock file was removed or replaced (`rm -rf` of the output under a live run, and a second run
+then locking a new file there), the two would mix checkpoints, so the holder stops with one line.
 flock works on local file systems; on NFS it depends on the server (Linux NFS clients map it to POSIX locks).
 """
 
@@ -12,11 +18,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.files import make_folder, remove_stale_temporaries
+from utils.files import make_folder, process_alive, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +43,44 @@ class OutputLock:
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self._handle, 200, 0).decode("utf-8", "replace").strip() or "an unknown process"
+            holder = os.pread(self._handle, 200, 0).decode("utf-8", "replace").strip()
             os.close(self._handle)
-            raise UserError(f"output folder '{output}' is in use by another training run ({holder}); wait for "
-                            "it to finish, or set another output (--set output=...).") from None
+            raise UserError(f"output folder '{output}' is {_describe_holder(holder)}; wait for it to finish, or "
+                            "set another output (--set output=...).") from None
         os.ftruncate(self._handle, 0)
         os.pwrite(self._handle, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        info = os.fstat(self._handle)
+        self._identity = (info.st_dev, info.st_ino)
+
+    def check_still_owner(self) -> None:
+        """UserError when `self.path` is no longer the file this lock holds (the folder or the lock file was
+        removed or replaced while the run held it), so two runs never write one folder unnoticed."""
+        try:
+            info = os.stat(self.path, follow_symlinks=False)
+            identity = (info.st_dev, info.st_ino)
+        except OSError:
+            identity = None
+        if identity != self._identity:
+            what = "removed" if identity is None else "replaced"
+            raise UserError(f"the lock file '{self.path}' of this run was {what} while the run held it "
+                            "(the output folder was deleted or replaced); stopping before "
+                            "this checkpoint so two runs never mix their files: set another output, then resume.")
 
     def release(self) -> None:
         if self._handle is not None:
             os.close(self._handle)  # closing the descriptor drops the flock
             self._handle = None
+
+
+def _describe_holder(holder: str) -> str:
+    """What holds a lock, from the lock file's text `PID <pid> on host <host>` written by the last holder."""
+    match = re.fullmatch(r"PID (\d+) on host (\S+)", holder)
+    if match is None:
+        return "locked by a process that is not a training run of this project (the lock file names none)"
+    if match.group(2) == socket.gethostname() and not process_alive(int(match.group(1))):
+        return (f"locked by a process that is not a training run of this project (the lock file names {holder}, "
+                "which has ended)")
+    return f"in use by another training run ({holder})"
 
 
 def claim_output(output: str | Path) -> OutputLock:
