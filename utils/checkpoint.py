@@ -11,17 +11,18 @@ Every file is written to a temporary name and renamed, so a file that exists is 
 collective, so every rank can save on preemption. Loading tries folders newest first; all ranks must load
 their part of a folder (they agree through a collective) or all move on to the previous one, so a torn or
 truncated checkpoint is skipped consistently. Folders must be on a file system every rank sees.
+Files are memory-mapped on load (no in-memory copy); when the world size changed, each rank maps only the
+saved rank files whose classes overlap its new range and copies only those rows (PartialFC.load_resharded).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -92,18 +93,28 @@ def _save(obj: dict[str, Any], path: Path) -> None:
     atomic_write_text(path.with_name(path.name + CHECKSUM_SUFFIX), digest.hexdigest() + "\n")
 
 
+def _sha256_of_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, streamed 1 MiB at a time: no copy of the file is held in memory."""
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
 def _load(path: Path) -> dict[str, Any]:
-    """A checkpoint file, its bytes checked against the saved SHA-256 first (ChecksumMismatch if they
-    differ); files saved before checksums existed load with a warning."""
-    data = path.read_bytes()
+    """A checkpoint file, memory-mapped, after checking its bytes against the saved SHA-256
+    (ChecksumMismatch if they differ); files saved before checksums existed load with a warning.
+
+    The checksum streams the file once through the page cache; the load then maps the same pages
+    (torch.load mmap=True, weights_only=True): tensors are views of the file, read when touched, so no
+    in-memory copy of the file is made and a caller that slices a tensor reads only those pages.
+    """
     checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
     if checksum.is_file():
-        expected, actual = checksum.read_text().strip(), hashlib.sha256(data).hexdigest()
+        expected, actual = checksum.read_text().strip(), _sha256_of_file(path)
         if actual != expected:
             raise ChecksumMismatch(f"{path} has SHA-256 {actual[:12]}..., saved as {expected[:12]}...")
     else:
         log.warning("%s has no checksum file (saved by an older version); loading it unverified", path)
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 class CheckpointManager:
@@ -181,27 +192,36 @@ class CheckpointManager:
             if folder.name < kept[-1].name and folder != keep:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def _load_parts(self, folder: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-        """(common, {rank: part}): this rank's part only when the world size is unchanged, else every part
-        (the class centres must then be re-sharded)."""
+    def _load_parts(self, folder: Path, needed_ranks: Callable[[int], Iterable[int]] | None
+                    ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        """(common, {rank: part}), memory-mapped: this rank's part only when the world size is unchanged,
+        else the saved parts `needed_ranks(saved world size)` names (every part when it is None), whose
+        class centres are then re-sharded."""
         if not self._complete(folder):
             raise FileNotFoundError(f"{folder} lacks files (a save that was interrupted)")
         saved_world = self._saved_world_size(folder)
         common = _load(folder / "common.pt")
-        ranks = [self.rank] if saved_world == self.world_size else range(saved_world)
+        if saved_world == self.world_size:
+            ranks = [self.rank]
+        else:
+            ranks = sorted(needed_ranks(saved_world)) if needed_ranks is not None else range(saved_world)
         return common, {r: _load(folder / f"rank_{r:05d}.pt") for r in ranks}
 
-    def load_latest(self, all_agree: Callable[[bool], bool] = bool
+    def load_latest(self, all_agree: Callable[[bool], bool] = bool,
+                    needed_ranks: Callable[[int], Iterable[int]] | None = None
                     ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]] | None:
         """(common, {rank: part}) of the newest checkpoint every rank can load, or None when there is none.
 
         `all_agree(ok)` must return True on every rank only if `ok` is True on every rank (a collective
-        in a distributed run), so that all ranks resume from the same folder.
+        in a distributed run), so that all ranks resume from the same folder. When the checkpoint was
+        saved by another number of ranks, `needed_ranks(saved_world_size)` names the saved rank files this
+        rank reads (e.g. partial_fc.saved_ranks_overlapping); None reads them all. Every file is
+        memory-mapped (see _load): its tensors are read from disk as they are touched.
         """
         folders = self._step_dirs()
         for folder in folders:
             try:
-                loaded, problem = self._load_parts(folder), None
+                loaded, problem = self._load_parts(folder, needed_ranks), None
             except Exception as exc:  # a torn or truncated file: every rank falls back together
                 loaded, problem = None, f"{type(exc).__name__}: {exc}"
             if not all_agree(loaded is not None):
