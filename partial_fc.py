@@ -12,6 +12,7 @@ rank, S centres of this rank used in the step (C, or fewer when sampling).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 import torch
@@ -52,23 +53,59 @@ def shard_weight(full_weight: torch.Tensor, rank: int, world_size: int) -> torch
     return full_weight[start:stop].clone()
 
 
-def reshard_optimizer_state(saved: list[dict], rank: int, world_size: int) -> dict:
-    """This rank's optimizer state_dict from the state_dicts saved by every rank of another world size.
+def saved_ranks_overlapping(num_classes: int, saved_world_size: int, rank: int, world_size: int) -> list[int]:
+    """The ranks of a run with `saved_world_size` processes whose class ranges overlap the range of `rank`
+    of `world_size`: the only saved shards this rank reads when it resumes on another world size."""
+    start, stop = class_range(num_classes, rank, world_size)
+    saved = [class_range(num_classes, r, saved_world_size) for r in range(saved_world_size)]
+    return [r for r, (saved_start, saved_stop) in enumerate(saved) if max(start, saved_start) < min(stop, saved_stop)]
 
-    `saved` holds one optimizer state_dict per saved rank, in rank order, each over a shard [C_r, D] of
-    the centres. Per-class tensors (2-D: momentum, Adam moments) are joined into [num_classes, D] and
-    re-split for `rank` of `world_size`; everything else (step counts, hyper-parameters) is taken from
-    the first rank.
+
+def copy_overlapping_rows(target: torch.Tensor, target_start: int, saved: torch.Tensor, saved_start: int) -> int:
+    """Copy the rows of `saved` [C_saved, ...] (classes from `saved_start`) that fall in the classes of
+    `target` [C, ...] (from `target_start`) into `target`; returns how many rows were copied.
+
+    Only those rows of `saved` are read, so a memory-mapped `saved` costs the pages of the rows copied.
     """
-    state = {}
-    for param_id, first in saved[0]["state"].items():
-        state[param_id] = {}
-        for key, value in first.items():
-            if torch.is_tensor(value) and value.ndim == 2:
-                full = torch.cat([s["state"][param_id][key] for s in saved])  # [num_classes, D]
-                value = shard_weight(full, rank, world_size)  # [C, D]
-            state[param_id][key] = value
-    return {"state": state, "param_groups": saved[0]["param_groups"]}
+    lo = max(target_start, saved_start)
+    hi = min(target_start + target.shape[0], saved_start + saved.shape[0])
+    if lo >= hi:
+        return 0
+    with torch.no_grad():
+        target[lo - target_start:hi - target_start].copy_(saved[lo - saved_start:hi - saved_start])  # [hi-lo, ...]
+    return hi - lo
+
+
+def add_optimizer_rows(target: dict | None, saved: dict, saved_start: int, start: int, stop: int) -> dict:
+    """This rank's optimizer state_dict over classes [start, stop), with the rows of one saved shard's
+    optimizer state_dict `saved` (over classes from `saved_start`) copied in.
+
+    `target` is None for the first saved shard: the state_dict is then allocated, its per-class tensors
+    (2-D, whose rows are the saved shard's classes: momentum, Adam moments) as [stop - start, D], and
+    everything else (step counts, hyper-parameters) copied from `saved`, so that nothing refers to the
+    saved shard's (memory-mapped) storage any more. Pass the result back as `target` for the next saved
+    shard. The state is complete once every row of [start, stop) was copied once.
+    """
+    if target is None:
+        target = {"state": {}, "param_groups": saved["param_groups"]}
+        for param_id, values in saved["state"].items():
+            target["state"][param_id] = {
+                key: (value.new_empty((stop - start, *value.shape[1:])) if _per_class(value) else _own(value))
+                for key, value in values.items()}  # [C, D] per class
+    for param_id, values in saved["state"].items():
+        for key, value in values.items():
+            if _per_class(value):
+                copy_overlapping_rows(target["state"][param_id][key], start, value, saved_start)
+    return target
+
+
+def _per_class(value) -> bool:
+    return torch.is_tensor(value) and value.ndim == 2
+
+
+def _own(value):
+    """A tensor copied out of the storage it shares (e.g. a memory-mapped file); anything else as it is."""
+    return value.clone() if torch.is_tensor(value) else value
 
 
 def init_class_centres(num_classes: int, embedding_size: int, start: int, stop: int,
@@ -435,12 +472,37 @@ class PartialFC(nn.Module):
         with torch.no_grad():
             self.weight.copy_(shard_weight(full_weight, self.rank, self.world_size))
 
-    def load_resharded(self, saved: list[dict], optimizer: torch.optim.Optimizer,
-                       saved_optimizers: list[dict]) -> None:
-        """Load the shards saved by every rank of another world size (`saved`: their state_dicts in rank
-        order, `saved_optimizers`: their optimizer state_dicts) into this shard and `optimizer`."""
-        self.load_full_weight(torch.cat([state["weight"] for state in saved]))  # [num_classes, D]
-        optimizer.load_state_dict(reshard_optimizer_state(saved_optimizers, self.rank, self.world_size))
+    def load_resharded(self, saved_shards: Iterable[tuple[dict, dict]], optimizer: torch.optim.Optimizer) -> None:
+        """Load this rank's classes from shards saved by a run with another world size.
+
+        `saved_shards` yields (head state_dict, optimizer state_dict) of saved ranks, one at a time, in any
+        order (saved_ranks_overlapping names the ones needed); together they must cover this rank's class
+        range. Only the rows of this range are read from each, so memory-mapped shards cost their pages
+        of those rows, and a shard can be released before the next is read: peak host memory is this
+        shard's state plus the rows taken from one saved shard. Other state (the margin head's buffers)
+        comes from the first shard. Raises UserError when the shards do not match this run or leave a gap.
+        """
+        optimizer_state, rest, covered = None, None, 0
+        for head_state, saved_optimizer in saved_shards:
+            saved_start = self._saved_class_start(head_state["_extra_state"])
+            covered += copy_overlapping_rows(self.weight, self.class_start, head_state["weight"], saved_start)
+            optimizer_state = add_optimizer_rows(optimizer_state, saved_optimizer, saved_start,
+                                                 self.class_start, self.class_stop)
+            if rest is None:
+                rest = {k: _own(v) for k, v in head_state.items() if k not in ("weight", "_extra_state")}
+        if covered != self.num_local:
+            raise UserError(f"the saved class-centre shards hold {covered} of the {self.num_local} classes "
+                            f"[{self.class_start}, {self.class_stop}) of this process; the checkpoint is "
+                            "incomplete: restore its rank files.")
+        self.load_state_dict({**rest, "weight": self.weight, "_extra_state": self.get_extra_state()})
+        optimizer.load_state_dict(optimizer_state)
+
+    def _saved_class_start(self, saved_extra: dict) -> int:
+        """The first class of a saved shard, after checking it is a shard of this run's classes."""
+        if saved_extra["num_classes"] != self.num_classes:
+            raise UserError(f"the checkpoint's class centres are for {saved_extra['num_classes']} classes but "
+                            f"this run has {self.num_classes}; set num_classes to the checkpoint's.")
+        return saved_extra["class_start"]
 
     def get_extra_state(self) -> dict:
         return {"num_classes": self.num_classes, "class_start": self.class_start, "class_stop": self.class_stop}

@@ -31,7 +31,7 @@ import losses
 from backbones import get_model, has_patch_info, load_backbone
 from dpap import DPAP
 from eval.verification import TrainingVerifier, read_checked
-from partial_fc import PartialFC
+from partial_fc import PartialFC, saved_ranks_overlapping
 from utils import config as config_utils
 from utils import distributed
 from utils.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -129,7 +129,9 @@ def _grad_scaler(cfg, ctx) -> torch.amp.GradScaler:
 
 def restore(run: Run, manager: CheckpointManager) -> bool:
     """Load the newest complete checkpoint into `run`; class centres are re-sharded if the world size changed."""
-    found = manager.load_latest(all_agree=lambda ok: distributed.all_ranks(ok, run.ctx))
+    found = manager.load_latest(all_agree=lambda ok: distributed.all_ranks(ok, run.ctx),
+                                needed_ranks=lambda saved_world: saved_ranks_overlapping(
+                                    run.cfg.num_classes, saved_world, run.ctx.rank, run.ctx.world_size))
     if found is None:
         return False
     common, parts = found
@@ -148,11 +150,9 @@ def restore(run: Run, manager: CheckpointManager) -> bool:
         set_rng_state(mine["rng"], run.generators, run.ctx.device)
         run.nonfinite_in_a_row = mine["nonfinite_in_a_row"]
     else:
-        saved = [parts[r] for r in sorted(parts)]
-        run.head.load_resharded([part["head"] for part in saved], run.head_optimizer,
-                                [part["head_optimizer"] for part in saved])
+        run.head.load_resharded(_handed_over(parts), run.head_optimizer)
         log.warning("world size changed from %d to %d: class centres re-sharded, random states re-seeded",
-                    len(parts), run.ctx.world_size)
+                    common["world_size"], run.ctx.world_size)
     return True
 
 
@@ -175,6 +175,14 @@ def _restore_progress(run: Run, common: dict) -> None:
                     "the step counter continues from %d and the run ends after %d samples", common["total_batch_size"],
                     run.cfg.total_batch_size, run.cfg.batch_size, run.cfg.gradient_accumulation, run.ctx.world_size,
                     run.samples, run.epoch, run.epoch_samples, run.step, run.cfg.total_samples)
+
+
+def _handed_over(parts: dict[int, dict]):
+    """(head, head_optimizer) of each saved part, removed from `parts` as it is handed over, so that the
+    memory-mapped file of one part is released before the next is read."""
+    for saved_rank in sorted(parts):
+        part = parts.pop(saved_rank)
+        yield part["head"], part["head_optimizer"]
 
 
 def _check_compatible(cfg, common: dict) -> None:

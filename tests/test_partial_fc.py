@@ -10,10 +10,11 @@ from torch.nn.parallel import DistributedDataParallel
 from losses import CombinedMarginLoss
 from partial_fc import (
     PartialFC,
+    add_optimizer_rows,
     class_range,
     gather_full_weight,
     init_class_centres,
-    reshard_optimizer_state,
+    saved_ranks_overlapping,
     shard_weight,
 )
 from tests.dist_utils import run_distributed
@@ -488,10 +489,28 @@ def test_optimizer_state_saved_by_three_ranks_reshards_to_two_exactly():
     full = torch.randn(NUM_CLASSES, EMBEDDING_SIZE)
     saved = [{"state": {0: {"exp_avg": shard_weight(full, rank, 3), "step": torch.tensor(5.0)}},
               "param_groups": [{"lr": 0.1, "params": [0]}]} for rank in range(3)]
-    resharded = [reshard_optimizer_state(saved, rank, 2) for rank in range(2)]
+    resharded = []
+    for rank in range(2):
+        start, stop = class_range(NUM_CLASSES, rank, 2)
+        state = None
+        for saved_rank in saved_ranks_overlapping(NUM_CLASSES, 3, rank, 2):
+            state = add_optimizer_rows(state, saved[saved_rank], class_range(NUM_CLASSES, saved_rank, 3)[0],
+                                       start, stop)
+        resharded.append(state)
     assert torch.equal(torch.cat([r["state"][0]["exp_avg"] for r in resharded]), full)
     assert [len(r["state"][0]["exp_avg"]) for r in resharded] == [6, 5]
     assert all(r["state"][0]["step"] == 5.0 and r["param_groups"] == saved[0]["param_groups"] for r in resharded)
+
+
+def test_each_rank_reads_only_the_saved_shards_that_overlap_its_classes():
+    """Regression: every rank read every saved shard when the world size changed (issue 23)."""
+    for saved_world, world_size in ((3, 2), (2, 5), (5, 1), (1, 3), (4, 2)):
+        for rank in range(world_size):
+            start, stop = class_range(NUM_CLASSES, rank, world_size)
+            needed = saved_ranks_overlapping(NUM_CLASSES, saved_world, rank, world_size)
+            saved = [class_range(NUM_CLASSES, r, saved_world) for r in range(saved_world)]
+            holders = {r for c in range(start, stop) for r, (lo, hi) in enumerate(saved) if lo <= c < hi}
+            assert needed == sorted(holders)
 
 
 @pytest.mark.slow

@@ -13,16 +13,17 @@ part without its checksum is a save a kill interrupted, and its folder is incomp
 collective, so every rank can save on preemption. Loading tries folders newest first; all ranks must load
 their part of a folder (they agree through a collective) or all move on to the previous one, so a torn or
 truncated checkpoint is skipped consistently. Folders must be on a file system every rank sees.
+Files are memory-mapped on load (no in-memory copy); when the world size changed, each rank maps only the
+saved rank files whose classes overlap its new range and copies only those rows (PartialFC.load_resharded).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,17 @@ def _save(obj: dict[str, Any], path: Path) -> None:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    """A checkpoint file, its bytes checked against the saved SHA-256 first (ChecksumMismatch if they
-    differ, or if the checksum file is missing: a part without one is not complete)."""
-    data = path.read_bytes()
-    if not verify_checksum(path, data):
+    """A checkpoint file, memory-mapped, after checking its bytes against the saved SHA-256
+    (ChecksumMismatch if they differ, or if the checksum file is missing: a part without one is not complete).
+
+    The checksum streams the file once through the page cache; the load then maps the same pages
+    (torch.load mmap=True, weights_only=True): tensors are views of the file, read when touched, so no
+    in-memory copy of the file is made and a caller that slices a tensor reads only those pages.
+    """
+    if not verify_checksum(path):
         raise ChecksumMismatch(f"{path} has no checksum file {checksum_path(path).name} (a save that was "
                                "interrupted)")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 class CheckpointManager:
@@ -157,27 +162,36 @@ class CheckpointManager:
             if folder.name < kept[-1].name and folder != keep:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def _load_parts(self, folder: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-        """(common, {rank: part}): this rank's part only when the world size is unchanged, else every part
-        (the class centres must then be re-sharded)."""
+    def _load_parts(self, folder: Path, needed_ranks: Callable[[int], Iterable[int]] | None
+                    ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        """(common, {rank: part}), memory-mapped: this rank's part only when the world size is unchanged,
+        else the saved parts `needed_ranks(saved world size)` names (every part when it is None), whose
+        class centres are then re-sharded."""
         if not self._complete(folder):
             raise FileNotFoundError(f"{folder} lacks files (a save that was interrupted)")
         saved_world = self._saved_world_size(folder)
         common = _load(folder / "common.pt")
-        ranks = [self.rank] if saved_world == self.world_size else range(saved_world)
+        if saved_world == self.world_size:
+            ranks = [self.rank]
+        else:
+            ranks = sorted(needed_ranks(saved_world)) if needed_ranks is not None else range(saved_world)
         return common, {r: _load(folder / f"rank_{r:05d}.pt") for r in ranks}
 
-    def load_latest(self, all_agree: Callable[[bool], bool] = bool
+    def load_latest(self, all_agree: Callable[[bool], bool] = bool,
+                    needed_ranks: Callable[[int], Iterable[int]] | None = None
                     ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]] | None:
         """(common, {rank: part}) of the newest checkpoint every rank can load, or None when there is none.
 
         `all_agree(ok)` must return True on every rank only if `ok` is True on every rank (a collective
-        in a distributed run), so that all ranks resume from the same folder.
+        in a distributed run), so that all ranks resume from the same folder. When the checkpoint was
+        saved by another number of ranks, `needed_ranks(saved_world_size)` names the saved rank files this
+        rank reads (e.g. partial_fc.saved_ranks_overlapping); None reads them all. Every file is
+        memory-mapped (see _load): its tensors are read from disk as they are touched.
         """
         folders = self._step_dirs()
         for folder in folders:
             try:
-                loaded, problem = self._load_parts(folder), None
+                loaded, problem = self._load_parts(folder, needed_ranks), None
             except Exception as exc:  # a torn or truncated file: every rank falls back together
                 loaded, problem = None, f"{type(exc).__name__}: {exc}"
             if not all_agree(loaded is not None):
