@@ -15,7 +15,7 @@ from utils.precision import PRECISIONS
 
 config = EasyDict(
     # ---- model ----
-    network="vit_t",  # a name from backbones.get_model (see README's network table)
+    network="vit_t",  # a name from backbones.get_model (table in docs/using_models.md)
     embedding_size=512,  # size of the face embedding
     gradient_checkpointing=None,  # None: the variant's released setting; True/False forces it
     compile=False,  # torch.compile the backbone
