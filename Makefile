@@ -6,8 +6,9 @@ DEMO_OUTPUT ?= work_dirs/demo
 
 .PHONY: install lint test demo demo-data demo-train demo-eval bench
 
+# PyTorch is installed only when none is importable: a build already there (your CUDA one) is left alone.
 install:
-	$(PYTHON) -m pip install $(TORCH_SPEC)
+	$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
 	$(PYTHON) -m pip install -r requirement-dev.txt
 
 lint:

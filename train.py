@@ -37,7 +37,7 @@ from utils import distributed
 from utils.checkpoint import CheckpointManager, rng_state, set_rng_state
 from utils.errors import UserError, entry_point
 from utils.files import atomic_save, atomic_write_text
-from utils.monitor import Scalars, SpeedMeter, format_seconds, memory_text, setup_logging
+from utils.monitor import Scalars, SpeedMeter, format_seconds, import_wandb, memory_text, setup_logging
 from utils.optim import build_head_optimizer, build_optimizer, lr_at, set_lr
 from utils.output import OutputLock, claim_output, clean_stale_temporaries
 from utils.precision import autocast
@@ -306,7 +306,7 @@ def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_step
                                   micro_batches=cfg.gradient_accumulation)
     augment = device_input.build_device_augment(cfg, train_set, ctx.device, generator=run.generators["augment"])
     meter = SpeedMeter(global_batch, end_step, run.step)
-    scalars = Scalars(cfg.output, cfg.tensorboard and ctx.is_main)
+    scalars = Scalars(cfg.output, cfg.tensorboard and ctx.is_main, cfg if cfg.using_wandb and ctx.is_main else None)
     progress = tqdm(total=last_step, initial=run.step, unit="step", dynamic_ncols=True,
                     disable=not (ctx.is_main and sys.stderr.isatty()))
     run.model.train()
@@ -372,6 +372,8 @@ def main(argv=None) -> int:
     try:
         cfg = config_utils.load_config(args.config, args.overrides)
         _check_network_options(cfg)
+        if cfg.using_wandb:
+            import_wandb()  # a missing package stops before the data and the model are built
         if args.init is not None:
             cfg.init = args.init
         if args.resume is not None:

@@ -15,7 +15,7 @@ from utils.precision import PRECISIONS
 
 config = EasyDict(
     # ---- model ----
-    network="vit_t",  # a name from backbones.get_model (see README's network table)
+    network="vit_t",  # a name from backbones.get_model (table in docs/using_models.md)
     embedding_size=512,  # size of the face embedding
     gradient_checkpointing=None,  # None: the variant's released setting; True/False forces it
     compile=False,  # torch.compile the backbone
@@ -83,7 +83,10 @@ config = EasyDict(
     save_last=3,  # keep this many recent checkpoints
     resume=False,  # continue from the newest complete checkpoint in `output`
     resume_allow_change=False,  # resume even though the data (images, classes, index) or the seed changed
-    tensorboard=True,
+    tensorboard=True,  # the training scalars as TensorBoard events in <output>/tensorboard
+    using_wandb=False,  # the same scalars to Weights & Biases (needs `pip install wandb`; files in <output>/wandb)
+    wandb_project="transface",  # W&B project of the run (the run is named after the output folder)
+    wandb_entity="",  # W&B team or user; "" for your default entity
 )
 
 # Keys whose default is None take None or a value of this type.
@@ -109,4 +112,5 @@ renamed = {
     "fp16": "precision",
     "gradient_acc": "gradient_accumulation",
     "save_all_states": "save_every",
+    "dali": "gpu_decode",
 }

@@ -1,5 +1,5 @@
-"""Training on your own photos: the data of README's "Your own photos" (aligned by tools.inference --detect
---save-aligned, packed by tools.pack_rec, pairs by tools.make_bin).
+"""Training on your own photos: the data of "Your own photos" in docs/using_models.md (aligned by
+tools.inference --detect --save-aligned, packed by tools.pack_rec, pairs by tools.make_bin).
 
     python train.py configs/own_photos.py
 

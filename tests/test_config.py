@@ -59,9 +59,16 @@ def test_unknown_key_names_file_and_closest_valid_key(tmp_path):
     assert "batch_sise" in str(err.value) and "batch_size" in str(err.value) and str(path) in str(err.value)
 
 
-def test_renamed_released_key_points_to_our_name(tmp_path):
-    with pytest.raises(UserError, match="precision"):
-        load_config(write_config(tmp_path, "fp16=True"))
+@pytest.mark.parametrize("released, ours", [("fp16", "precision"), ("gradient_acc", "gradient_accumulation"),
+                                             ("save_all_states", "save_every"), ("dali", "gpu_decode")])
+def test_renamed_released_key_points_to_our_name(tmp_path, released, ours):
+    with pytest.raises(UserError, match=f"this project calls it '{ours}'"):
+        load_config(write_config(tmp_path, f"{released}=True"))
+
+
+def test_arcface_torch_wandb_keys_load_as_they_are(tmp_path):
+    cfg = load_config(write_config(tmp_path, "using_wandb=True, wandb_project='p', wandb_entity='e'"))
+    assert (cfg.using_wandb, cfg.wandb_project, cfg.wandb_entity) == (True, "p", "e")
 
 
 def test_unknown_override_key_is_an_error(tmp_path):

@@ -1,4 +1,4 @@
-"""Model summary: parameter, MAC and activation counts against hand counts; the README table."""
+"""Model summary: parameter, MAC and activation counts against hand counts; the network table (docs/using_models.md)."""
 
 import pytest
 import torch

@@ -1,9 +1,9 @@
-"""README's "Your own photos" block runs as written: photos -> aligned crops -> .rec -> .bin -> training ->
-evaluation, on two "people" made of the astronaut photo (colour and grey, each flipped and rescaled).
+"""The "Your own photos" block of docs/using_models.md runs as written: photos -> aligned crops -> .rec -> .bin ->
+training -> evaluation, on two "people" made of the astronaut photo (colour and grey, each flipped and rescaled).
 
 The block's commands run in this process (each tool's `main(argv)`), so only the forms it uses are
 understood: `python -m MODULE ARGS`, `python SCRIPT.py ARGS`, and `cat > FILE <<'END'` here-documents; any
-other line fails the test, so the README cannot drift from what is checked.
+other line fails the test, so the page cannot drift from what is checked.
 """
 
 import importlib
@@ -22,8 +22,8 @@ HEREDOC = re.compile(r"cat > (\S+) <<'(\w+)'$")
 
 
 def readme_block() -> list[str]:
-    """The lines of the first bash block under README's "## Your own photos" heading."""
-    section = (REPO / "README.md").read_text().split("## Your own photos", 1)[1]
+    """The lines of the first bash block under docs/using_models.md's "## Your own photos" heading."""
+    section = (REPO / "docs" / "using_models.md").read_text().split("## Your own photos", 1)[1]
     return section.split("```bash\n", 1)[1].split("\n```", 1)[0].splitlines()
 
 
@@ -45,11 +45,11 @@ def parse(lines: list[str]) -> list[tuple[str, object, object]]:
             steps.append(("write", heredoc.group(1), "".join(body)))
             continue
         words = shlex.split(line)
-        assert words[0] == "python", f"README line the test cannot run: {line}"
+        assert words[0] == "python", f"docs line the test cannot run: {line}"
         if words[1] == "-m":
             steps.append(("run", words[2], words[3:]))
         else:
-            assert words[1].endswith(".py"), f"README line the test cannot run: {line}"
+            assert words[1].endswith(".py"), f"docs line the test cannot run: {line}"
             steps.append(("run", words[1].removesuffix(".py"), words[2:]))
     return steps
 
@@ -69,7 +69,7 @@ def write_photos(folder: Path) -> None:
 
 def test_readme_own_photos_block_runs_as_written(tmp_path, monkeypatch, capsys):
     write_photos(tmp_path)
-    shutil.copy(YUNET, tmp_path / "face_detection_yunet_2023mar.onnx")  # the name the README uses
+    shutil.copy(YUNET, tmp_path / "face_detection_yunet_2023mar.onnx")  # the name the page uses
     (tmp_path / "configs").symlink_to(REPO / "configs")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TRANSFACE_DETECTOR_MODEL", raising=False)

@@ -100,7 +100,7 @@ def test_tensorboard_folder_that_is_a_symlink_is_refused(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "tensorboard").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(UserError, match="tensorboard' is a symlink"):
-        Scalars(tmp_path, enabled=True)
+        Scalars(tmp_path, tensorboard=True)
 
 
 @pytest.mark.parametrize("layout, message", [

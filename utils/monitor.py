@@ -1,14 +1,17 @@
-"""Training monitors: rank-0 log lines to the console and a file, throughput and ETA, TensorBoard scalars."""
+"""Training monitors: rank-0 log lines to the console and a file, throughput and ETA, scalars to TensorBoard
+and (optionally) Weights & Biases."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from utils.errors import UserError
 from utils.files import make_folder, open_append, real_folder
 
 
@@ -67,23 +70,53 @@ class SpeedMeter:
         return speed, eta
 
 
-class Scalars:
-    """TensorBoard scalars on rank 0 (a no-op elsewhere or when disabled)."""
+def import_wandb():
+    """The `wandb` module, or a UserError saying how to install it (it is optional, not a requirement)."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("using_wandb=True needs the wandb package, which is not installed; run `pip install "
+                        "wandb` (then `wandb login`, or WANDB_MODE=offline) or set using_wandb=False.") from None
+    return wandb
 
-    def __init__(self, output: str | Path, enabled: bool):
+
+class Scalars:
+    """Training scalars on rank 0, each `add` written to every sink that is on: TensorBoard event files in
+    `<output>/tensorboard` and a Weights & Biases run (files in `<output>/wandb`). A no-op elsewhere or
+    when both are off.
+
+    Args:
+        output: the run's output folder.
+        tensorboard: write TensorBoard events.
+        wandb_config: None (no W&B), or the run's config: `wandb_project`, `wandb_entity` name the W&B run,
+            the whole mapping is stored as its config. Raises UserError when `wandb` is not installed.
+    """
+
+    def __init__(self, output: str | Path, tensorboard: bool, wandb_config: Mapping | None = None):
         self.writer = None
-        if enabled:
+        self.wandb_run = None
+        if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # The event file gets a fresh name (time, host, PID) inside a folder checked to be our own.
             self.writer = SummaryWriter(log_dir=str(real_folder(Path(output) / "tensorboard")))
+        if wandb_config is not None:
+            wandb = import_wandb()
+            real_folder(Path(output) / "wandb")  # wandb.init(dir=output) writes there
+            self.wandb_run = wandb.init(project=wandb_config["wandb_project"],
+                                        entity=wandb_config["wandb_entity"] or None, name=Path(output).name,
+                                        dir=str(output), config=dict(wandb_config))
 
     def add(self, values: dict[str, float], step: int) -> None:
-        if self.writer is None:
-            return
-        for name, value in values.items():
-            self.writer.add_scalar(name, value, step)
+        """Write `values` (name -> number) at optimizer step `step` to every sink."""
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+        if self.wandb_run is not None:
+            self.wandb_run.log(dict(values), step=step)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
