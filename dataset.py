@@ -475,30 +475,32 @@ class DistributedResumableSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return torch.randperm(self.num_samples, generator=generator, dtype=dtype)
 
-    def _steps(self) -> torch.Tensor:
-        """The rest of the epoch as whole global batches [num_steps, global_batch]."""
+    def _steps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest of the epoch as whole global batches [num_steps, global_batch], and the tail that does
+        not fill one (empty with `drop_last`), padded by repeating its start to a multiple of the world size."""
         remaining = self.permutation()[self.start:]
-        tail = len(remaining) % self.global_batch
-        if self.drop_last:
-            remaining = remaining[:len(remaining) - tail]
-        elif tail:
-            padding = self.global_batch - tail
-            repeats = math.ceil(padding / len(remaining))
-            remaining = torch.cat([remaining, remaining.repeat(repeats)[:padding]])
-        return remaining.view(-1, self.global_batch)
+        num_whole = len(remaining) - len(remaining) % self.global_batch
+        tail = remaining[num_whole:] if not self.drop_last else remaining[:0]
+        if len(tail) % self.world_size:
+            padding = self.world_size - len(tail) % self.world_size
+            tail = torch.cat([tail, tail.repeat(math.ceil(padding / len(tail)))[:padding]])
+        return remaining[:num_whole].view(-1, self.global_batch), tail
 
     def __iter__(self):
+        whole, tail = self._steps()
         # [S, G] -> [S, b, m, r]: the b-th image of virtual rank m*W + r is image b*(M*W) + m*W + r of the step
-        steps = self._steps().view(-1, self.batch_size, self.micro_batches, self.world_size)
+        steps = whole.view(-1, self.batch_size, self.micro_batches, self.world_size)
         mine = steps[..., self.rank].transpose(1, 2)  # [S, M, b]: this rank's micro-batches in order
         chunk = max(1, 2**16 // (self.batch_size * self.micro_batches))  # steps per list of Python ints
         for first in range(0, len(mine), chunk):
             yield from mine[first:first + chunk].reshape(-1).tolist()
+        yield from tail[self.rank::self.world_size].tolist()  # [ceil(tail / W)]: a last, shorter batch
 
     def __len__(self) -> int:
         remaining = self.num_samples - self.start
-        num_steps = remaining // self.global_batch if self.drop_last else math.ceil(remaining / self.global_batch)
-        return num_steps * self.batch_size * self.micro_batches
+        whole = remaining // self.global_batch * self.batch_size * self.micro_batches
+        tail = 0 if self.drop_last else math.ceil(remaining % self.global_batch / self.world_size)
+        return whole + tail
 
 
 class WorkerSeeder:
