@@ -67,6 +67,10 @@ class Run:
     best: dict[str, float] = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # dataset.data_identity of the training data
 
+    def epoch_ended(self) -> bool:
+        """Whether the epoch under way is over: the rest of its permutation fills no global batch."""
+        return self.cfg.num_image - self.epoch_samples < self.cfg.total_batch_size
+
     def common_state(self) -> dict:
         return {"backbone": self.backbone.state_dict(),
                 "backbone_optimizer": self.backbone_optimizer.state_dict(),
@@ -312,7 +316,7 @@ def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_step
     run.model.train()
     try:
         while run.step < last_step:
-            if cfg.num_image - run.epoch_samples < global_batch:  # the epoch's tail fills no global batch
+            if run.epoch_ended():
                 run.epoch, run.epoch_samples = run.epoch + 1, 0
             loader.sampler.set_epoch(run.epoch, run.epoch_samples)
             batches = iter(loader)
@@ -329,8 +333,9 @@ def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_step
                 if verifier is not None and (run.step % cfg.verbose == 0 or run.step == end_step):
                     verifier(run, scalars)
                 stop = distributed.any_rank(stop_requested(), ctx)  # all ranks stop at the same step
-                backbone_due = cfg.num_image - run.epoch_samples < global_batch or run.step == end_step
-                checkpoint_due = manager.is_due(run.step, last_step, stop)
+                epoch_end = run.epoch_ended()
+                backbone_due = epoch_end or run.step == end_step
+                checkpoint_due = manager.is_due(run.step, last_step, stop, epoch_end)
                 if backbone_due or checkpoint_due:
                     _check_still_owner(lock, ctx)
                 if backbone_due:
@@ -393,7 +398,7 @@ def main(argv=None) -> int:
         run = build_run(cfg, ctx)
         run.data = dataset.data_identity(train_set)
         manager = CheckpointManager(cfg.output, ctx.rank, ctx.world_size, cfg.save_last, save_every=cfg.save_every,
-                                    steps_per_epoch=cfg.steps_per_epoch)
+                                    epoch_ends=True)
         if cfg.resume and restore(run, manager):
             log.info("resumed at step %d (epoch %d)", run.step, run.epoch)
         elif not cfg.resume and manager.has_checkpoints():

@@ -487,6 +487,18 @@ def test_a_resume_with_half_the_global_batch_continues_the_epoch_and_the_learnin
         lr_at(samples, 1e-3, 128, 64) for samples in samples_before]
 
 
+def test_a_resume_with_another_global_batch_still_saves_at_the_epoch_end(tmp_path, face_folder):
+    """Regression: epoch-end saves were placed at multiples of the new steps_per_epoch (8 steps of 8), so after
+    1 step of 16 the end of epoch 0 (step 1 + 48 / 8 = 7) got no checkpoint and step 8, mid-epoch, got one."""
+    config = str(write_config(tmp_path, face_folder, num_epoch=2))  # 64 images, save_every 0: epoch ends only
+    assert train.main([config, "--max-steps", "1", "--set", "gradient_accumulation=2"]) == 0
+    assert train.main([config, "--resume", "auto", "--max-steps", "8"]) == 0
+    folders = sorted((tmp_path / "out" / "checkpoints").glob("step_*"))
+    assert [folder.name for folder in folders] == ["step_000000001", "step_000000007", "step_000000008"]
+    epoch_end = load_weights(folders[1] / "common.pt")
+    assert (epoch_end["samples"], epoch_end["epoch"], epoch_end["epoch_samples"]) == (64, 0, 64)
+
+
 def test_a_checkpoint_without_a_samples_count_resumes_from_step_times_its_global_batch(tmp_path, face_folder,
                                                                                       uninterrupted):
     """Checkpoints written before progress was counted in samples hold only the step (schema of commit b61837d)."""

@@ -94,22 +94,24 @@ class CheckpointManager:
         rank, world_size: this process in the run.
         keep_last: complete checkpoints kept; older ones are deleted after each save.
         save_every: also save after every this many optimizer steps (0: only at the points below).
-        steps_per_epoch: save at the end of every epoch (0: not at epoch ends).
+        epoch_ends: save at the end of every epoch (the caller says when one ends: `is_due(epoch_end=...)`).
     """
 
     def __init__(self, output: str | Path, rank: int, world_size: int, keep_last: int = 3, *,
-                 save_every: int = 0, steps_per_epoch: int = 0):
+                 save_every: int = 0, epoch_ends: bool = False):
         self.root = Path(output) / "checkpoints"
         self.rank = rank
         self.world_size = world_size
         self.keep_last = keep_last
         self.save_every = save_every
-        self.steps_per_epoch = steps_per_epoch
+        self.epoch_ends = epoch_ends
 
-    def is_due(self, step: int, last_step: int, stop: bool = False) -> bool:
+    def is_due(self, step: int, last_step: int, stop: bool = False, epoch_end: bool = False) -> bool:
         """The save policy, after optimizer step `step`: on a stop request, at the run's last step, at the
-        end of an epoch, and every `save_every` steps."""
-        return (stop or step == last_step or bool(self.steps_per_epoch and step % self.steps_per_epoch == 0)
+        end of an epoch (`epoch_end`: the run's epoch counter says this step ended one; a step count cannot,
+        since a resume with another global batch moves the epoch ends off multiples of any step count), and
+        every `save_every` steps."""
+        return (stop or step == last_step or (self.epoch_ends and epoch_end)
                 or bool(self.save_every and step % self.save_every == 0))
 
     def step_dir(self, step: int) -> Path:
