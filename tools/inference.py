@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -54,6 +53,7 @@ from utils.files import (
     read_text,
 )
 from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, normalize
+from utils.opencv import cv2
 
 NUM_LANDMARK_VALUES = 10  # 5 points, (x, y) each
 LANDMARKS_FILE = "landmarks.txt"  # written by --save-aligned
