@@ -221,15 +221,38 @@ def collect_landmarks(args: argparse.Namespace, names: Sequence[str]) -> list[np
     return landmarks
 
 
+_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
+# Backslash, what str.splitlines splits on, and the surrogates by which Python keeps non-UTF-8 bytes of names.
+_ESCAPED = re.compile("[\\\\\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029\udc80-\udcff]")
+
+
 def escape_name(name: str) -> str:
-    """A file name as one line of the names file: backslash, newline and carriage return written as
-    `\\`, `\n`, `\r`, so every name is one line whatever it holds (undo with `unescape_name`)."""
-    return name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    """A file name as one line of the names file, whatever it holds: a backslash is written `\\\\`, a newline
+    `\\n`, a carriage return `\\r`, every other character that ends a line for `str.splitlines` (form feed,
+    U+2028, ...) `\\uXXXX`, and a byte that is not UTF-8 (kept by Python as a surrogate escape) `\\xNN`, so
+    the file is UTF-8 and a reader splitting it into lines gets one name a line (undo with `unescape_name`)."""
+    return _ESCAPED.sub(_escape_char, name)
+
+
+def _escape_char(match: re.Match) -> str:
+    char = match.group()
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def unescape_name(line: str) -> str:
-    """The file name of one line of the names file (see `escape_name`)."""
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), line)
+    """The file name of one line of the names file (see `escape_name`); `os.fsencode` of it gives the
+    name's bytes, a non-UTF-8 one included."""
+    return re.sub(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|.)", _unescape_match, line)
+
+
+def _unescape_match(match: re.Match) -> str:
+    code = match.group(1)
+    if code[0] in "xu" and len(code) > 1:
+        return chr(int(code[1:], 16) + (0xDC00 if code[0] == "x" else 0))
+    return {"n": "\n", "r": "\r"}.get(code, code)
 
 
 def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[str]) -> Path:
@@ -334,7 +357,7 @@ def embed_detected(args: argparse.Namespace, paths: Sequence[Path],
     found, chunks = [], []
     for batch in batched(detect_faces(detector, paths, names, args.all_faces, missing), args.batch_size):
         for detected in batch:
-            print(f"{detected.name}: {detected.face.describe()}")
+            print(f"{escape_name(detected.name)}: {detected.face.describe()}")
             if writer:
                 writer.add(detected)
         if embedder:
@@ -343,7 +366,7 @@ def embed_detected(args: argparse.Namespace, paths: Sequence[Path],
     if args.compare and missing:
         raise UserError(f"no face found in '{missing[0]}'; use a photo where a face is clearly visible.")
     if missing:
-        print(f"no face found in {len(missing)} of {len(paths)} photos: {', '.join(missing)}")
+        print(f"no face found in {len(missing)} of {len(paths)} photos: {', '.join(map(escape_name, missing))}")
     if not found:
         raise UserError(f"no face found in any of the {len(paths)} photos.")
     if writer:
@@ -384,14 +407,14 @@ def report(args: argparse.Namespace, embeddings: np.ndarray, names: Sequence[str
         units = unit_rows(embeddings, source="the inputs", describe=lambda row: f"'{names[row]}'").astype(np.float64)
         for a in range(num_first):
             for b in range(num_first, len(names)):
-                pair = f" ({names[a]}, {names[b]})" if len(names) > 2 else ""
+                pair = f" ({escape_name(names[a])}, {escape_name(names[b])})" if len(names) > 2 else ""
                 print(f"cosine similarity: {units[a] @ units[b]:.6f}{pair}")
     if args.output:
         names_path = write_embeddings(args.output, embeddings, names)
         print(f"wrote {args.output} {tuple(embeddings.shape)} and {names_path}")
     elif not args.compare:
         for name, embedding in zip(names, embeddings):
-            print(f"{name}: {embedding.shape[0]}-d embedding, L2 norm {np.linalg.norm(embedding):.4f}")
+            print(f"{escape_name(name)}: {embedding.shape[0]}-d embedding, L2 norm {np.linalg.norm(embedding):.4f}")
 
 
 def build_parser() -> argparse.ArgumentParser:
