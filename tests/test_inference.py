@@ -14,6 +14,7 @@ from eval.align import ARCFACE_TEMPLATE
 from tests.diverged import collapsed_state_dict, diverged_state_dict
 from tools import inference
 from tools.export_onnx import export
+from utils.errors import UserError
 
 
 def smooth_face(seed: int) -> np.ndarray:
@@ -214,6 +215,20 @@ def test_zero_embeddings_give_no_similarity_and_no_normalized_file(setup, face_f
     assert inference.main([*model, "--folder", str(folder), "--output", str(output), "--normalize"]) == 2
     assert "3 of 3 embeddings of the inputs have zero norm" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_landmarks_file_line_names_any_file_name_spaces_and_newlines_too(tmp_path):
+    """Regression: --save-aligned wrote `my photo.jpg x1 ... y5`, which --landmarks-file then refused
+    (11 fields after splitting), and a newline in a name broke the file."""
+    names = ["my photo, 2.jpg", "a\nb.jpg", "plain.jpg"]
+    points = " ".join(str(value) for value in range(1, 11))
+    lines = "".join(f"{inference.escape_name(name)} {points}\n" for name in names[:2])
+    (tmp_path / "landmarks.txt").write_text(lines, encoding="utf-8")
+    landmarks = inference.read_landmarks_file(tmp_path / "landmarks.txt", names)
+    assert landmarks[2] is None and all(np.array_equal(found.reshape(-1), np.arange(1, 11)) for found in landmarks[:2])
+    (tmp_path / "numbers.txt").write_text(" ".join(str(value) for value in range(11)) + "\n")
+    with pytest.raises(UserError, match="expected 10 numbers"):  # 11 numbers are no name and 10 numbers
+        inference.read_landmarks_file(tmp_path / "numbers.txt", ["x.jpg"])
 
 
 def test_names_that_are_not_utf8_or_hold_a_newline_are_printed_escaped_one_a_line(setup, tmp_path, capsys):

@@ -21,6 +21,7 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/<too
 import argparse
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,8 @@ from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, normalize
 from utils.opencv import cv2
 
 NUM_LANDMARK_VALUES = 10  # 5 points, (x, y) each
+# A landmarks line with a name: the name (any text, spaces too), then the 10 numbers.
+_NAMED_LINE = re.compile(rf"(?P<name>.+?)[,\s]+(?P<points>(?:[^,\s]+[,\s]+){{{NUM_LANDMARK_VALUES - 1}}}[^,\s]+)")
 LANDMARKS_FILE = "landmarks.txt"  # written by --save-aligned
 
 # float32 [B, 3, 112, 112] -> float32 [B, D]
@@ -77,11 +80,13 @@ def parse_landmarks(text: str, source: str) -> np.ndarray:
 
 def read_landmarks_file(path: str | Path, names: Sequence[str]) -> list[np.ndarray | None]:
     """Landmarks per image from a text file: one line per image in order (10 numbers), or lines
-    `name x1 y1 ... x5 y5` matched by image name, where images without a line count as aligned."""
+    `name x1 y1 ... x5 y5` matched by image name, where images without a line count as aligned. The name
+    is everything before the last 10 numbers (it may hold spaces), escaped as in the names file
+    (`escape_name`, which --save-aligned writes)."""
     path = Path(path)
     lines = [line.strip() for line in read_text(path, "landmarks file").splitlines() if line.strip()]
-    rows = [re.split(r"[,\s]+", line) for line in lines]
-    num_named = sum(len(fields) == NUM_LANDMARK_VALUES + 1 for fields in rows)
+    named_lines = [_NAMED_LINE.fullmatch(line) for line in lines]
+    num_named = sum(match is not None and not _is_number(match["name"]) for match in named_lines)
     if num_named == 0:
         if len(lines) != len(names):
             raise UserError(f"landmarks file '{path}' has {len(lines)} lines for {len(names)} images; give "
@@ -90,17 +95,26 @@ def read_landmarks_file(path: str | Path, names: Sequence[str]) -> list[np.ndarr
     if num_named != len(lines):
         raise UserError(f"landmarks file '{path}' mixes lines with and without an image name; start every "
                         "line with the image name or none.")
-    repeated = sorted({fields[0] for fields in rows if sum(other[0] == fields[0] for other in rows) > 1})
+    given = [unescape_name(match["name"]) for match in named_lines]
+    repeated = sorted(name for name, count in Counter(given).items() if count > 1)
     if repeated:
         raise UserError(f"landmarks file '{path}' has several lines for {', '.join(repeated[:5])}; keep one "
                         "line per image (a file written with --all-faces lists every face of a photo).")
-    named = {fields[0]: parse_landmarks(" ".join(fields[1:]), f"{path} line {n}")
-             for n, fields in enumerate(rows, start=1)}
+    named = {name: parse_landmarks(match["points"], f"{path} line {n}")
+             for n, (name, match) in enumerate(zip(given, named_lines), start=1)}
     unknown = sorted(set(named) - set(names))
     if unknown:
         raise UserError(f"landmarks file '{path}' names images that are not inputs: {', '.join(unknown[:5])}; "
                         "use the names as given on the command line or relative to --folder.")
     return [named.get(name) for name in names]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_face(path: str | Path, landmarks: np.ndarray | None = None) -> np.ndarray:
@@ -334,7 +348,7 @@ class AlignedWriter:
         atomic_write_bytes(path, png.tobytes())
         # 9 significant digits give the float32 landmarks back exactly.
         points = " ".join(f"{value:.9g}" for value in detected.face.landmarks.reshape(-1))
-        self.lines.append(f"{detected.photo} {points}\n")
+        self.lines.append(f"{escape_name(detected.photo)} {points}\n")
 
     def close(self) -> Path:
         make_folder(self.root)
