@@ -189,9 +189,18 @@ def test_training_refuses_a_wrong_size_from_the_header_before_decoding(tmp_path,
     write_folder(tmp_path / "faces", [2])
     dataset = ImageFolderDataset(tmp_path / "faces")
     (tmp_path / "faces" / "person_0" / "01.png").write_bytes(png_claiming(30000, 30000))
-    monkeypatch.setattr(dataset_module, "decode_image", lambda *_: pytest.fail("decoded despite the header"))
+    monkeypatch.setattr(dataset_module, "decode_chw", lambda *_: pytest.fail("decoded despite the header"))
     with pytest.raises(DataError, match="01.png' is 30000x30000, not 112x112"):
         dataset[1]
+
+
+def test_the_first_image_checked_at_construction_is_not_decoded(tmp_path, monkeypatch):
+    """Regression: the size check of the first image at construction decoded it in full, a bomb too."""
+    write_folder(tmp_path / "faces", [2])
+    (tmp_path / "faces" / "person_0" / "00.png").write_bytes(png_claiming(12000, 11000))
+    monkeypatch.setattr(cv2, "imdecode", lambda *_: pytest.fail("decoded despite the header"))
+    with pytest.raises(UserError, match="00.png' is 12000x11000, not 112x112"):
+        ImageFolderDataset(tmp_path / "faces")
 
 
 def test_image_size_of_reads_jpeg_png_and_other_headers():
