@@ -142,7 +142,7 @@ def torch_embedder(model: torch.nn.Module, device: torch.device) -> Embedder:
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             output = check_model_output(model(torch.from_numpy(batch).to(device)), len(batch),
-                                        source=type(model).__name__)
+                                        source=type(model).__name__, width=getattr(model, "num_features", None))
             return output.float().cpu().numpy()  # [B, D]
 
     return run
