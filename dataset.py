@@ -20,7 +20,7 @@ from easydict import EasyDict
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils.config import require
-from utils.decode import decode_chw, decode_image, image_size_of, nvjpeg_ready, split_image_files, warn_skipped
+from utils.decode import decode_chw, image_size_of, nvjpeg_ready, split_image_files, warn_skipped
 from utils.errors import UserError
 from utils.files import check_regular_file, read_bytes, read_text
 from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE
@@ -104,14 +104,14 @@ class EncodedImageDataset(Dataset):
 
     def check_first_image(self) -> None:
         """UserError when the first image is not `image_size` (the size `property` states, or 112x112), at
-        construction rather than in the first batch."""
+        construction rather than in the first batch; read from its header, never decoded (it may be a bomb)."""
         try:
             payload, _, name = self._encoded(0)
-            image = decode_image(payload)  # [H, W, 3]
-        except (_CorruptSample, ValueError):
+        except _CorruptSample:
             return  # an unreadable image is skipped and counted when read
-        if image.shape[:2] != self.image_size:
-            raise UserError(f"{name} is {image.shape[1]}x{image.shape[0]}, not {self.image_size[1]}x"
+        size = image_size_of(payload)  # (width, height), None for a header that cannot be read
+        if size is not None and size[::-1] != tuple(self.image_size):
+            raise UserError(f"{name} is {size[0]}x{size[1]}, not {self.image_size[1]}x"
                             f"{self.image_size[0]}; {ALIGN_HINT}.")
 
     def __getitem__(self, index: int):

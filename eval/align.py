@@ -85,7 +85,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = TEMPLATE_SI
     """
     matrix = estimate_similarity(np.asarray(landmarks, dtype=np.float64).reshape(5, 2),
                                  reference_landmarks(size))
-    import cv2  # here, not at the top: eval_ijbc --features checks landmarks and must start without OpenCV
+    from utils.opencv import cv2  # here, not at the top: eval_ijbc --features checks landmarks, starts without it
 
     return cv2.warpAffine(image, matrix, (size, size), borderValue=0.0)
 

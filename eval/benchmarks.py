@@ -54,7 +54,7 @@ class FaceFiles:
 
 def centred_crop(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """The largest centred square of an H x W x C image, resized to size x size (bilinear)."""
-    import cv2
+    from utils.opencv import cv2
 
     height, width = image.shape[:2]
     side = min(height, width)

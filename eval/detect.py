@@ -19,7 +19,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from eval.align import align_face
@@ -27,6 +26,7 @@ from utils.decode import read_image
 from utils.errors import UserError
 from utils.files import atomic_write_bytes, check_regular_file
 from utils.images import IMAGE_SIZE
+from utils.opencv import cv2
 
 DETECTOR_ENV = "TRANSFACE_DETECTOR_MODEL"
 ZOO_PAGE = "https://github.com/opencv/opencv_zoo/tree/main/models/face_detection_yunet"

@@ -29,7 +29,8 @@ def embed_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.devi
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
     with autocast:
-        output = check_model_output(model(x), len(x), source=type(model).__name__)
+        output = check_model_output(model(x), len(x), source=type(model).__name__,
+                                    width=getattr(model, "num_features", None))  # a backbone's declared D
         embeddings = output.float().cpu().numpy()  # [B or 2B, D]
     num_images = len(images)
     return embeddings[:num_images], embeddings[num_images:] if flip else None

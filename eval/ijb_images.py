@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -17,6 +16,7 @@ from eval.align import align_face
 from utils.decode import check_image_size, decode_image
 from utils.errors import UserError
 from utils.files import read_bytes
+from utils.opencv import cv2
 
 
 class AlignedFaces(Dataset):

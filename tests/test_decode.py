@@ -20,7 +20,7 @@ from eval.ijb_images import AlignedFaces
 from tools import inference, make_bin
 from tools.pack_rec import EncodeOptions, encode_file, pack_folder
 from utils.binfile import decode_bin_images, load_bin
-from utils.decode import decode_image, exif_orientation, jpeg_header, nvjpeg_ready, read_image
+from utils.decode import decode_image, exif_orientation, image_size_of, jpeg_header, nvjpeg_ready, read_image
 from utils.errors import UserError
 from utils.images import IMAGE_EXTENSIONS
 
@@ -253,9 +253,37 @@ def _tiff_claiming_huge(data: bytes) -> bytes:
     return bytes(out)
 
 
-def _bomb(ext: str) -> bytes:
-    """A small file of type `ext` whose header claims HUGE x HUGE pixels."""
-    pixels = np.full((8, 8, 3), 128, np.uint8)
+def _webp_claiming_huge(data: bytes) -> bytes:
+    """A lossless WebP (VP8L chunk) whose 14-bit sides claim the format's largest size, 16384 x 16384."""
+    at = data.index(b"VP8L") + 8
+    assert data[at] == 0x2F, "not a VP8L bitstream"
+    bits = struct.unpack_from("<I", data, at + 1)[0]
+    out = bytearray(data)
+    struct.pack_into("<I", out, at + 1, (bits & ~((1 << 28) - 1)) | 16383 | 16383 << 14)  # width-1, height-1
+    return bytes(out)
+
+
+def _jp2_claiming_huge(data: bytes) -> bytes:
+    """A JPEG 2000 file whose image header box and codestream SIZ marker both claim HUGE x HUGE (OpenJPEG
+    refuses the two disagreeing)."""
+    out = bytearray(data)
+    struct.pack_into(">II", out, out.index(b"ihdr") + 4, HUGE, HUGE)  # HEIGHT, WIDTH
+    struct.pack_into(">II", out, out.index(b"\xff\x51") + 6, HUGE, HUGE)  # Xsiz, Ysiz (offsets are 0)
+    return bytes(out)
+
+
+def _avif_claiming_huge(data: bytes) -> bytes:
+    """An AVIF whose `ispe` property claims 16000 x 16000: below libavif's own limit (16384 x 16384), so its
+    parser reads it, above MAX_IMAGE_PIXELS. OpenCV decodes this 300-byte file to 16000x16000 (1.5 GB)."""
+    out = bytearray(data)
+    struct.pack_into(">II", out, out.index(b"ispe") + 8, 16000, 16000)  # after version and flags
+    return bytes(out)
+
+
+def _bomb(ext: str) -> bytes | None:
+    """A small file of type `ext` whose header claims a huge size (HUGE x HUGE unless the format caps it);
+    None for a type without a bomb here, which fails the test: every accepted type needs one."""
+    pixels = np.full((64, 64, 3), 128, np.uint8)  # OpenJPEG encodes nothing smaller than its 6 resolutions
     if ext in (".hdr", ".pic"):
         return b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y %d +X %d\n" % (HUGE, HUGE) + b"\x80" * 64
     if ext in (".pbm", ".pgm", ".ppm", ".pnm", ".pxm"):
@@ -269,19 +297,33 @@ def _bomb(ext: str) -> bytes:
                ".ras": (4, ">II"), ".gif": (6, "<HH")}
     if ext in offsets:
         return _patched(encoded, *offsets[ext])
-    if ext in (".tif", ".tiff"):
-        return _tiff_claiming_huge(encoded)
-    return None
+    patchers = {".tif": _tiff_claiming_huge, ".tiff": _tiff_claiming_huge, ".webp": _webp_claiming_huge,
+                ".jp2": _jp2_claiming_huge, ".avif": _avif_claiming_huge}
+    return patchers[ext](encoded) if ext in patchers else None
 
 
-@pytest.mark.parametrize("ext", [ext for ext in IMAGE_EXTENSIONS if ext not in (".jp2", ".webp", ".avif")])
+@pytest.mark.parametrize("ext", IMAGE_EXTENSIONS)
 def test_a_small_file_claiming_a_huge_size_is_refused_before_decoding_in_every_type(tmp_path, ext, monkeypatch):
-    """Regression: a 9 MB 12000x12000 .hdr took 2.68 GB; a JPEG with a stray byte was decoded in full."""
+    """Regression: a 9 MB 12000x12000 .hdr took 2.68 GB; a JPEG with a stray byte was decoded in full; a
+    300-byte AVIF decodes to 1.5 GB. A type added to IMAGE_EXTENSIONS fails here until it has a bomb."""
+    data = _bomb(ext)
+    assert data is not None, f"no bomb for '{ext}': add one to _bomb, or stop accepting the type"
+    assert len(data) <= 16384  # small: at most the size of an uncompressed 64x64 image
     path = tmp_path / f"bomb{ext}"
-    path.write_bytes(_bomb(ext))
+    path.write_bytes(data)
     monkeypatch.setattr("utils.decode._decode_bgr", lambda data: pytest.fail("decoded a bomb"))
     with pytest.raises(UserError, match=r"claims \d+x\d+ pixels, more than this project decodes"):
         read_image(path)
+
+
+@pytest.mark.parametrize("ext", [ext for ext in IMAGE_EXTENSIONS if cv2.haveImageWriter(f"x{ext}")])
+def test_the_size_read_from_every_types_header_is_the_size_opencv_decodes(ext):
+    """The header check guards the decoder only when both read the same size: a JPEG whose stray byte hid
+    the frame header from the reader was decoded in full. Every type OpenCV writes, 70x50."""
+    pixels = np.full((50, 70) if ext in (".pbm", ".pgm") else (50, 70, 3), 128, np.uint8)  # those two are grey
+    encoded = cv2.imencode(ext, pixels)[1].tobytes()
+    assert image_size_of(encoded) == (70, 50)
+    assert decode_image(encoded).shape == (50, 70, 3)
 
 
 def test_an_image_whose_header_cannot_be_read_is_refused_not_decoded_on_trust(tmp_path):

@@ -1,5 +1,6 @@
 """Inference on image files: cosine comparison, landmark alignment, folder batches, ONNX and PyTorch agree."""
 
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from eval.align import ARCFACE_TEMPLATE
 from tests.diverged import collapsed_state_dict, diverged_state_dict
 from tools import inference
 from tools.export_onnx import export
+from utils.errors import UserError
 
 
 def smooth_face(seed: int) -> np.ndarray:
@@ -215,9 +217,37 @@ def test_zero_embeddings_give_no_similarity_and_no_normalized_file(setup, face_f
     assert not (tmp_path / "out").exists()
 
 
+def test_a_landmarks_file_line_names_any_file_name_spaces_and_newlines_too(tmp_path):
+    """Regression: --save-aligned wrote `my photo.jpg x1 ... y5`, which --landmarks-file then refused
+    (11 fields after splitting), and a newline in a name broke the file."""
+    names = ["my photo, 2.jpg", "a\nb.jpg", "plain.jpg"]
+    points = " ".join(str(value) for value in range(1, 11))
+    lines = "".join(f"{inference.escape_name(name)} {points}\n" for name in names[:2])
+    (tmp_path / "landmarks.txt").write_text(lines, encoding="utf-8")
+    landmarks = inference.read_landmarks_file(tmp_path / "landmarks.txt", names)
+    assert landmarks[2] is None and all(np.array_equal(found.reshape(-1), np.arange(1, 11)) for found in landmarks[:2])
+    (tmp_path / "numbers.txt").write_text(" ".join(str(value) for value in range(11)) + "\n")
+    with pytest.raises(UserError, match="expected 10 numbers"):  # 11 numbers are no name and 10 numbers
+        inference.read_landmarks_file(tmp_path / "numbers.txt", ["x.jpg"])
+
+
+def test_names_that_are_not_utf8_or_hold_a_newline_are_printed_escaped_one_a_line(setup, tmp_path, capsys):
+    """Regression: printing a name with a byte that is not UTF-8 was a UnicodeEncodeError traceback."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), smooth_face(2))
+    (folder / os.fsdecode(b"b\xff\nc.png")).write_bytes((folder / "a.png").read_bytes())
+    assert inference.main([*setup["args"], "--folder", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("b\\xff\\nc.png: 512-d embedding")
+
+
 def test_the_names_file_has_one_line_per_embedding_whatever_the_file_names_hold(tmp_path):
-    """Regression: a newline in a file name gave 2 embeddings and 3 name lines."""
-    names = ["a\nb.png", "back\\slash\\n.png"]
-    names_path = inference.write_embeddings(tmp_path / "emb.npy", np.zeros((2, 4), np.float32), names)
-    lines = names_path.read_text().splitlines()
-    assert len(lines) == 2 and [inference.unescape_name(line) for line in lines] == names
+    """Regression: a newline in a file name gave 2 embeddings and 3 name lines; a form feed or U+2028 is a
+    line break for str.splitlines; a name that is not UTF-8 (bytes 0xff) was a UnicodeEncodeError."""
+    names = ["a\nb.png", "back\\slash\\n.png", "c\rd\x0ce\x1cf\x85g\u2028h\u2029.png", os.fsdecode(b"\xff\xfe.png"),
+             "\\x41\\u2028 caf\u00e9.png"]
+    names_path = inference.write_embeddings(tmp_path / "emb.npy", np.zeros((5, 4), np.float32), names)
+    lines = names_path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 5 and [inference.unescape_name(line) for line in lines] == names
+    assert os.fsencode(inference.unescape_name(lines[3])) == b"\xff\xfe.png"

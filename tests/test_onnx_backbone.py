@@ -137,3 +137,20 @@ def test_a_pytorch_model_returning_a_tuple_or_another_row_count_is_one_line():
         embed_batch(Pair(), images, CPU)
     with pytest.raises(UserError, match=r"model OneRow returned shape \[1, 12\] for 4 images"):
         embed_batch(OneRow(), images, CPU)
+
+
+def test_a_pytorch_backbone_returning_another_width_than_it_declares_is_one_line(tmp_path):
+    from eval.embed import embed_batch
+    from tools.inference import torch_embedder
+
+    class Narrow(torch.nn.Module):
+        num_features = 8  # as every backbone of this project declares its embedding width
+
+        def forward(self, x):
+            return x.mean((2, 3))  # [B, 3]
+
+    images = torch.zeros(2, 3, 112, 112, dtype=torch.uint8)
+    with pytest.raises(UserError, match=r"model Narrow returned shape \[4, 3\] for 4 images, expected \[4, 8\]"):
+        embed_batch(Narrow(), images, CPU)
+    with pytest.raises(UserError, match=r"model Narrow returned shape \[2, 3\] for 2 images, expected \[2, 8\]"):
+        torch_embedder(Narrow(), CPU)(np.zeros((2, 3, 112, 112), np.float32))

@@ -189,9 +189,18 @@ def test_training_refuses_a_wrong_size_from_the_header_before_decoding(tmp_path,
     write_folder(tmp_path / "faces", [2])
     dataset = ImageFolderDataset(tmp_path / "faces")
     (tmp_path / "faces" / "person_0" / "01.png").write_bytes(png_claiming(30000, 30000))
-    monkeypatch.setattr(dataset_module, "decode_image", lambda *_: pytest.fail("decoded despite the header"))
+    monkeypatch.setattr(dataset_module, "decode_chw", lambda *_: pytest.fail("decoded despite the header"))
     with pytest.raises(DataError, match="01.png' is 30000x30000, not 112x112"):
         dataset[1]
+
+
+def test_the_first_image_checked_at_construction_is_not_decoded(tmp_path, monkeypatch):
+    """Regression: the size check of the first image at construction decoded it in full, a bomb too."""
+    write_folder(tmp_path / "faces", [2])
+    (tmp_path / "faces" / "person_0" / "00.png").write_bytes(png_claiming(12000, 11000))
+    monkeypatch.setattr(cv2, "imdecode", lambda *_: pytest.fail("decoded despite the header"))
+    with pytest.raises(UserError, match="00.png' is 12000x11000, not 112x112"):
+        ImageFolderDataset(tmp_path / "faces")
 
 
 def test_image_size_of_reads_jpeg_png_and_other_headers():
@@ -528,3 +537,29 @@ def test_a_lock_held_by_another_process_is_not_reported_as_the_stale_run_it_name
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="the kernel's lock table is Linux's /proc/locks")
+def test_a_lock_held_by_another_process_is_not_reported_as_the_live_process_the_file_names(tmp_path):
+    """Regression: the file named a live process that is not the holder (a reused PID), and the refusal
+    called that process a training run."""
+    from utils.output import claim_output
+
+    claim_output(tmp_path / "out").release()
+    bystander = subprocess.Popen(["sleep", "120"])  # alive, on this host, holds nothing
+    (tmp_path / "out" / "run.lock").write_text(f"PID {bystander.pid} on host {socket.gethostname()}\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(120)", str(tmp_path / "out" / "run.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError) as refused:
+            claim_output(tmp_path / "out")
+    finally:
+        for process in (holder, bystander):
+            process.kill()
+            process.wait()
+    message = str(refused.value)
+    assert f"not a training run of this project (PID {holder.pid} (" in message and "-c import fcntl" in message
+    assert f"the lock file names PID {bystander.pid} on host" in message and "training run (PID" not in message

@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 
 from eval.align import ARCFACE_TEMPLATE, estimate_similarity
+from utils.opencv import cv2
 
 SKIN_TONES = np.array([[236, 196, 170], [206, 156, 120], [160, 110, 80], [105, 70, 50]], np.float32)
 HAIR_COLOURS = np.array([[30, 24, 22], [80, 52, 34], [170, 130, 80], [120, 120, 125]], np.float32)

@@ -21,11 +21,11 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/<too
 import argparse
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -54,8 +54,11 @@ from utils.files import (
     read_text,
 )
 from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE, normalize
+from utils.opencv import cv2
 
 NUM_LANDMARK_VALUES = 10  # 5 points, (x, y) each
+# A landmarks line with a name: the name (any text, spaces too), then the 10 numbers.
+_NAMED_LINE = re.compile(rf"(?P<name>.+?)[,\s]+(?P<points>(?:[^,\s]+[,\s]+){{{NUM_LANDMARK_VALUES - 1}}}[^,\s]+)")
 LANDMARKS_FILE = "landmarks.txt"  # written by --save-aligned
 
 # float32 [B, 3, 112, 112] -> float32 [B, D]
@@ -77,11 +80,13 @@ def parse_landmarks(text: str, source: str) -> np.ndarray:
 
 def read_landmarks_file(path: str | Path, names: Sequence[str]) -> list[np.ndarray | None]:
     """Landmarks per image from a text file: one line per image in order (10 numbers), or lines
-    `name x1 y1 ... x5 y5` matched by image name, where images without a line count as aligned."""
+    `name x1 y1 ... x5 y5` matched by image name, where images without a line count as aligned. The name
+    is everything before the last 10 numbers (it may hold spaces), escaped as in the names file
+    (`escape_name`, which --save-aligned writes)."""
     path = Path(path)
     lines = [line.strip() for line in read_text(path, "landmarks file").splitlines() if line.strip()]
-    rows = [re.split(r"[,\s]+", line) for line in lines]
-    num_named = sum(len(fields) == NUM_LANDMARK_VALUES + 1 for fields in rows)
+    named_lines = [_NAMED_LINE.fullmatch(line) for line in lines]
+    num_named = sum(match is not None and not _is_number(match["name"]) for match in named_lines)
     if num_named == 0:
         if len(lines) != len(names):
             raise UserError(f"landmarks file '{path}' has {len(lines)} lines for {len(names)} images; give "
@@ -90,17 +95,26 @@ def read_landmarks_file(path: str | Path, names: Sequence[str]) -> list[np.ndarr
     if num_named != len(lines):
         raise UserError(f"landmarks file '{path}' mixes lines with and without an image name; start every "
                         "line with the image name or none.")
-    repeated = sorted({fields[0] for fields in rows if sum(other[0] == fields[0] for other in rows) > 1})
+    given = [unescape_name(match["name"]) for match in named_lines]
+    repeated = sorted(name for name, count in Counter(given).items() if count > 1)
     if repeated:
         raise UserError(f"landmarks file '{path}' has several lines for {', '.join(repeated[:5])}; keep one "
                         "line per image (a file written with --all-faces lists every face of a photo).")
-    named = {fields[0]: parse_landmarks(" ".join(fields[1:]), f"{path} line {n}")
-             for n, fields in enumerate(rows, start=1)}
+    named = {name: parse_landmarks(match["points"], f"{path} line {n}")
+             for n, (name, match) in enumerate(zip(given, named_lines), start=1)}
     unknown = sorted(set(named) - set(names))
     if unknown:
         raise UserError(f"landmarks file '{path}' names images that are not inputs: {', '.join(unknown[:5])}; "
                         "use the names as given on the command line or relative to --folder.")
     return [named.get(name) for name in names]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_face(path: str | Path, landmarks: np.ndarray | None = None) -> np.ndarray:
@@ -128,7 +142,7 @@ def torch_embedder(model: torch.nn.Module, device: torch.device) -> Embedder:
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             output = check_model_output(model(torch.from_numpy(batch).to(device)), len(batch),
-                                        source=type(model).__name__)
+                                        source=type(model).__name__, width=getattr(model, "num_features", None))
             return output.float().cpu().numpy()  # [B, D]
 
     return run
@@ -221,15 +235,38 @@ def collect_landmarks(args: argparse.Namespace, names: Sequence[str]) -> list[np
     return landmarks
 
 
+_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
+# Backslash, what str.splitlines splits on, and the surrogates by which Python keeps non-UTF-8 bytes of names.
+_ESCAPED = re.compile("[\\\\\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029\udc80-\udcff]")
+
+
 def escape_name(name: str) -> str:
-    """A file name as one line of the names file: backslash, newline and carriage return written as
-    `\\`, `\n`, `\r`, so every name is one line whatever it holds (undo with `unescape_name`)."""
-    return name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    """A file name as one line of the names file, whatever it holds: a backslash is written `\\\\`, a newline
+    `\\n`, a carriage return `\\r`, every other character that ends a line for `str.splitlines` (form feed,
+    U+2028, ...) `\\uXXXX`, and a byte that is not UTF-8 (kept by Python as a surrogate escape) `\\xNN`, so
+    the file is UTF-8 and a reader splitting it into lines gets one name a line (undo with `unescape_name`)."""
+    return _ESCAPED.sub(_escape_char, name)
+
+
+def _escape_char(match: re.Match) -> str:
+    char = match.group()
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def unescape_name(line: str) -> str:
-    """The file name of one line of the names file (see `escape_name`)."""
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), line)
+    """The file name of one line of the names file (see `escape_name`); `os.fsencode` of it gives the
+    name's bytes, a non-UTF-8 one included."""
+    return re.sub(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|.)", _unescape_match, line)
+
+
+def _unescape_match(match: re.Match) -> str:
+    code = match.group(1)
+    if code[0] in "xu" and len(code) > 1:
+        return chr(int(code[1:], 16) + (0xDC00 if code[0] == "x" else 0))
+    return {"n": "\n", "r": "\r"}.get(code, code)
 
 
 def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[str]) -> Path:
@@ -311,7 +348,7 @@ class AlignedWriter:
         atomic_write_bytes(path, png.tobytes())
         # 9 significant digits give the float32 landmarks back exactly.
         points = " ".join(f"{value:.9g}" for value in detected.face.landmarks.reshape(-1))
-        self.lines.append(f"{detected.photo} {points}\n")
+        self.lines.append(f"{escape_name(detected.photo)} {points}\n")
 
     def close(self) -> Path:
         make_folder(self.root)
@@ -334,7 +371,7 @@ def embed_detected(args: argparse.Namespace, paths: Sequence[Path],
     found, chunks = [], []
     for batch in batched(detect_faces(detector, paths, names, args.all_faces, missing), args.batch_size):
         for detected in batch:
-            print(f"{detected.name}: {detected.face.describe()}")
+            print(f"{escape_name(detected.name)}: {detected.face.describe()}")
             if writer:
                 writer.add(detected)
         if embedder:
@@ -343,7 +380,7 @@ def embed_detected(args: argparse.Namespace, paths: Sequence[Path],
     if args.compare and missing:
         raise UserError(f"no face found in '{missing[0]}'; use a photo where a face is clearly visible.")
     if missing:
-        print(f"no face found in {len(missing)} of {len(paths)} photos: {', '.join(missing)}")
+        print(f"no face found in {len(missing)} of {len(paths)} photos: {', '.join(map(escape_name, missing))}")
     if not found:
         raise UserError(f"no face found in any of the {len(paths)} photos.")
     if writer:
@@ -384,14 +421,14 @@ def report(args: argparse.Namespace, embeddings: np.ndarray, names: Sequence[str
         units = unit_rows(embeddings, source="the inputs", describe=lambda row: f"'{names[row]}'").astype(np.float64)
         for a in range(num_first):
             for b in range(num_first, len(names)):
-                pair = f" ({names[a]}, {names[b]})" if len(names) > 2 else ""
+                pair = f" ({escape_name(names[a])}, {escape_name(names[b])})" if len(names) > 2 else ""
                 print(f"cosine similarity: {units[a] @ units[b]:.6f}{pair}")
     if args.output:
         names_path = write_embeddings(args.output, embeddings, names)
         print(f"wrote {args.output} {tuple(embeddings.shape)} and {names_path}")
     elif not args.compare:
         for name, embedding in zip(names, embeddings):
-            print(f"{name}: {embedding.shape[0]}-d embedding, L2 norm {np.linalg.norm(embedding):.4f}")
+            print(f"{escape_name(name)}: {embedding.shape[0]}-d embedding, L2 norm {np.linalg.norm(embedding):.4f}")
 
 
 def build_parser() -> argparse.ArgumentParser:

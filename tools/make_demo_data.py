@@ -45,7 +45,6 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -64,6 +63,7 @@ from tools.pack_rec import write_records
 from utils.binfile import decode_bin_images, load_bin, save_bin
 from utils.errors import UserError, entry_point
 from utils.files import atomic_write_bytes, atomic_write_text
+from utils.opencv import cv2
 from utils.recordio import IRHeader
 
 VERIFICATION_SETS = ("demo_lfw", "demo_hard")

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 from tqdm import tqdm
 
 from dataset import ALIGN_HINT, scan_image_folder
@@ -32,6 +31,7 @@ from utils.decode import JPEG_START, PNG_START, check_image_size, decode_image, 
 from utils.errors import UserError, entry_point
 from utils.files import atomic_write_text, make_folder, read_bytes
 from utils.images import IMAGE_SIZE
+from utils.opencv import cv2
 from utils.recordio import IndexedRecordWriter, IRHeader, pack
 
 

@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -33,6 +32,7 @@ from PIL import Image
 from utils.errors import UserError
 from utils.files import read_bytes
 from utils.images import IMAGE_EXTENSIONS
+from utils.opencv import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, cv2
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,6 @@ _EXIF_APP1 = b"Exif\x00\x00"
 # Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic); C4, C8, CC are not frames.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _NO_LENGTH_MARKERS = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # markers without a length field
-# Larger than any photo a face is cropped from; a header beyond it is a decompression bomb or damage.
-MAX_IMAGE_SIDE = 16384
-MAX_IMAGE_PIXELS = 2**27
 _NUM_SKIPPED_NAMED = 5  # skipped files a warning names
 _RADIANCE_STARTS = (b"#?RADIANCE", b"#?RGBE")
 _RADIANCE_HEADER_LIMIT = 1 << 16  # bytes searched for the end of a Radiance header
@@ -53,9 +50,13 @@ _RADIANCE_RESOLUTION = re.compile(rb"[-+]([XY]) (\d+) [-+]([XY]) (\d+)")
 
 
 def _decode_bgr(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """OpenCV's decode, uint8 [H, W, BGR]; ValueError when the bytes are empty or do not decode."""
+    """OpenCV's decode, uint8 [H, W, BGR]; ValueError when the bytes are empty or do not decode, or when
+    OpenCV refuses the size their header gives (its own limits, set by `utils.opencv`)."""
     buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    try:
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    except cv2.error as exc:  # raised only by OpenCV's size check; decode failures return None
+        raise ValueError(f"its size is over OpenCV's image limit ({exc.err})") from None
     if bgr is None:
         raise ValueError("not a decodable image")
     return bgr

@@ -3,9 +3,10 @@ writable before any work, and cleared of the temporary files that killed runs le
 
 The lock is `fcntl.flock` on `<output>/run.lock`, taken by rank 0 (ranks share the folder); the kernel
 releases it when the process ends, however it ends, so a killed run never leaves a stale lock. The file
-itself stays and names the last holder (PID and host), which a second run reports when it is refused; when
-the process the file names has ended, the lock is held by something else (another tool took it), and the
-refusal says so instead of naming a stale run.
+itself stays and names the last holder (PID and host), which a second run reports when it is refused. The
+file can be stale: when the kernel's lock table (/proc/locks, Linux) names another process as the holder, or
+the process the file names has ended, something that is not a training run took the lock (`flock` of a
+shell, another tool), and the refusal names that process instead of the stale run.
 
 The holder proves it is still the owner before each checkpoint (`OutputLock.check_still_owner`): when the
 folder or the lock file was removed or replaced (`rm -rf` of the output under a live run, and a second run
@@ -28,6 +29,7 @@ from utils.files import make_folder, process_alive, remove_stale_temporaries
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
+PROC_LOCKS = "/proc/locks"  # the kernel's table of file locks and their holders (Linux)
 
 
 class OutputLock:
@@ -43,10 +45,11 @@ class OutputLock:
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self._handle, 200, 0).decode("utf-8", "replace").strip()
+            holders = _flock_holders(self._handle)  # before the text: a new holder writes it just after locking
+            named = os.pread(self._handle, 200, 0).decode("utf-8", "replace").strip()
             os.close(self._handle)
-            raise UserError(f"output folder '{output}' is {_describe_holder(holder)}; wait for it to finish, or "
-                            "set another output (--set output=...).") from None
+            raise UserError(f"output folder '{output}' is {_describe_holder(named, holders)}; wait for it to "
+                            "finish, or set another output (--set output=...).") from None
         os.ftruncate(self._handle, 0)
         os.pwrite(self._handle, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
         info = os.fstat(self._handle)
@@ -72,15 +75,48 @@ class OutputLock:
             self._handle = None
 
 
-def _describe_holder(holder: str) -> str:
-    """What holds a lock, from the lock file's text `PID <pid> on host <host>` written by the last holder."""
-    match = re.fullmatch(r"PID (\d+) on host (\S+)", holder)
+def _flock_holders(handle: int) -> list[int] | None:
+    """The PIDs holding a flock on the file open at `handle`, from the kernel's lock table; None where there
+    is none to read (not Linux). Empty when the table does not list the file (a network file system, or the
+    holder just let go). A PID of another PID namespace reads as 0 and is left out."""
+    info = os.fstat(handle)
+    file_id = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        table = Path(PROC_LOCKS).read_text().splitlines()
+    except OSError:
+        return None
+    # "1: FLOCK  ADVISORY  WRITE 17092 fe:00:2163058 0 EOF"; a waiter's line has "->" after its number.
+    rows = [line.split() for line in table]
+    return [int(row[4]) for row in rows if len(row) >= 6 and row[1] == "FLOCK" and row[5] == file_id
+            and row[4].isdigit() and int(row[4]) > 0]
+
+
+def _command_of(pid: int) -> str:
+    """`PID <pid>` and, where /proc shows it, its command line (shortened), e.g. `PID 812 (flock out/run.lock sh)`."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return f"PID {pid}"
+    command = " ".join(word.decode("utf-8", "replace") for word in words if word)
+    return f"PID {pid} ({command[:77] + '...' if len(command) > 80 else command})" if command else f"PID {pid}"
+
+
+def _describe_holder(named: str, holders: list[int] | None) -> str:
+    """What holds a lock: the training run the lock file names (`PID <pid> on host <host>`, written by each
+    holder), unless the kernel names another holder (`holders`, see _flock_holders) or that run has ended."""
+    match = re.fullmatch(r"PID (\d+) on host (\S+)", named)
+    local = match is not None and match.group(2) == socket.gethostname()
+    named_pid = int(match.group(1)) if local else None
+    file_says = f"the lock file names {named}" if match else "the lock file names none"
+    if holders and named_pid not in holders:
+        ended = ", which has ended" if named_pid is not None and not process_alive(named_pid) else ""
+        return (f"locked by a process that is not a training run of this project ({_command_of(holders[0])}; "
+                f"{file_says}{ended})")
     if match is None:
-        return "locked by a process that is not a training run of this project (the lock file names none)"
-    if match.group(2) == socket.gethostname() and not process_alive(int(match.group(1))):
-        return (f"locked by a process that is not a training run of this project (the lock file names {holder}, "
-                "which has ended)")
-    return f"in use by another training run ({holder})"
+        return f"locked by a process that is not a training run of this project ({file_says})"
+    if named_pid is not None and not process_alive(named_pid):
+        return f"locked by a process that is not a training run of this project ({file_says}, which has ended)"
+    return f"in use by another training run ({named})"
 
 
 def claim_output(output: str | Path) -> OutputLock:
