@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from dataset import ImageFolderDataset, RecordDataset, build_loader
 from tools.pack_rec import EncodeOptions, pack_folder
+from utils.opencv import cv2
 
 
 def write_faces(root: Path, num_images: int, num_classes: int, quality: int, seed: int = 0) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import cv2
 import numpy as np
 import torch
 
 from utils.decode import decode_chw, decode_image, nvjpeg_ready
+from utils.opencv import cv2
 
 
 def released_decode(data: bytes) -> torch.Tensor:

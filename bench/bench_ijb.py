@@ -25,12 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
 from eval.align import ARCFACE_TEMPLATE
 from eval.ijb_images import AlignedFaces, aligned_loader
+from utils.opencv import cv2
 
 # The sizes of the IJB-C 1:1 protocol.
 IJBC_IMAGES, IJBC_TEMPLATES, IJBC_GALLERY = 469_375, 23_124, 3_531

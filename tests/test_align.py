@@ -1,12 +1,12 @@
 """Five-point alignment: the similarity estimate recovers known transforms and matches skimage; align_face
 maps a warped face back onto the template."""
 
-import cv2
 import numpy as np
 import pytest
 from skimage.transform import SimilarityTransform
 
 from eval.align import ARCFACE_TEMPLATE, align_face, estimate_similarity, reference_landmarks
+from utils.opencv import cv2
 
 
 def _similarity(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:

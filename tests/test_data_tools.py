@@ -9,7 +9,6 @@ import struct
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,6 +20,7 @@ from tools.pack_rec import EncodeOptions, pack_folder
 from utils.binfile import load_bin
 from utils.decode import PNG_START
 from utils.errors import UserError
+from utils.opencv import cv2
 from utils.recordio import MAGIC_BYTES, IndexedRecordReader, IRHeader, first_label, unpack
 
 FIXTURES = Path(__file__).parent / "data" / "recordio"

@@ -7,7 +7,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -28,6 +27,7 @@ from dataset import (
 )
 from device_input import GpuJpegDecoder
 from utils.errors import UserError
+from utils.opencv import cv2
 from utils.recordio import IndexedRecordWriter, IRHeader, pack, unpack
 
 FIXTURES = Path(__file__).parent / "data" / "recordio"

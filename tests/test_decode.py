@@ -7,7 +7,6 @@ import io
 import logging
 import struct
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -23,6 +22,7 @@ from utils.binfile import decode_bin_images, load_bin
 from utils.decode import decode_image, exif_orientation, image_size_of, jpeg_header, nvjpeg_ready, read_image
 from utils.errors import UserError
 from utils.images import IMAGE_EXTENSIONS
+from utils.opencv import cv2
 
 # What a viewer shows for each EXIF orientation, given the stored pixels [H, W, 3] (the TIFF/EXIF spec).
 EXIF_VIEW = {

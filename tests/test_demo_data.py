@@ -3,7 +3,6 @@
 import hashlib
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,6 +20,7 @@ from tools import make_demo_data as demo
 from tools.demo_faces import alignment_matrix, render
 from utils.binfile import load_bin
 from utils.decode import decode_chw
+from utils.opencv import cv2
 
 TINY = demo.DemoSpec(seed=3, num_train_ids=6, images_per_id=4, num_val_ids=4, num_pairs=20, num_ijb_ids=5,
                      templates_per_id=2)

@@ -7,7 +7,6 @@ import re
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -27,6 +26,7 @@ from eval.detect import (
 from eval.recognizer import FaceRecognizer
 from tools import inference
 from utils.errors import UserError
+from utils.opencv import cv2
 
 YUNET = Path(__file__).parent / "data" / "yunet" / "face_detection_yunet.onnx"
 ASTRONAUT_BOX = (178, 63, 90, 113)  # x, y, w, h from tests/data/yunet/README.md

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch
 from dataset import DataError, RecordDataset, collate_encoded
 from device_input import BatchJpegDecoder, DeviceAugment, GpuJpegDecoder, flip_and_normalize
 from utils.decode import decode_chw
+from utils.opencv import cv2
 
 FIXTURES = Path(__file__).parent / "data" / "recordio"
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -22,6 +21,7 @@ from eval.align import ARCFACE_TEMPLATE, align_face
 from eval.ijb_data import MetaPaths
 from tests.diverged import diverged_state_dict
 from tools import export_onnx
+from utils.opencv import cv2
 
 NUM_SUBJECTS, TEMPLATES_PER_SUBJECT, IMAGES_PER_TEMPLATE = 6, 3, 2
 EMBEDDING_SIZE = 32  # not 512: any embedding size must work

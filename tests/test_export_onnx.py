@@ -4,7 +4,6 @@ import contextlib
 import io
 import re
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,6 +12,7 @@ import torch
 
 from backbones import get_model, load_backbone
 from tools import export_onnx
+from utils.opencv import cv2
 
 
 def graph_dims(value_info) -> list:

@@ -4,7 +4,6 @@ import os
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from tests.diverged import collapsed_state_dict, diverged_state_dict
 from tools import inference
 from tools.export_onnx import export
 from utils.errors import UserError
+from utils.opencv import cv2
 
 
 def smooth_face(seed: int) -> np.ndarray:

@@ -12,9 +12,10 @@ import shlex
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 from skimage import data
+
+from utils.opencv import cv2
 
 REPO = Path(__file__).resolve().parent.parent
 YUNET = REPO / "tests" / "data" / "yunet" / "face_detection_yunet.onnx"

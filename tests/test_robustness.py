@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -43,6 +42,7 @@ from utils.decode import image_size_of
 from utils.errors import UserError
 from utils.files import open_append, read_bytes
 from utils.monitor import setup_logging
+from utils.opencv import cv2
 from utils.recordio import IndexedRecordWriter, IRHeader, pack
 
 

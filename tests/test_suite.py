@@ -9,7 +9,6 @@ import io
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -22,6 +21,7 @@ from eval.verification import accuracy_from_embeddings
 from tests.diverged import diverged_state_dict
 from utils.binfile import save_bin
 from utils.errors import UserError
+from utils.opencv import cv2
 
 DIM = 8
 

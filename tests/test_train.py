@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -24,6 +23,7 @@ from tests.dist_utils import run_distributed
 from tools import pack_rec
 from utils import checkpoint, distributed
 from utils.config import derive, load_config
+from utils.opencv import cv2
 from utils.optim import lr_at
 
 REPO = Path(__file__).resolve().parent.parent

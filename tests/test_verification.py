@@ -3,7 +3,6 @@ mode, the training callback and the CLI's errors."""
 
 from types import SimpleNamespace
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from eval.verification import TrainingVerifier, VerificationSet, accuracy_from_e
 from tests.diverged import collapsed_state_dict, diverged_state_dict
 from utils.binfile import save_bin
 from utils.errors import UserError
+from utils.opencv import cv2
 
 
 def _loop_fold_accuracy(distances, issame, num_folds=10):

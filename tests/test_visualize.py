@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,6 +11,7 @@ from backbones import get_model
 from dpap import DPAP
 from eval.detect import FaceDetector, align_largest
 from tools import visualize
+from utils.opencv import cv2
 
 YUNET = Path(__file__).parent / "data" / "yunet" / "face_detection_yunet.onnx"
 
