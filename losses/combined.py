@@ -77,11 +77,11 @@ class CombinedMarginLoss(nn.Module):
         return (cosine > self.interclass_filtering_threshold) & ~is_target  # [B, C]
 
     def adjust_non_targets_(self, cosine: torch.Tensor, target_column: torch.Tensor, has_target: torch.Tensor,
-                            target_value: torch.Tensor) -> torch.Tensor | None:
+                            target_value: torch.Tensor, rows=None) -> torch.Tensor | None:
         """partial_fc.MarginHead's in-place edit of the clamped cosines [B, C]: the interclass filter.
 
         Returns None without a filter, else a bool [B, C], False where a cosine was set to 0 (its
-        gradient is 0). `target_column` [B, 1], `has_target` [B]; `target_value` is not used.
+        gradient is 0). `target_column` [B, 1], `has_target` [B]; `target_value` and `rows` are not used.
         """
         if self.interclass_filtering_threshold <= 0:
             return None
@@ -95,10 +95,11 @@ class CombinedMarginLoss(nn.Module):
             value, slope = self.margin_value_and_slope(cos_target)
         return value + slope * (cos_target - cos_target.detach())
 
-    def margin_value_and_slope(self, cos_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def margin_value_and_slope(self, cos_target: torch.Tensor, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The margin function of the target cosine [B] and the slope its backward uses, both [B].
 
-        The slope is 1 unless exact_gradient is set; then it is the derivative in cos θ.
+        The slope is 1 unless exact_gradient is set; then it is the derivative in cos θ. `rows`
+        (partial_fc.BatchRows) is not used.
         """
         if self.is_pure_cosine_margin:
             return cos_target - self.m3, torch.ones_like(cos_target)
