@@ -12,28 +12,33 @@ from utils.errors import UserError
 
 OPTIMIZERS = ("adamw", "sgd")
 CENTRE_UPDATES = ("all", "sampled")
-LR_SCHEDULES = ("polynomial", "cosine")
+LR_SCHEDULES = ("polynomial", "cosine", "step")
 
 
 def lr_at(samples: int, base_lr: float, total_samples: int, warmup_samples: int, *,
-          schedule: str = "polynomial", power: float = 2.0) -> float:
+          schedule: str = "polynomial", power: float = 2.0, milestones: tuple[int, ...] = (),
+          gamma: float = 0.1) -> float:
     """Learning rate of the optimizer step that follows `samples` training images: linear warm-up from 0,
-    then decay to 0.
+    then decay.
 
     "polynomial" is the released PolyScheduler: base_lr * (1 - progress) ** power; "cosine" is
-    base_lr * (1 + cos(pi * progress)) / 2, where progress runs from 0 after warm-up to 1 at the end.
+    base_lr * (1 + cos(pi * progress)) / 2, where progress runs from 0 after warm-up to 1 at the end;
+    "step" is base_lr * gamma ** (number of `milestones`, in samples, already reached): torch's
+    MultiStepLR stepped once per epoch, as the AdaFace and ElasticFace recipes train.
     Counted in samples so that a resume with another global batch continues the same curve; with a fixed
     global batch G, lr_at(step * G, lr, total_steps * G, warmup_steps * G) is exactly the released per-step
     value (the quotients of whole numbers are the same, so the float divisions round alike).
     """
     if warmup_samples > 0 and samples < warmup_samples:
         return base_lr * samples / warmup_samples
+    if schedule == "step":
+        return base_lr * gamma ** sum(samples >= milestone for milestone in milestones)
     progress = min(1.0, (samples - warmup_samples) / max(1, total_samples - warmup_samples))
     if schedule == "polynomial":
         return base_lr * (1.0 - progress) ** power
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise UserError(f"lr_scheduler '{schedule}' is not known; use 'polynomial' or 'cosine'.")
+    raise UserError(f"lr_scheduler '{schedule}' is not known; use one of {LR_SCHEDULES}.")
 
 
 def set_lr(optimizers: Iterable[torch.optim.Optimizer], lr: float) -> None:
