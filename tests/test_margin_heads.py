@@ -1,0 +1,170 @@
+"""Every margin head inside PartialFC against its fixture from the authors' released code
+(tests/data/losses/README.md): loss, d/d embeddings, d/d centres, state after one and two steps, and
+ElasticFace's draws."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import losses
+from partial_fc import PartialFC
+
+FIXTURES = Path(__file__).parent / "data" / "losses"
+
+
+def load(name: str) -> dict:
+    with np.load(FIXTURES / f"{name}.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def tensor(array) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(array)).float()
+
+
+def assert_matches(actual: torch.Tensor, expected, what: str) -> None:
+    """Within 1e-5 of the largest reference magnitude (at least 1), the fixture README's scale."""
+    expected = torch.from_numpy(np.asarray(expected)).double()
+    scale = max(expected.abs().max().item(), 1.0)
+    error = (actual.detach().double().reshape(expected.shape) - expected).abs().max().item()
+    assert error <= 1e-5 * scale, f"{what}: max error {error:.3g} exceeds 1e-5 × {scale:.3g}"
+
+
+def step(pfc: PartialFC, embeddings, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, d/d embeddings, d/d centres) of one forward and backward."""
+    embeddings = tensor(embeddings).requires_grad_(True)
+    pfc.zero_grad()
+    loss = pfc(embeddings, torch.from_numpy(labels))
+    loss.backward()
+    return loss.detach(), embeddings.grad, pfc.weight.grad.clone()
+
+
+def head_in_pfc(head, fixture: dict) -> PartialFC:
+    centres = tensor(fixture["centres"])
+    pfc = PartialFC(head, centres.shape[1], centres.shape[0])
+    with torch.no_grad():
+        pfc.weight.copy_(centres)
+    return pfc
+
+
+def check_step(pfc, fixture, suffix: str = "") -> None:
+    loss, grad_embeddings, grad_centres = step(pfc, fixture["embeddings" + suffix], fixture["labels" + suffix])
+    assert_matches(loss, fixture["loss" + suffix], "loss" + suffix)
+    assert_matches(grad_embeddings, fixture["grad_embeddings" + suffix], "grad_embeddings" + suffix)
+    assert_matches(grad_centres, fixture["grad_centres" + suffix], "grad_centres" + suffix)
+
+
+def test_adaface_equals_the_released_head_over_two_steps():
+    fixture = load("adaface")
+    head = losses.get_margin_loss("adaface")
+    assert_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_init"], "state_init")
+    pfc = head_in_pfc(head, fixture)
+    check_step(pfc, fixture)
+    assert_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_step1"], "state_step1")
+    check_step(pfc, fixture, "_step2")
+    assert_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_step2"], "state_step2")
+
+
+def test_curricularface_equals_the_released_head_over_two_steps():
+    fixture = load("curricularface")
+    head = losses.get_margin_loss("curricularface")
+    pfc = head_in_pfc(head, fixture)
+    check_step(pfc, fixture)
+    assert_matches(head.t, fixture["state_step1"], "state_step1")
+    check_step(pfc, fixture, "_step2")
+    assert_matches(head.t, fixture["state_step2"], "state_step2")
+
+
+def test_magface_equals_the_released_loss_with_its_regulariser():
+    fixture = load("magface")
+    params = json.loads(str(fixture["params"]))
+    assert params["trainer"]["lambda_g"] == losses.loss_defaults("magface")["lambda_g"]
+    check_step(head_in_pfc(losses.get_margin_loss("magface"), fixture), fixture)
+
+
+@pytest.mark.parametrize("name", ["elasticface_arc", "elasticface_cos", "elasticface_arc_plus",
+                                  "elasticface_cos_plus"])
+def test_elasticface_equals_the_released_head_with_its_draws_injected(name):
+    fixture = load(name)
+    head = losses.get_margin_loss(name)
+    head.continue_tail = False  # the released wrap past θ + m = π (sample 0 is there for the arc variants)
+    head.inject_margins(tensor(fixture["margins"]))  # the raw draws: the "+" variants reorder them
+    pfc = head_in_pfc(head, fixture)
+    check_step(pfc, fixture)
+
+
+def test_elasticface_plus_assigns_the_released_gather_or_by_rank():
+    cos_target = torch.tensor([0.1, 0.9, 0.5, 0.3])  # the reference's example
+    draws = torch.tensor([0.52, 0.47, 0.55, 0.50])
+    rows = losses.elasticface.ElasticFaceLoss(plus=True, angular=False)
+    released = rows_margins(rows, cos_target, draws)
+    torch.testing.assert_close(released, torch.tensor([0.50, 0.52, 0.55, 0.47]))
+    matched = rows_margins(losses.elasticface.ElasticFaceLoss(plus=True, rank_matching=True), cos_target, draws)
+    torch.testing.assert_close(matched, torch.tensor([0.55, 0.47, 0.50, 0.52]))
+
+
+def rows_margins(head, cos_target, draws) -> torch.Tensor:
+    from partial_fc import BatchRows
+
+    head.inject_margins(draws)
+    return head.prepare_(BatchRows(torch.ones_like(cos_target), cos_target)).margins
+
+
+def test_elasticarcface_continues_the_tail_past_pi():
+    """The only departure on the fixture: sample 0 (θ + m > π) gets cos θ − (1 − cos m) instead of the
+    wrapped cos(θ + m); the loss is the CE of the fixture's logits with that one entry replaced."""
+    fixture = load("elasticface_arc")
+    head = losses.get_margin_loss("elasticface_arc")
+    head.inject_margins(tensor(fixture["margins"]))
+    loss, _, _ = step(head_in_pfc(head, fixture), fixture["embeddings"], fixture["labels"])
+    logits = torch.from_numpy(fixture["logits"]).clone()  # [B, C] float64
+    labels = torch.from_numpy(fixture["labels"])
+    margin = fixture["margins"][0]
+    unit = fixture["embeddings"][0] / np.linalg.norm(fixture["embeddings"][0])
+    centre = fixture["centres"][labels[0]]
+    cos_target = float(unit @ centre / np.linalg.norm(centre))  # -0.95
+    assert math.acos(cos_target) + margin > math.pi
+    assert abs(logits[0, labels[0]].item() / 64.0 - math.cos(math.acos(cos_target) + margin)) < 1e-5  # wrapped
+    logits[0, labels[0]] = 64.0 * (cos_target - (1 - math.cos(margin)))
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    assert abs(loss.item() - expected.item()) <= 1e-5 * expected.item()
+
+
+def test_elasticface_draws_follow_the_normal_distribution_and_the_seed():
+    head = losses.get_margin_loss("elasticface_arc_plus", seed=5)
+    draws = torch.cat([head.draw_margins(1000) for _ in range(20)])  # [20000]
+    assert abs(draws.mean().item() - 0.5) < 4 * 0.0175 / math.sqrt(draws.numel())
+    assert abs(draws.std().item() - 0.0175) < 0.0175 * 0.03
+    again = losses.get_margin_loss("elasticface_arc_plus", seed=5)
+    torch.testing.assert_close(again.draw_margins(1000), draws[:1000], rtol=0, atol=0)
+    other = losses.get_margin_loss("elasticface_arc_plus", seed=6)
+    assert not torch.equal(other.draw_margins(1000), draws[:1000])
+
+
+def test_elasticface_generator_state_travels_with_the_state_dict():
+    head = losses.get_margin_loss("elasticface_cos", seed=1)
+    head.draw_margins(7)
+    state = head.state_dict()
+    expected = head.draw_margins(16)
+    resumed = losses.get_margin_loss("elasticface_cos", seed=99)
+    resumed.load_state_dict(state)
+    torch.testing.assert_close(resumed.draw_margins(16), expected, rtol=0, atol=0)
+
+
+def test_uniface_equals_the_released_loss_and_its_bias_gradient():
+    fixture = load("uniface")
+    head = losses.get_margin_loss("uniface")
+    pfc = head_in_pfc(head, fixture)
+    assert_matches(head.bias, fixture["bias"], "bias init log(C·r·10)")
+    check_step(pfc, fixture)
+    assert_matches(head.bias.grad, fixture["grad_bias"], "grad_bias")
+
+
+@pytest.mark.parametrize("name", ["insightface_cosface"])
+def test_cosface_control_equals_insightface_with_plain_ce(name):
+    fixture = load(name)
+    fixture["loss"] = fixture["loss_plain_ce"]  # the documented departure: no 1e-30 cap on p
+    check_step(head_in_pfc(losses.get_margin_loss("cosface"), fixture), fixture)
