@@ -116,9 +116,12 @@ def build_run(cfg, ctx) -> Run:
 
 
 def margin_loss(cfg) -> torch.nn.Module:
-    """The margin head of cfg.loss: "combined" from the margin_* keys as before, any other from loss_params."""
+    """The margin head of cfg.loss: "combined" from the margin_* keys as before, any other from loss_params.
+
+    A head that draws random numbers (ElasticFace's margins) draws the same ones on every rank, from rank 0's
+    stream 2 of the run's seed (augment and dpap are streams 0 and 1); its generator state is checkpointed."""
     if cfg.loss != "combined":
-        return losses.get_margin_loss(cfg.loss, **cfg.loss_params)
+        return losses.get_margin_loss(cfg.loss, seed=derive_seed(cfg.seed, 0, 2), **cfg.loss_params)
     m1, m2, m3 = cfg.margin_list
     return losses.get_margin_loss("combined", s=cfg.margin_scale, m1=m1, m2=m2, m3=m3,
                                   interclass_filtering_threshold=cfg.interclass_filtering_threshold,

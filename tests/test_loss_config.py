@@ -129,3 +129,48 @@ def test_milestones_are_epochs_and_need_the_step_schedule(tmp_path):
         load_config(write_config(tmp_path, "lr_scheduler='step', lr_milestones=(5, 2)"))
     with pytest.raises(UserError, match="'lr_milestones' must be a sequence of ints"):
         load_config(write_config(tmp_path, "lr_scheduler='step', lr_milestones=(2.5,)"))
+
+
+def _released_step_rate(base_lr: float, epoch: int, drops_from: tuple[int, ...]) -> float:
+    return base_lr * 0.1 ** sum(epoch >= m for m in drops_from)
+
+
+@pytest.mark.parametrize(("name", "world_size", "drops_from"), [
+    # AdaFace train_val.py: MultiStepLR(milestones=[12, 20, 24]) stepped after each epoch.
+    ("ms1mv2_r100_adaface", 2, (12, 20, 24)),
+    # ElasticFace config.py: lr_step_func(epoch) = 0.1 ** len([m for m in [8, 14, 20, 25] if m - 1 <= epoch]).
+    ("ms1mv2_r100_elasticface_arc_plus", 4, tuple(m - 1 for m in (8, 14, 20, 25))),
+])
+def test_cnn_loss_recipes_have_the_released_learning_rate_in_every_epoch(name, world_size, drops_from):
+    cfg = derive(load_config(REPO / "configs" / f"{name}.py"), world_size)
+    assert cfg.total_batch_size == 512 and cfg.gradient_accumulation == 1 and cfg.num_epoch == 26
+    epoch_samples = cfg.steps_per_epoch * cfg.total_batch_size
+    for epoch in range(cfg.num_epoch):
+        for samples in (epoch * epoch_samples, (epoch + 1) * epoch_samples - cfg.total_batch_size):
+            rate = lr_at(samples, cfg.lr, cfg.total_samples, cfg.warmup_samples, schedule=cfg.lr_scheduler,
+                         milestones=cfg.lr_milestone_samples, gamma=cfg.lr_gamma)
+            assert rate == pytest.approx(_released_step_rate(0.1, epoch, drops_from)), (epoch, samples)
+
+
+def test_cnn_loss_recipes_have_the_released_loss_and_optimizer():
+    adaface = load_config(REPO / "configs" / "ms1mv2_r100_adaface.py")
+    assert adaface.loss_params == {"m": 0.4, "h": 0.333, "s": 64.0, "t_alpha": 0.01}
+    assert (adaface.optimizer, adaface.momentum, adaface.weight_decay, adaface.precision) == ("sgd", 0.9, 5e-4, "fp16")
+    assert adaface.clip_grad_norm == 0.0 and adaface.no_weight_decay_on_norm_bias and adaface.seed == 42
+    elastic = load_config(REPO / "configs" / "ms1mv2_r100_elasticface_arc_plus.py")
+    assert elastic.loss == "elasticface_arc_plus"
+    assert {k: elastic.loss_params[k] for k in ("s", "m", "std")} == {"s": 64.0, "m": 0.5, "std": 0.0175}
+    assert (elastic.optimizer, elastic.weight_decay, elastic.precision, elastic.clip_grad_norm) == ("sgd", 5e-4,
+                                                                                                 "fp32", 5.0)
+    assert not elastic.no_weight_decay_on_norm_bias
+    for cfg in (adaface, elastic):
+        assert cfg.network == "r100" and cfg.num_classes == 85742 and not cfg.dpap and not cfg.ehsm
+
+
+def test_transface_s_with_adaface_is_the_released_vit_s_recipe_but_its_loss():
+    released = load_config(REPO / "configs" / "ms1mv2_vit_s.py")
+    adaface = load_config(REPO / "configs" / "ms1mv2_vit_s_adaface.py")
+    differing = {key for key in released if released[key] != adaface[key]}
+    assert differing == {"loss", "loss_params", "output"}
+    assert adaface.loss == "adaface" and adaface.loss_params["m"] == 0.4 and adaface.loss_params["h"] == 0.333
+    assert adaface.dpap and adaface.ehsm and adaface.network == "vit_s_dp005_mask_0"
