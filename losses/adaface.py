@@ -74,7 +74,7 @@ class AdaFaceLoss(nn.Module):
     def adjust_non_targets_(self, cosine: torch.Tensor, target_column: torch.Tensor, has_target: torch.Tensor,
                             target_value: torch.Tensor, rows) -> torch.Tensor:
         """Clamp the cosines [N, S] to ±(1 − ε) in place; bool [N, S], False where the clamp bound."""
-        inside = cosine.abs() <= 1 - _EPS  # [N, S]
+        inside = cosine.le(1 - _EPS).logical_and_(cosine.ge(-1 + _EPS))  # [N, S], 1 byte per entry
         cosine.clamp_(-1 + _EPS, 1 - _EPS)
         return inside
 

@@ -60,11 +60,12 @@ class CurricularFaceLoss(nn.Module):
     def adjust_non_targets_(self, cosine: torch.Tensor, target_column: torch.Tensor, has_target: torch.Tensor,
                             target_value: torch.Tensor, rows) -> torch.Tensor:
         """c → c·(t + c) in place where c > φ of the row (φ from the global target cosines); returns the
-        float slope [N, S]: t + 2c there, 1 elsewhere."""
-        hard = cosine > self._phi(rows.cos_target).unsqueeze(1)  # [N, S]
-        slope = torch.where(hard, self.t + 2.0 * cosine, 1.0)  # [N, S]
-        cosine.copy_(torch.where(hard, cosine * (self.t + cosine), cosine))
-        return slope
+        float slope [N, S]: t + 2c there, 1 elsewhere. One float [N, S] beside the buffer: the factor
+        t + c, which then becomes the slope 2(t + c) − t."""
+        easy = cosine <= self._phi(rows.cos_target).unsqueeze(1)  # [N, S], not hard
+        factor = (cosine + self.t).masked_fill_(easy, 1.0)  # [N, S], t + c where hard
+        cosine.mul_(factor)
+        return factor.mul_(2.0).sub_(self.t).masked_fill_(easy, 1.0)
 
     def extra_repr(self) -> str:
         return f"s={self.s}, m={self.m}"
