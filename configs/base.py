@@ -30,13 +30,15 @@ config = EasyDict(
     # Parameters of `loss` that differ from its published defaults (losses.loss_defaults(loss)), by the
     # released code's names; each value has its default's type and the loss checks its range. Unknown
     # names are errors naming the closest valid one; "combined" takes none (it reads the margin_* keys).
-    #   arcface, cosface:            s (scale), m (margin)
-    #   adaface:                     s, m, h (norm-adaptive share of the margin), t_alpha (EMA momentum)
-    #   magface:                     s, l_a, u_a (norm range), l_margin, u_margin, lambda_g (regulariser)
-    #   curricularface:              s, m
-    #   elasticface_arc/_cos(_plus): s, m (mean margin), std (its standard deviation)
-    #   uniface:                     s, m, l (weight of the negative terms)
-    # e.g. loss="adaface", loss_params=dict(m=0.4, h=0.333); the whole set used is written to config.json.
+    #   arcface, cosface:   s (scale), m (margin), interclass_filtering_threshold; arcface exact_gradient
+    #   adaface:            m, h (share of the margin adapting to the norm), s, t_alpha (norm EMA momentum)
+    #   magface:            s, l_a, u_a (norm range), l_margin, u_margin (margins there), lambda_g (regulariser)
+    #   curricularface:     s, m
+    #   elasticface_arc, elasticface_cos, elasticface_arc_plus, elasticface_cos_plus: s, m (mean margin),
+    #                       std (its standard deviation), rank_matching ("+": the paper's order, not the released)
+    #   uniface:            s, m, l (weight of the negative terms)
+    # e.g. loss="adaface", loss_params=dict(m=0.4, h=0.333); every parameter used is written to config.json.
+    # --set loss_params.NAME=VALUE changes one. Defaults and sources: docs/losses.md.
     loss_params={},
     # (m1, m2, m3) of the target logit cos(m1*theta + m2) - m3: ArcFace (1, .5, 0), CosFace (1, 0, .4)
     margin_list=(1.0, 0.5, 0.0),
