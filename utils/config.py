@@ -190,7 +190,8 @@ def _checked_loss_params(config: Mapping[str, Any], source: str, base: Mapping[s
     changed = [key for key in COMBINED_LOSS_KEYS if config[key] != base[key]]
     if changed:
         raise UserError(f"{source}: key '{changed[0]}' is {config[changed[0]]!r} but only loss 'combined' reads it "
-                        f"and loss is {name!r}; remove it and set the parameters of {name!r} in loss_params.")
+                        f"and loss is {name!r}; remove it (or set it back to {base[changed[0]]!r}) and set the "
+                        f"parameters of {name!r} in loss_params.")
     defaults = losses.loss_defaults(name)
     checked = {}
     for key, value in params.items():
