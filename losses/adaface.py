@@ -27,7 +27,8 @@ class AdaFaceLoss(nn.Module):
 
     Departures from head.py: the statistics are over all N rows of the global batch (the released code
     used each GPU's sub-batch, so its state depended on the number of GPUs), and they are not updated in
-    eval mode (the released code updated them on every forward).
+    eval mode (the released code updated them on every forward); a global batch of one sample leaves σ
+    as it is (the released σ became NaN).
 
     Args:
         m: margin (the paper's 0.4). h: share of the margin that adapts to the norm (0.333).
@@ -49,9 +50,9 @@ class AdaFaceLoss(nn.Module):
         """Update μ and σ from the global batch's norms rows.norms [N] (training mode only)."""
         if self.training:
             safe_norms = rows.norms.clip(*_NORM_RANGE)  # [N]
-            mean, std = safe_norms.mean(), safe_norms.std()
-            self.batch_mean.copy_(mean * self.t_alpha + (1 - self.t_alpha) * self.batch_mean)
-            self.batch_std.copy_(std * self.t_alpha + (1 - self.t_alpha) * self.batch_std)
+            self.batch_mean.copy_(safe_norms.mean() * self.t_alpha + (1 - self.t_alpha) * self.batch_mean)
+            if safe_norms.numel() > 1:  # the unbiased std of one norm is NaN, which would stay in σ for good
+                self.batch_std.copy_(safe_norms.std() * self.t_alpha + (1 - self.t_alpha) * self.batch_std)
         return rows
 
     def _margin_scaler(self, norms: torch.Tensor) -> torch.Tensor:

@@ -163,6 +163,33 @@ def test_uniface_equals_the_released_loss_and_its_bias_gradient():
     assert_matches(head.bias.grad, fixture["grad_bias"], "grad_bias")
 
 
+def test_uniface_bias_starts_at_log_of_ten_times_the_sampled_classes():
+    pfc = PartialFC(losses.get_margin_loss("uniface"), 4, 1000, sample_rate=0.5)
+    assert pfc.margin_loss.bias.item() == pytest.approx(math.log(1000 * 0.5 * 10))
+    assert losses.UniFaceLoss(bias_init=2.5).bias.item() == 2.5
+
+
+def test_adaface_clamps_every_cosine_to_one_minus_eps():
+    """A non-target cosine of 0.9995 is clamped to 0.999 (its logit s·0.999, no gradient to its centre);
+    a cosine of 0.99 is not. A one-sample batch leaves σ finite (the released std would be NaN)."""
+    embedding = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    centres = torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, math.sqrt(1 / 0.9995**2 - 1), 0.0, 0.0],
+                            [1.0, math.sqrt(1 / 0.99**2 - 1), 0.0, 0.0]])
+    pfc = PartialFC(losses.get_margin_loss("adaface"), 4, 3)
+    with torch.no_grad():
+        pfc.weight.copy_(centres)
+    loss = pfc(embedding.repeat(2, 1) * 20, torch.tensor([0, 0]))
+    loss.backward()
+    # Both norms are μ = 20, so ŝ = 0: the target (cosine 0) is cos(π/2) − m.
+    expected = torch.nn.functional.cross_entropy(64.0 * torch.tensor([[math.cos(math.pi / 2) - 0.4, 0.999, 0.99]]),
+                                                 torch.tensor([0]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert pfc.weight.grad[1].abs().max() == 0
+    assert pfc.weight.grad[2].abs().max() > 0
+    pfc(embedding, torch.tensor([0]))
+    assert torch.isfinite(pfc.margin_loss.batch_std).all()
+
+
 @pytest.mark.parametrize("name", ["insightface_cosface"])
 def test_cosface_control_equals_insightface_with_plain_ce(name):
     fixture = load(name)

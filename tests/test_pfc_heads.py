@@ -99,7 +99,7 @@ def test_every_head_with_sample_rate_half_equals_it_on_the_sampled_columns(name)
     sample_centres = sampled_pfc.sample_centres
     sampled_pfc.sample_centres = lambda labels: record.append(sample_centres(labels)) or record[-1]
     for number, (embeddings, labels) in enumerate(zip(case["embeddings"], case["labels"])):
-        labels = labels % 4  # at most 4 positives: sampling keeps them and draws 1 or more of 6 negatives
+        labels = labels % 4 + 3  # at most 4 positives: sampling keeps them and draws 1 or more of 6 negatives
         loss, embedding_grad, centre_grad = step(sampled_pfc, embeddings, labels, case["weights"])
         index = record[-1].index  # [S], sorted
         assert index.numel() == 5 and torch.isin(labels, index).all()
