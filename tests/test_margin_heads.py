@@ -113,24 +113,45 @@ def rows_margins(head, cos_target, draws) -> torch.Tensor:
     return head.prepare_(BatchRows(torch.ones_like(cos_target), cos_target)).margins
 
 
+def fixture_cosine(fixture: dict, row: int) -> float:
+    """The target cosine of one fixture row, in float64."""
+    unit = fixture["embeddings"][row] / np.linalg.norm(fixture["embeddings"][row])
+    centre = fixture["centres"][fixture["labels"][row]]
+    return float(unit @ centre / np.linalg.norm(centre))
+
+
+def ce_with_tail(fixture: dict, margin: float) -> float:
+    """Mean CE of the fixture's logits with sample 0's wrapped target (θ + m > π) replaced by the tail
+    s·(cos θ − (1 − cos m)) that CombinedMarginLoss and ElasticArcFace continue with."""
+    logits = torch.from_numpy(fixture["logits"]).clone()  # [B, C] float64
+    labels = torch.from_numpy(fixture["labels"])
+    cos_target = fixture_cosine(fixture, 0)  # -0.95
+    assert math.acos(cos_target) + margin > math.pi
+    assert abs(logits[0, labels[0]].item() / 64.0 - math.cos(math.acos(cos_target) + margin)) < 1e-5  # wrapped
+    logits[0, labels[0]] = 64.0 * (cos_target - (1 - math.cos(margin)))
+    return torch.nn.functional.cross_entropy(logits, labels).item()
+
+
 def test_elasticarcface_continues_the_tail_past_pi():
-    """The only departure on the fixture: sample 0 (θ + m > π) gets cos θ − (1 − cos m) instead of the
-    wrapped cos(θ + m); the loss is the CE of the fixture's logits with that one entry replaced."""
+    """The only departure on the fixture: sample 0 gets the tail instead of the wrapped cos(θ + m)."""
     fixture = load("elasticface_arc")
     head = losses.get_margin_loss("elasticface_arc")
     head.inject_margins(tensor(fixture["margins"]))
     loss, _, _ = step(head_in_pfc(head, fixture), fixture["embeddings"], fixture["labels"])
-    logits = torch.from_numpy(fixture["logits"]).clone()  # [B, C] float64
-    labels = torch.from_numpy(fixture["labels"])
-    margin = fixture["margins"][0]
-    unit = fixture["embeddings"][0] / np.linalg.norm(fixture["embeddings"][0])
-    centre = fixture["centres"][labels[0]]
-    cos_target = float(unit @ centre / np.linalg.norm(centre))  # -0.95
-    assert math.acos(cos_target) + margin > math.pi
-    assert abs(logits[0, labels[0]].item() / 64.0 - math.cos(math.acos(cos_target) + margin)) < 1e-5  # wrapped
-    logits[0, labels[0]] = 64.0 * (cos_target - (1 - math.cos(margin)))
-    expected = torch.nn.functional.cross_entropy(logits, labels)
-    assert abs(loss.item() - expected.item()) <= 1e-5 * expected.item()
+    expected = ce_with_tail(fixture, fixture["margins"][0])
+    assert abs(loss.item() - expected) <= 1e-5 * expected
+
+
+def test_arcface_control_equals_insightface_but_for_the_tail_and_the_cap():
+    """insightface's ArcFace in its PartialFC_V2: the same gradients (straight-through; sample 0's softmax
+    target is e^-90 either way), the loss the plain CE of its logits with sample 0 on the tail."""
+    fixture = load("insightface_arcface")
+    loss, grad_embeddings, grad_centres = step(head_in_pfc(losses.get_margin_loss("arcface"), fixture),
+                                               fixture["embeddings"], fixture["labels"])
+    assert_matches(grad_embeddings, fixture["grad_embeddings"], "grad_embeddings")
+    assert_matches(grad_centres, fixture["grad_centres"], "grad_centres")
+    expected = ce_with_tail(fixture, 0.5)
+    assert abs(loss.item() - expected) <= 1e-5 * expected
 
 
 def test_elasticface_draws_follow_the_normal_distribution_and_the_seed():
