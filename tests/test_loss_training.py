@@ -86,6 +86,19 @@ def test_each_loss_trains_a_few_steps_with_dpap_ehsm_and_sampled_centres(loss):
     assert not before or _changed(before, after), f"{loss}: its state {sorted(before)} did not change"
 
 
+@pytest.mark.parametrize("loss", ["adaface", "magface", "uniface"])
+def test_under_bf16_autocast_the_head_and_its_state_stay_float32(loss):
+    """The backbone runs in bf16; the head's margin, softmax or per-class terms, and its state, in fp32."""
+    torch.manual_seed(0)
+    run = train.build_run(_config(loss, precision="bf16"), distributed.setup("cpu"))
+    before = _margin_state(run.head)
+    stats = train.train_step(run, _batches(1, 8))
+    assert stats is not None and torch.isfinite(torch.tensor(stats["loss"]))
+    after = _margin_state(run.head)
+    assert all(value.dtype == torch.float32 for value in after.values() if torch.is_tensor(value))
+    assert run.head.weight.dtype == torch.float32 and (not before or _changed(before, after))
+
+
 def test_uniface_bias_is_stepped_and_decayed_by_the_head_optimizer_also_with_sampled_centre_updates():
     """The bias is a head parameter outside DDP: the head optimizer owns it, with the weight decay of the
     centres (UniFace's released SGD decays it; no_weight_decay_on_norm_bias is the backbone's rule)."""
