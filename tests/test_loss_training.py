@@ -139,6 +139,50 @@ def test_gradient_accumulation_equals_one_large_batch(loss):
         torch.testing.assert_close(accumulated[key], value, atol=2e-5, rtol=1e-4, msg=key)
 
 
+TWO_RANK_LOSSES = ("adaface", "elasticface_arc_plus", "uniface")
+
+
+def _steps_on_ranks(rank: int, world_size: int, batches) -> dict:
+    """Two SGD steps of each of TWO_RANK_LOSSES with this rank's share of the global batches of 16."""
+    ctx = distributed.DistContext(rank=rank, local_rank=rank, world_size=world_size, device=torch.device("cpu"))
+    results = {}
+    for loss in TWO_RANK_LOSSES:
+        torch.manual_seed(0)
+        # Clipped: small steps keep float-level differences of the split float-level over the second step.
+        run = train.build_run(_config(loss, batch_size=16 // world_size, dpap=False, sample_rate=1.0,
+                                      clip_grad_norm=0.05), ctx)
+        for module in run.backbone.modules():  # running statistics: a step then does not depend on the split
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.eval()
+        for images, labels in batches:
+            share = slice(rank * 16 // world_size, (rank + 1) * 16 // world_size)
+            assert train.train_step(run, [(images[share], labels[share])]) is not None
+        results[loss] = {"backbone": run.backbone.state_dict(), "weight": run.head.weight.detach().clone(),
+                         "state": _margin_state(run.head)}
+    return results
+
+
+def test_two_processes_train_as_one_with_stateful_losses():
+    """Through train.py: AdaFace's statistics, ElasticFace+'s margins (drawn alike on every rank from the run's
+    seed, ordered over the global batch) and UniFace's bias make two ranks take one process's steps."""
+    batches = _batches(2, 16)
+    single = _steps_on_ranks(0, 1, batches)
+    ranks = run_distributed(_steps_on_ranks, 2, batches)
+    for loss in TWO_RANK_LOSSES:
+        for result in ranks:
+            for key, value in single[loss]["backbone"].items():
+                torch.testing.assert_close(result[loss]["backbone"][key], value, atol=2e-5, rtol=1e-4,
+                                           msg=f"{loss} {key}")
+            for key, value in single[loss]["state"].items():
+                if torch.is_tensor(value):
+                    torch.testing.assert_close(result[loss]["state"][key], value, atol=1e-6, rtol=1e-5,
+                                               msg=f"{loss} {key}")
+                else:
+                    assert _same(result[loss]["state"][key], value), f"{loss} {key}"
+        torch.testing.assert_close(torch.cat([r[loss]["weight"] for r in ranks]), single[loss]["weight"],
+                                   atol=2e-5, rtol=1e-4, msg=loss)
+
+
 def _head_state(output, step: int) -> dict:
     return load_weights(output / "checkpoints" / f"step_{step:09d}" / "rank_00000.pt")["head"]
 
