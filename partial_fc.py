@@ -702,12 +702,11 @@ class PartialFC(nn.Module):
                 return _PerClassLoss.apply(unit_embeddings, centres, head.bias, labels, sample_weights, head,
                                            self.group, product_dtype)
             norms = embeddings.norm(dim=1)  # [N]
-            if not hasattr(head, "margin_norm_slope"):
-                norms = norms.detach()
-            loss = _MarginSoftmaxCrossEntropy.apply(unit_embeddings, centres, norms, labels, sample_weights,
+            margin_norms = norms if hasattr(head, "margin_norm_slope") else norms.detach()
+            loss = _MarginSoftmaxCrossEntropy.apply(unit_embeddings, centres, margin_norms, labels, sample_weights,
                                                     head, self.group, product_dtype)
             if hasattr(head, "norm_regulariser"):
-                loss = loss + self._counted_once(sample_weights * head.norm_regulariser(embeddings.norm(dim=1)))
+                loss = loss + self._counted_once(sample_weights * head.norm_regulariser(norms))
             return loss
 
     def _counted_once(self, per_sample: torch.Tensor) -> torch.Tensor:

@@ -138,3 +138,12 @@ def step(pfc, embeddings, labels, weights):
     loss = pfc(embeddings, labels, weights)
     loss.backward()
     return loss.detach(), embeddings.grad, pfc.weight.grad.clone()
+
+
+def test_magface_sample_weights_multiply_the_regulariser_too():
+    """L = (1/N) Σ w_n (CE_n + λ_g g(a_n)); each row's loss alone is its one-row batch's loss."""
+    case = make_case()
+    pfc = PartialFC(losses.get_margin_loss("magface"), EMBEDDING_SIZE, NUM_CLASSES, seed=SEED)
+    embeddings, labels, weights = case["embeddings"][0], case["labels"][0], case["weights"]
+    per_sample = torch.stack([pfc(embeddings[n:n + 1], labels[n:n + 1]).detach() for n in range(GLOBAL_BATCH)])
+    assert_close(pfc(embeddings, labels, weights).detach(), (weights * per_sample).mean(), "weighted loss")
