@@ -78,7 +78,7 @@ def _load_module(path: Path):
 
 
 # Keys only the "combined" loss reads; with another loss a value other than the default is an error.
-COMBINED_LOSS_KEYS = ("margin_list", "margin_scale", "margin_exact_gradient", "interclass_filtering_threshold")
+_COMBINED_LOSS_KEYS = ("margin_list", "margin_scale", "margin_exact_gradient", "interclass_filtering_threshold")
 
 
 class _Base(NamedTuple):
@@ -187,7 +187,7 @@ def _checked_loss_params(config: Mapping[str, Any], source: str, base: Mapping[s
                             "it reads margin_list and margin_scale, or set loss='arcface' or 'cosface' with "
                             "loss_params s and m.")
         return {}
-    changed = [key for key in COMBINED_LOSS_KEYS if config[key] != base[key]]
+    changed = [key for key in _COMBINED_LOSS_KEYS if config[key] != base[key]]
     if changed:
         raise UserError(f"{source}: key '{changed[0]}' is {config[changed[0]]!r} but only loss 'combined' reads it "
                         f"and loss is {name!r}; remove it (or set it back to {base[changed[0]]!r}) and set the "
