@@ -78,6 +78,20 @@ def test_curricularface_equals_the_released_head_over_two_steps():
     assert_matches(head.t, fixture["state_step2"], "state_step2")
 
 
+@pytest.mark.parametrize("name", ["adaface", "curricularface"])
+def test_running_state_moves_in_training_mode_only(name):
+    fixture = load(name)
+    pfc = head_in_pfc(losses.get_margin_loss(name), fixture)
+    before = {k: v.clone() for k, v in pfc.margin_loss.state_dict().items()}
+    pfc.eval()
+    with torch.no_grad():
+        pfc(tensor(fixture["embeddings"]), torch.from_numpy(fixture["labels"]))
+    assert all(torch.equal(v, pfc.margin_loss.state_dict()[k]) for k, v in before.items())
+    pfc.train()
+    pfc(tensor(fixture["embeddings"]), torch.from_numpy(fixture["labels"]))
+    assert not all(torch.equal(v, pfc.margin_loss.state_dict()[k]) for k, v in before.items())
+
+
 def test_magface_equals_the_released_loss_with_its_regulariser():
     fixture = load("magface")
     params = json.loads(str(fixture["params"]))
