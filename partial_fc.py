@@ -222,8 +222,9 @@ class MarginHead(Protocol):
       in the norms [N]; MagFace's λ_g·g(a)), weighted by the sample weight, mean over N, counted once
       over ranks.
     - optionally `bind_classes(num_classes, sample_rate)`: called once by PartialFC's constructor.
-    - optionally `per_class_loss = True`: not a softmax head; PartialFC calls
-      `per_class_terms_(cosine, labels)` instead (see _PerClassLoss; UniFace).
+    - optionally `per_class_loss = True`: not a softmax head (UniFace). It then has a parameter `bias`
+      and `per_class_terms_(cosine, target_column, has_target) -> (terms, grad_bias)`, and PartialFC
+      uses _PerClassLoss instead of the softmax (the margin methods above are not called).
     """
 
     s: float
@@ -317,7 +318,8 @@ class _MarginSoftmaxCrossEntropy(torch.autograd.Function):
     Backward overwrites the buffer with dL/dz = w_n (p − 1[c = y_n]) / N, then with dL/dproducts, and
     computes the two product gradients from it; the centre-norm term uses
     Σ_n g_{n,c} (u_n · c) = c · Σ_n g_{n,c} u_n, so no cosine needs to be kept. The buffer is consumed:
-    backward runs once (no retain_graph).
+    backward runs once (no retain_graph). `norms` [N] (‖x‖) reach the head as BatchRows.norms; for a head
+    with margin_norm_slope they get the gradient dL/dz_y · s · d value / d‖x‖ (MagFace), else none.
     """
 
     @staticmethod
