@@ -230,3 +230,33 @@ def test_cosface_control_equals_insightface_with_plain_ce(name):
     fixture = load(name)
     fixture["loss"] = fixture["loss_plain_ce"]  # the documented departure: no 1e-30 cap on p
     check_step(head_in_pfc(losses.get_margin_loss("cosface"), fixture), fixture)
+
+
+def test_magface_threshold_branch_matches_autograd_of_the_released_formula():
+    """easy_margin=False (not the released default): the threshold branch c − sin(π − m)·m below
+    cos(π − m), its norm gradient included, against autograd of MagLinear's formula."""
+    generator = torch.Generator().manual_seed(3)
+    embeddings = (torch.randn(12, 6, generator=generator) * torch.linspace(2, 40, 12).unsqueeze(1))
+    labels = torch.randint(0, 5, (12,), generator=generator)
+    head = losses.MagFaceLoss(easy_margin=False)
+    pfc = PartialFC(head, 6, 5)
+    centres = pfc.weight.detach().clone().requires_grad_(True)
+    with torch.no_grad():  # rows 0-3 get a target cosine near -1, below cos(π − m)
+        centres[labels[:4]] = -embeddings[:4] + 0.01
+    x = embeddings.clone().requires_grad_(True)
+    a = x.norm(dim=1).clamp(head.l_a, head.u_a)
+    margin = head.slope_a * (a - head.l_a) + head.l_margin
+    cosine = (torch.nn.functional.normalize(x) @ torch.nn.functional.normalize(centres).t()).clamp(-1, 1)
+    c_y = cosine.gather(1, labels.unsqueeze(1)).squeeze(1)
+    assert (c_y < torch.cos(math.pi - margin)).sum() >= 3
+    phi = c_y * torch.cos(margin) - torch.sqrt(1 - c_y**2) * torch.sin(margin)
+    target = torch.where(c_y > torch.cos(math.pi - margin), phi, c_y - torch.sin(math.pi - margin) * margin)
+    logits = head.s * cosine.scatter(1, labels.unsqueeze(1), target.unsqueeze(1))
+    expected = torch.nn.functional.cross_entropy(logits, labels) + head.lambda_g * (a / head.u_a**2 + 1 / a).mean()
+    expected.backward()
+    with torch.no_grad():
+        pfc.weight.copy_(centres)
+    loss, grad_embeddings, grad_centres = step(pfc, embeddings.numpy(), labels.numpy())
+    assert_matches(loss, expected.detach().numpy(), "loss")
+    assert_matches(grad_embeddings, x.grad.numpy(), "d/d embeddings")
+    assert_matches(grad_centres, centres.grad.numpy(), "d/d centres")
