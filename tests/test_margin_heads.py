@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import losses
-from partial_fc import PartialFC
+from partial_fc import BatchRows, PartialFC
 
 FIXTURES = Path(__file__).parent / "data" / "losses"
 
@@ -113,16 +113,14 @@ def test_elasticface_equals_the_released_head_with_its_draws_injected(name):
 def test_elasticface_plus_assigns_the_released_gather_or_by_rank():
     cos_target = torch.tensor([0.1, 0.9, 0.5, 0.3])  # the reference's example
     draws = torch.tensor([0.52, 0.47, 0.55, 0.50])
-    rows = losses.elasticface.ElasticFaceLoss(plus=True, angular=False)
-    released = rows_margins(rows, cos_target, draws)
+    released = assigned_margins(losses.ElasticFaceLoss(plus=True, angular=False), cos_target, draws)
     torch.testing.assert_close(released, torch.tensor([0.50, 0.52, 0.55, 0.47]))
-    matched = rows_margins(losses.elasticface.ElasticFaceLoss(plus=True, rank_matching=True), cos_target, draws)
+    matched = assigned_margins(losses.ElasticFaceLoss(plus=True, rank_matching=True), cos_target, draws)
     torch.testing.assert_close(matched, torch.tensor([0.55, 0.47, 0.50, 0.52]))
 
 
-def rows_margins(head, cos_target, draws) -> torch.Tensor:
-    from partial_fc import BatchRows
-
+def assigned_margins(head, cos_target, draws) -> torch.Tensor:
+    """The margins [N] a "+" head assigns to the rows of these target cosines [N] from these draws [N]."""
     head.inject_margins(draws)
     return head.prepare_(BatchRows(torch.ones_like(cos_target), cos_target)).margins
 
