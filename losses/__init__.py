@@ -2,7 +2,8 @@
 
 `get_margin_loss(name, **overrides)` builds a head by name (LOSS_NAMES, loss_defaults); one module per
 head (combined: ArcFace, CosFace, the combined margin; adaface, magface, curricularface, elasticface,
-uniface), ehsm (EHSM weights), registry. docs/losses.md has the table.
+uniface), common (the gradient guard they share), ehsm (EHSM weights), registry. docs/losses.md has the
+table.
 """
 
 from losses.adaface import AdaFaceLoss

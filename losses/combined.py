@@ -10,10 +10,7 @@ import math
 import torch
 from torch import nn
 
-# Where the exact margin derivative m1·sin(m1·θ + m2) / sin θ is unbounded (θ → 0 with m2 > 0) it is
-# evaluated at θ clamped to [δ, π − δ]; fp32 cosines cannot resolve angles much below δ = 1e-3 anyway
-# (cos δ = 1 − 5e-7 is a few float32 steps below 1).
-_MIN_ANGLE = 1e-3
+from losses.common import angle_inside
 
 
 class CombinedMarginLoss(nn.Module):
@@ -106,7 +103,7 @@ class CombinedMarginLoss(nn.Module):
         theta = torch.arccos(cos_target)
         value = torch.cos(self.m1 * theta + self.m2) - self.m3
         if self.exact_gradient:
-            theta_inside = theta.clamp(_MIN_ANGLE, math.pi - _MIN_ANGLE)
+            theta_inside = angle_inside(theta)
             slope = self.m1 * torch.sin(self.m1 * theta_inside + self.m2) / torch.sin(theta_inside)
         else:
             slope = torch.ones_like(cos_target)

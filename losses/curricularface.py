@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from losses.combined import _MIN_ANGLE
+from losses.common import guarded_sin
 
 _T_MOMENTUM = 0.01  # hard-coded in the released code
 
@@ -51,7 +51,7 @@ class CurricularFaceLoss(nn.Module):
         return cos_target * self.cos_m - torch.sqrt(1.0 - cos_target.pow(2)) * self.sin_m
 
     def margin_value_and_slope(self, cos_target: torch.Tensor, rows) -> tuple[torch.Tensor, torch.Tensor]:
-        sin_theta = torch.sqrt(1.0 - cos_target.pow(2)).clamp(min=math.sin(_MIN_ANGLE))
+        sin_theta = guarded_sin(cos_target)
         on_margin = cos_target > self.threshold
         value = torch.where(on_margin, self._phi(cos_target), cos_target - self.mm)
         slope = torch.where(on_margin, self.cos_m + self.sin_m * cos_target / sin_theta, 1.0)

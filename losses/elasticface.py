@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from losses.combined import _MIN_ANGLE
+from losses.common import angle_inside
 from utils.errors import UserError
 
 
@@ -86,7 +86,7 @@ class ElasticFaceLoss(nn.Module):
             return cos_target - margins, torch.ones_like(cos_target)
         theta = torch.arccos(cos_target)
         value = torch.cos(theta + margins)
-        theta_inside = theta.clamp(_MIN_ANGLE, math.pi - _MIN_ANGLE)
+        theta_inside = angle_inside(theta)
         slope = torch.sin(theta_inside + margins) / torch.sin(theta_inside)
         if self.continue_tail:
             in_tail = theta > math.pi - margins

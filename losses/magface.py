@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from losses.combined import _MIN_ANGLE
+from losses.common import guarded_sin
 from utils.errors import UserError
 
 
@@ -52,7 +52,7 @@ class MagFaceLoss(nn.Module):
     def _branches(self, cos_target: torch.Tensor, margin: torch.Tensor):
         """(sin θ [N], sin θ guarded [N], bool [N]: the margin branch applies)."""
         sin_theta = torch.sqrt(1.0 - cos_target.pow(2))
-        guarded = sin_theta.clamp(min=math.sin(_MIN_ANGLE))
+        guarded = guarded_sin(cos_target)
         margin_branch = cos_target > 0 if self.easy_margin else cos_target > torch.cos(math.pi - margin)
         return sin_theta, guarded, margin_branch
 
