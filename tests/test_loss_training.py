@@ -87,6 +87,18 @@ def test_each_loss_trains_a_few_steps_with_dpap_ehsm_and_sampled_centres(loss):
 
 
 @pytest.mark.parametrize("loss", ["adaface", "magface", "uniface"])
+def test_a_cnn_trains_with_the_norm_based_and_per_class_losses(loss):
+    """mbf (no patch information: DPAP and EHSM off): AdaFace and MagFace read its embedding norms, MagFace
+    and UniFace back-propagate into them; two steps on one batch lower the loss."""
+    torch.manual_seed(0)
+    cfg = _config(loss, network="mbf", dpap=False, ehsm=False, lr=0.01, clip_grad_norm=5.0)
+    run = train.build_run(cfg, distributed.setup("cpu"))
+    batch = _batches(1, 8)
+    values = [train.train_step(run, batch)["loss"] for _ in range(2)]
+    assert all(map(torch.isfinite, torch.tensor(values))) and values[1] < values[0], values
+
+
+@pytest.mark.parametrize("loss", ["adaface", "magface", "uniface"])
 def test_under_bf16_autocast_the_head_and_its_state_stay_float32(loss):
     """The backbone runs in bf16; the head's margin, softmax or per-class terms, and its state, in fp32."""
     torch.manual_seed(0)
