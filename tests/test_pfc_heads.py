@@ -1,12 +1,13 @@
 """Every margin head on Partial FC does not depend on the number of processes (1, 2 and 3 gloo ranks
 against one process without a process group: loss, gradients, state, UniFace's bias gradient), with
-sample_rate 0.5 (against the same head on the sampled columns alone) and under bf16 autocast."""
+sample_rate 0.5 (against the same head on the sampled columns alone, in one process and on two), with
+EHSM weights and under bf16 autocast."""
 
 import pytest
 import torch
 
 import losses
-from partial_fc import PartialFC
+from partial_fc import PartialFC, init_class_centres
 from tests.dist_utils import run_distributed
 
 NAMES = tuple(name for name in losses.LOSS_NAMES if name != "combined")
@@ -95,9 +96,7 @@ def test_every_head_with_sample_rate_half_equals_it_on_the_sampled_columns(name)
                             seed=SEED, generator=torch.Generator().manual_seed(4))
     alone_head = (losses.UniFaceLoss(bias_init=sampled_pfc.margin_loss.bias.item()) if name == "uniface"
                   else losses.get_margin_loss(name, seed=3))
-    record = []
-    sample_centres = sampled_pfc.sample_centres
-    sampled_pfc.sample_centres = lambda labels: record.append(sample_centres(labels)) or record[-1]
+    record = record_sampling(sampled_pfc)
     for number, (embeddings, labels) in enumerate(zip(case["embeddings"], case["labels"])):
         labels = labels % 4 + 3  # at most 4 positives: sampling keeps them and draws 1 or more of 6 negatives
         loss, embedding_grad, centre_grad = step(sampled_pfc, embeddings, labels, case["weights"])
@@ -131,6 +130,19 @@ def test_every_head_under_bf16_autocast_keeps_its_math_in_float32(name):
     assert torch.isfinite(embedding_grad_bf16).all()
 
 
+def record_sampling(pfc: PartialFC) -> list:
+    """Make `pfc` record the SampledCentres of each forward; returns the list they are appended to."""
+    record = []
+    sample_centres = pfc.sample_centres
+
+    def recorded(labels):
+        record.append(sample_centres(labels))
+        return record[-1]
+
+    pfc.sample_centres = recorded
+    return record
+
+
 def step(pfc, embeddings, labels, weights):
     """(loss, d/d embeddings, d/d centres) of one forward and backward."""
     embeddings = embeddings.clone().requires_grad_(True)
@@ -138,6 +150,49 @@ def step(pfc, embeddings, labels, weights):
     loss = pfc(embeddings, labels, weights)
     loss.backward()
     return loss.detach(), embeddings.grad, pfc.weight.grad.clone()
+
+
+def run_sampled_heads(rank: int, world_size: int, case: dict) -> dict:
+    """One step of every head at sample_rate 0.5: loss, gradients, state and the classes sampled here."""
+    rows = slice(rank * GLOBAL_BATCH // world_size, (rank + 1) * GLOBAL_BATCH // world_size)
+    labels = case["labels"][0][rows] % 4 + 3  # classes 3-6: positives on both of 2 ranks
+    results = {}
+    for name in NAMES:
+        pfc = PartialFC(losses.get_margin_loss(name, seed=3), EMBEDDING_SIZE, NUM_CLASSES, sample_rate=0.5,
+                        seed=SEED, generator=torch.Generator().manual_seed(4 + rank))
+        record = record_sampling(pfc)
+        loss, embedding_grad, centre_grad = step(pfc, case["embeddings"][0][rows], labels, case["weights"][rows])
+        index = record[0].index  # [S] rows of this shard
+        results[name] = dict(loss=loss, embedding_grad=embedding_grad / world_size, centre_grad=centre_grad[index],
+                             classes=index + pfc.class_start, state=head_state(pfc.margin_loss),
+                             bias=pfc.margin_loss.bias.item() if name == "uniface" else None)
+    return results
+
+
+@pytest.mark.slow
+def test_every_head_sampled_on_two_processes_equals_one_process_on_the_sampled_classes():
+    """Each rank samples its own negatives; the loss, gradients and state are those of one process
+    holding just the union of the sampled classes."""
+    case = make_case()
+    per_rank = run_distributed(run_sampled_heads, 2, case)
+    full_weight = init_class_centres(NUM_CLASSES, EMBEDDING_SIZE, 0, NUM_CLASSES, seed=SEED)
+    labels = case["labels"][0] % 4 + 3
+    for name in NAMES:
+        results = [ranks[name] for ranks in per_rank]
+        classes = torch.cat([r["classes"] for r in results])  # sorted: rank 0's classes come first
+        head = losses.UniFaceLoss(bias_init=results[0]["bias"]) if name == "uniface" else \
+            losses.get_margin_loss(name, seed=3)
+        alone = PartialFC(head, EMBEDDING_SIZE, classes.numel())
+        with torch.no_grad():
+            alone.weight.copy_(full_weight[classes])
+        loss, embedding_grad, centre_grad = step(alone, case["embeddings"][0], torch.searchsorted(classes, labels),
+                                                 case["weights"])
+        for result in results:
+            assert_close(result["loss"], loss, f"{name}: loss")
+            for key, value in head_state(head).items():
+                assert_close(result["state"][key], value, f"{name}: state {key}")
+        assert_close(torch.cat([r["embedding_grad"] for r in results]), embedding_grad, f"{name}: d/d embeddings")
+        assert_close(torch.cat([r["centre_grad"] for r in results]), centre_grad, f"{name}: d/d centres")
 
 
 def test_magface_sample_weights_multiply_the_regulariser_too():
