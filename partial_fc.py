@@ -184,55 +184,102 @@ def _all_gather(local: torch.Tensor, group: dist.ProcessGroup | None) -> torch.T
     return gathered
 
 
+class BatchRows(NamedTuple):
+    """Per-row inputs of a margin head, identical on every rank: the global batch [N] in rank order."""
+
+    norms: torch.Tensor  # [N] float32 ‖x‖ of the raw embeddings, detached
+    cos_target: torch.Tensor | None  # [N] clamped target cosines of all rows; None unless the head asks
+    margins: torch.Tensor | None = None  # [N] per-row margins a head's prepare_ chose (ElasticFace)
+
+
 class MarginHead(Protocol):
     """What PartialFC needs from a margin head; losses.CombinedMarginLoss is one.
 
     PartialFC never asks a head for a logit matrix: it keeps one [N, S] float32 buffer, which holds in
     turn the cosines, the logits, the softmax (saved for backward) and the logit gradient, and lets the
-    head edit it in place. A head provides:
+    head edit it in place. `rows` is a BatchRows, the same on every rank. A head provides:
 
     - `s`: the logit scale (float), applied to every entry after the head's edits.
-    - `margin_value_and_slope(cos_target) -> (value, slope)`: the target cosines [N] (clamped to
+    - `margin_value_and_slope(cos_target, rows) -> (value, slope)`: the target cosines [N] (clamped to
       [-1, 1], one per row of the global batch) to the target logit before scaling [N] and the
       derivative d value / d cos θ its backward uses [N] (1 for a straight-through margin). Called
       without gradient on every row; a row whose class is on another rank (label −1) ignores it.
-    - optionally `adjust_non_targets_(cosine, target_column, has_target, target_value) -> slope | None`:
+    - optionally `adjust_non_targets_(cosine, target_column, has_target, target_value, rows) -> slope | None`:
       edits the non-target entries of the clamped cosines [N, S] in place (elementwise, e.g. a filter of
       hard negatives or CurricularFace's re-weighting; `target_column` [N, 1], `has_target` [N] bool,
       `target_value` [N] the margin value above) and returns d entry / d cos θ for them: None (1
       everywhere), a bool [N, S] (True 1, False 0; costs 1 byte per entry) or a float [N, S] (costs 4).
       Entries at the target column of rows with a target are overwritten afterwards; their slope is
       ignored.
+    - optionally `needs_target_cosines = True`: rows.cos_target is filled (one all-reduce of [N]: the
+      rank holding a row's class fills it, the others add 0); otherwise it is None and costs nothing.
+    - optionally `prepare_(rows) -> rows`: called without gradient before the margin on every forward;
+      updates running state (only in training mode, from these global rows) and may return rows with
+      `margins` set for the calls that follow.
+    - optionally `margin_norm_slope(cos_target, rows) -> [N]`: d value / d ‖x‖; the head then gets a
+      gradient through the embedding norm (MagFace), otherwise the norm is detached.
+    - optionally `norm_regulariser(norms) -> [N]`: a per-sample term added to the loss (differentiable
+      in the norms [N]; MagFace's λ_g·g(a)), weighted by the sample weight, mean over N, counted once
+      over ranks.
+    - optionally `bind_classes(num_classes, sample_rate)`: called once by PartialFC's constructor.
+    - optionally `per_class_loss = True`: not a softmax head (UniFace). It then has a parameter `bias`
+      and `per_class_terms_(cosine, target_column, has_target) -> (terms, grad_bias)`, and PartialFC
+      uses _PerClassLoss instead of the softmax (the margin methods above are not called).
     """
 
     s: float
 
-    def margin_value_and_slope(self, cos_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def margin_value_and_slope(self, cos_target: torch.Tensor,
+                               rows: BatchRows | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def _margin_logits_(cosine: torch.Tensor, labels: torch.Tensor, head: MarginHead):
+def _target_cosines(cosine: torch.Tensor, labels: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """The clamped target cosine of every row [N], all-reduced: the rank holding the class fills it."""
+    has_target = labels >= 0  # [N]
+    local = cosine.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)  # [N]
+    rows = torch.where(has_target, local, 0.0)  # [N]
+    if _rank_and_world(group)[1] > 1:
+        dist.all_reduce(rows, group=group)
+    return rows
+
+
+def _batch_rows(cosine: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor, head: MarginHead,
+                group: dist.ProcessGroup | None) -> BatchRows:
+    """The head's BatchRows for the clamped cosines [N, S], after its prepare_ (state, margins)."""
+    cos_target = _target_cosines(cosine, labels, group) if getattr(head, "needs_target_cosines", False) else None
+    rows = BatchRows(norms.detach().float(), cos_target)
+    if hasattr(head, "prepare_"):
+        rows = head.prepare_(rows)
+    return rows
+
+
+def _margin_logits_(cosine: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor, head: MarginHead,
+                    group: dist.ProcessGroup | None):
     """Turn the cosines [N, S] into s · (margin logits) in place; returns what the backward needs.
 
     Returns (frozen [N, S] bool: entries whose gradient is 0 (clamped or filtered), target_frozen [N]
-    bool: the target entry was clamped, target_slope [N], non_target_slope [N, S] float or None).
+    bool: the target entry was clamped, target_slope [N], non_target_slope [N, S] float or None,
+    norm_slope [N] d target value / d ‖x‖ or None).
     """
     frozen = (cosine > 1.0).logical_or_(cosine < -1.0)  # [N, S], clamp's zero gradient
     cosine.clamp_(-1.0, 1.0)
+    rows = _batch_rows(cosine, labels, norms, head, group)
     has_target = labels >= 0  # [N]
     target_column = labels.clamp(min=0).unsqueeze(1)  # [N, 1]
     target_frozen = frozen.gather(1, target_column).squeeze(1)  # [N]
     cos_target = cosine.gather(1, target_column).squeeze(1)  # [N]
-    value, target_slope = head.margin_value_and_slope(cos_target)  # [N], [N]
+    value, target_slope = head.margin_value_and_slope(cos_target, rows)  # [N], [N]
+    norm_slope = head.margin_norm_slope(cos_target, rows) if hasattr(head, "margin_norm_slope") else None
     non_target_slope = None
     if hasattr(head, "adjust_non_targets_"):
-        non_target_slope = head.adjust_non_targets_(cosine, target_column, has_target, value)
+        non_target_slope = head.adjust_non_targets_(cosine, target_column, has_target, value, rows)
         if non_target_slope is not None and non_target_slope.dtype == torch.bool:
             frozen.logical_or_(~non_target_slope)
             non_target_slope = None
     current = cosine.gather(1, target_column).squeeze(1)  # [N], the column-0 entry for rows without target
     cosine.scatter_(1, target_column, torch.where(has_target, value, current).unsqueeze(1))
     cosine.mul_(head.s)
-    return frozen, target_frozen, target_slope, non_target_slope
+    return frozen, target_frozen, target_slope, non_target_slope, norm_slope
 
 
 def _softmax_cross_entropy_(logits: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor,
@@ -271,21 +318,20 @@ class _MarginSoftmaxCrossEntropy(torch.autograd.Function):
     Backward overwrites the buffer with dL/dz = w_n (p − 1[c = y_n]) / N, then with dL/dproducts, and
     computes the two product gradients from it; the centre-norm term uses
     Σ_n g_{n,c} (u_n · c) = c · Σ_n g_{n,c} u_n, so no cosine needs to be kept. The buffer is consumed:
-    backward runs once (no retain_graph).
+    backward runs once (no retain_graph). `norms` [N] (‖x‖) reach the head as BatchRows.norms; for a head
+    with margin_norm_slope they get the gradient dL/dz_y · s · d value / d‖x‖ (MagFace), else none.
     """
 
     @staticmethod
-    def forward(ctx, unit_embeddings: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor,
+    def forward(ctx, unit_embeddings: torch.Tensor, centres: torch.Tensor, norms: torch.Tensor, labels: torch.Tensor,
                 sample_weights: torch.Tensor, head: MarginHead, group: dist.ProcessGroup | None,
                 product_dtype: torch.dtype) -> torch.Tensor:
-        centre_norms = centres.detach().float().norm(dim=1)  # [S]
-        clamped_norms = centre_norms.clamp(min=_MIN_NORM)  # [S]
-        buffer = F.linear(unit_embeddings.to(product_dtype), centres.detach().to(product_dtype)).float()  # [N, S]
-        buffer.div_(clamped_norms)  # cosines
+        buffer, centre_norms, clamped_norms = _cosines(unit_embeddings, centres, product_dtype)  # [N, S]
         with torch.no_grad():
-            frozen, target_frozen, target_slope, non_target_slope = _margin_logits_(buffer, labels, head)
+            frozen, target_frozen, target_slope, non_target_slope, norm_slope = _margin_logits_(
+                buffer, labels, norms, head, group)
         loss = _softmax_cross_entropy_(buffer, labels, sample_weights, group)  # buffer: the softmax
-        ctx.save_for_backward(buffer, frozen, target_frozen, target_slope, non_target_slope, labels,
+        ctx.save_for_backward(buffer, frozen, target_frozen, target_slope, non_target_slope, norm_slope, labels,
                               sample_weights, unit_embeddings, centres, centre_norms, clamped_norms)
         ctx.s, ctx.product_dtype, ctx.consumed = head.s, product_dtype, False
         return loss
@@ -296,13 +342,26 @@ class _MarginSoftmaxCrossEntropy(torch.autograd.Function):
             raise RuntimeError("Partial FC's backward reuses its softmax buffer and runs once; do not "
                                "backward through the same loss twice (retain_graph).")
         ctx.consumed = True
-        (buffer, frozen, target_frozen, target_slope, non_target_slope, labels, sample_weights,
+        (buffer, frozen, target_frozen, target_slope, non_target_slope, norm_slope, labels, sample_weights,
          unit_embeddings, centres, centre_norms, clamped_norms) = ctx.saved_tensors
         _logit_gradient_(buffer, labels, sample_weights, grad_loss)
+        grad_norms = None
+        if norm_slope is not None and ctx.needs_input_grad[2]:
+            grad_target_logit = buffer.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)  # [N], dL/dz_y
+            grad_norms = torch.where(labels >= 0, grad_target_logit * ctx.s * norm_slope, 0.0)  # [N]
         _cosine_gradient_(buffer, labels, ctx.s, frozen, target_frozen, target_slope, non_target_slope)
         grad_products = buffer.div_(clamped_norms)  # [N, S]
         return (*_product_gradients(grad_products, unit_embeddings, centres, centre_norms, ctx.product_dtype),
-                None, None, None, None, None)
+                grad_norms, None, None, None, None, None)
+
+
+def _cosines(unit_embeddings: torch.Tensor, centres: torch.Tensor,
+             product_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cosines [N, S] float32, a new buffer; centre norms [S]; the same clamped at _MIN_NORM [S])."""
+    centre_norms = centres.detach().float().norm(dim=1)  # [S]
+    clamped_norms = centre_norms.clamp(min=_MIN_NORM)  # [S]
+    buffer = F.linear(unit_embeddings.to(product_dtype), centres.detach().to(product_dtype)).float()  # [N, S]
+    return buffer.div_(clamped_norms), centre_norms, clamped_norms
 
 
 def _logit_gradient_(probs: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor,
@@ -348,6 +407,60 @@ def _product_gradients(grad_products: torch.Tensor, unit_embeddings: torch.Tenso
     return grad_unit, grad_centres.to(centres.dtype)
 
 
+# Rows of the [N, S] buffer a per-class head processes at once: bounds its temporaries to ~16 MB.
+_PER_CLASS_CHUNK_ELEMENTS = 1 << 22
+
+
+class _PerClassLoss(torch.autograd.Function):
+    """A loss separable over classes, L = (1/N) Σ_n w_n Σ_c ℓ(cos_nc, b) (UniFace), in one [N, S] buffer.
+
+    Each rank sums the terms of its own (sampled) columns for all N rows; one all-reduce SUM of
+    (loss, dL/db) gives the whole loss and the bias gradient on every rank (R2 of docs/losses.md), so the
+    replicated bias stays identical. The head's `per_class_terms_(cosine, target_column, has_target)`
+    overwrites a block of rows [n, S] of the cosines with dℓ/dcos and returns the rows' terms ℓ [n] and
+    dℓ/db [n]; it runs on blocks of rows so that its temporaries stay small. The buffer then holds
+    dℓ/dcos for backward, consumed there (backward runs once).
+    """
+
+    @staticmethod
+    def forward(ctx, unit_embeddings: torch.Tensor, centres: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
+                sample_weights: torch.Tensor, head, group: dist.ProcessGroup | None,
+                product_dtype: torch.dtype) -> torch.Tensor:
+        buffer, centre_norms, clamped_norms = _cosines(unit_embeddings, centres, product_dtype)  # [N, S]
+        num_rows = buffer.shape[0]
+        step = max(1, _PER_CLASS_CHUNK_ELEMENTS // max(1, buffer.shape[1]))
+        totals = buffer.new_zeros(2)  # (Σ w ℓ, Σ w dℓ/db) over this rank's columns
+        with torch.no_grad():
+            for start in range(0, num_rows, step):
+                rows = slice(start, start + step)
+                row_labels = labels[rows]
+                terms, grad_bias = head.per_class_terms_(buffer[rows], row_labels.clamp(min=0).unsqueeze(1),
+                                                         row_labels >= 0)  # [n], [n]
+                totals += torch.stack([(sample_weights[rows] * terms).sum(),
+                                       (sample_weights[rows] * grad_bias).sum()])
+            totals /= num_rows
+            if _rank_and_world(group)[1] > 1:
+                dist.all_reduce(totals, group=group)
+        ctx.save_for_backward(buffer, sample_weights, unit_embeddings, centres, centre_norms, clamped_norms,
+                              totals[1].clone())
+        ctx.product_dtype, ctx.bias_shape, ctx.consumed = product_dtype, bias.shape, False
+        return totals[0].clone()
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        if ctx.consumed:
+            raise RuntimeError("Partial FC's backward reuses its buffer and runs once; do not backward "
+                               "through the same loss twice (retain_graph).")
+        ctx.consumed = True
+        buffer, sample_weights, unit_embeddings, centres, centre_norms, clamped_norms, grad_bias = ctx.saved_tensors
+        buffer.mul_((sample_weights * (grad_loss / buffer.shape[0])).unsqueeze(1))  # dL/dcos [N, S]
+        grad_products = buffer.div_(clamped_norms)  # [N, S]
+        grad_unit, grad_centres = _product_gradients(grad_products, unit_embeddings, centres, centre_norms,
+                                                     ctx.product_dtype)
+        return (grad_unit, grad_centres, (grad_loss * grad_bias).reshape(ctx.bias_shape),
+                None, None, None, None, None)
+
+
 class SampledCentres(NamedTuple):
     index: torch.Tensor | None  # [S] sorted rows of this rank's shard; None when every row is used
     labels: torch.Tensor  # [N] column of each sample's class among those rows, -1 when not on this rank
@@ -385,6 +498,8 @@ class PartialFC(nn.Module):
                             f"{self.world_size} processes; every process needs at least one class, so set "
                             "num_classes to the number of identities in the data.")
         self.margin_loss = margin_loss
+        if hasattr(margin_loss, "bind_classes"):
+            margin_loss.bind_classes(num_classes, sample_rate)
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.sample_rate = sample_rate
@@ -571,7 +686,8 @@ class PartialFC(nn.Module):
     def _margin_cross_entropy(self, embeddings: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor,
                               sample_weights: torch.Tensor) -> torch.Tensor:
         """The loss from the global embeddings [N, D], the used centres [S, D] and labels [N] (-1: not
-        in these columns), with one [N, S] float32 buffer (see _MarginSoftmaxCrossEntropy).
+        in these columns), with one [N, S] float32 buffer (see _MarginSoftmaxCrossEntropy and
+        _PerClassLoss), plus the head's norm regulariser if it has one.
 
         The product runs in the autocast dtype when autocast is on; the embedding normalisation, the
         centre norms, the margin and the softmax in float32. The centres are divided by their norms after
@@ -580,7 +696,25 @@ class PartialFC(nn.Module):
         device_type = embeddings.device.type
         product_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
                          else torch.float32)
+        head = self.margin_loss
         with torch.autocast(device_type=device_type, enabled=False):
-            unit_embeddings = F.normalize(embeddings.float(), dim=1)  # [N, D]
-            return _MarginSoftmaxCrossEntropy.apply(unit_embeddings, centres, labels, sample_weights,
-                                                    self.margin_loss, self.group, product_dtype)
+            embeddings = embeddings.float()  # [N, D]
+            unit_embeddings = F.normalize(embeddings, dim=1)  # [N, D]
+            if getattr(head, "per_class_loss", False):
+                return _PerClassLoss.apply(unit_embeddings, centres, head.bias, labels, sample_weights, head,
+                                           self.group, product_dtype)
+            norms = embeddings.norm(dim=1)  # [N]
+            margin_norms = norms if hasattr(head, "margin_norm_slope") else norms.detach()
+            loss = _MarginSoftmaxCrossEntropy.apply(unit_embeddings, centres, margin_norms, labels, sample_weights,
+                                                    head, self.group, product_dtype)
+            if hasattr(head, "norm_regulariser"):
+                loss = loss + self._counted_once(sample_weights * head.norm_regulariser(norms))
+            return loss
+
+    def _counted_once(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """(1/N) Σ_n of a per-sample term [N] computed alike on every rank from the gathered batch: the
+        value of all N rows on every rank, the gradient only through this rank's own B rows (R1 of
+        docs/losses.md), which the gather's backward then sums over ranks exactly once."""
+        local = per_sample.shape[0] // self.world_size
+        own = per_sample[self.rank * local:(self.rank + 1) * local].sum()
+        return (per_sample.detach().sum() + own - own.detach()) / per_sample.shape[0]

@@ -109,16 +109,27 @@ def build_run(cfg, ctx) -> Run:
     model = distributed.wrap_ddp(backbone, ctx, broadcast_buffers=False)
     if cfg.compile:
         model = torch.compile(model)
-    margin = losses.CombinedMarginLoss(cfg.margin_scale, *cfg.margin_list,
-                                       interclass_filtering_threshold=cfg.interclass_filtering_threshold,
-                                       exact_gradient=cfg.margin_exact_gradient)
-    head = PartialFC(margin, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, seed=cfg.seed).to(ctx.device)
+    head = PartialFC(margin_loss(cfg), cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
+                     seed=cfg.seed).to(ctx.device)
     generators = {name: torch.Generator(ctx.device).manual_seed(derive_seed(cfg.seed, ctx.rank, stream))
                   for stream, name in enumerate(("augment", "dpap"))}
     return Run(cfg=cfg, ctx=ctx, backbone=backbone, model=model, head=head,
                backbone_optimizer=build_optimizer(cfg, [backbone]), head_optimizer=build_head_optimizer(cfg, head),
                scaler=_grad_scaler(cfg, ctx), generators=generators,
                dpap=DPAP.from_config(cfg) if cfg.dpap else None)
+
+
+def margin_loss(cfg) -> torch.nn.Module:
+    """The margin head of cfg.loss: "combined" from the margin_* keys as before, any other from loss_params.
+
+    A head that draws random numbers (ElasticFace's margins) draws the same ones on every rank, from rank 0's
+    stream 2 of the run's seed (augment and dpap are streams 0 and 1); its generator state is checkpointed."""
+    if cfg.loss != "combined":
+        return losses.get_margin_loss(cfg.loss, seed=derive_seed(cfg.seed, 0, 2), **cfg.loss_params)
+    m1, m2, m3 = cfg.margin_list
+    return losses.get_margin_loss("combined", s=cfg.margin_scale, m1=m1, m2=m2, m3=m3,
+                                  interclass_filtering_threshold=cfg.interclass_filtering_threshold,
+                                  exact_gradient=cfg.margin_exact_gradient)
 
 
 def _grad_scaler(cfg, ctx) -> torch.amp.GradScaler:
@@ -192,7 +203,8 @@ def _handed_over(parts: dict[int, dict]):
 def _check_compatible(cfg, common: dict) -> None:
     """A checkpoint resumes only the same model: stop with one sentence instead of a shape error."""
     saved = json.loads(common["config"])
-    changed = [f"{key} {saved[key]!r} -> {cfg[key]!r}" for key in ("network", "embedding_size", "num_classes")
+    saved.setdefault("loss", "combined")  # checkpoints written before the loss key
+    changed = [f"{key} {saved[key]!r} -> {cfg[key]!r}" for key in ("network", "embedding_size", "num_classes", "loss")
                if saved[key] != cfg[key]]
     if changed:
         raise UserError(f"the checkpoint in '{cfg.output}' was trained with other settings ({', '.join(changed)}); "
@@ -323,7 +335,7 @@ def train(run: Run, train_set, manager: CheckpointManager, *, verifier, max_step
             for _ in range(min((cfg.num_image - run.epoch_samples) // global_batch, last_step - run.step)):
                 set_lr([run.backbone_optimizer, run.head_optimizer],
                        lr_at(run.samples, cfg.lr, cfg.total_samples, cfg.warmup_samples, schedule=cfg.lr_scheduler,
-                             power=cfg.lr_power))
+                             power=cfg.lr_power, milestones=cfg.lr_milestone_samples, gamma=cfg.lr_gamma))
                 stats = train_step(run, [augment(next(batches)) for _ in range(cfg.gradient_accumulation)])
                 run.step, run.samples, run.epoch_samples = (run.step + 1, run.samples + global_batch,
                                                             run.epoch_samples + global_batch)

@@ -22,6 +22,24 @@ config = EasyDict(
     attention="sdpa",  # "sdpa": PyTorch's fused kernels; "explicit": fp32 softmax(QK^T)V as the released code
     init="",  # path to pretrained backbone weights (a state_dict .pt) to start from
     # ---- classifier and loss ----
+    # The margin head, a name of losses.get_margin_loss (table in docs/losses.md): "combined" (ArcFace and
+    # CosFace through margin_list, margin_scale, margin_exact_gradient and interclass_filtering_threshold,
+    # as before), "arcface", "cosface", "adaface", "magface", "curricularface", "elasticface_arc",
+    # "elasticface_cos", "elasticface_arc_plus", "elasticface_cos_plus", "uniface"
+    loss="combined",
+    # Parameters of `loss` that differ from its published defaults (losses.loss_defaults(loss)), by the
+    # released code's names; each value has its default's type and the loss checks its range. Unknown
+    # names are errors naming the closest valid one; "combined" takes none (it reads the margin_* keys).
+    #   arcface, cosface:   s (scale), m (margin), interclass_filtering_threshold; arcface exact_gradient
+    #   adaface:            m, h (share of the margin adapting to the norm), s, t_alpha (norm EMA momentum)
+    #   magface:            s, l_a, u_a (norm range), l_margin, u_margin (margins there), lambda_g (regulariser)
+    #   curricularface:     s, m
+    #   elasticface_arc, elasticface_cos, elasticface_arc_plus, elasticface_cos_plus: s, m (mean margin),
+    #                       std (its standard deviation), rank_matching ("+": the paper's order, not the released)
+    #   uniface:            s, m, l (weight of the negative terms)
+    # e.g. loss="adaface", loss_params=dict(m=0.4, h=0.333); every parameter used is written to config.json.
+    # --set loss_params.NAME=VALUE changes one. Defaults and sources: docs/losses.md.
+    loss_params={},
     # (m1, m2, m3) of the target logit cos(m1*theta + m2) - m3: ArcFace (1, .5, 0), CosFace (1, 0, .4)
     margin_list=(1.0, 0.5, 0.0),
     margin_scale=64.0,  # s, the logit scale
@@ -52,8 +70,10 @@ config = EasyDict(
     betas=(0.9, 0.999),  # AdamW betas
     weight_decay=0.1,
     no_weight_decay_on_norm_bias=False,  # exclude norms, biases, pos_embed and mask_token from decay
-    lr_scheduler="polynomial",  # "polynomial" (released) or "cosine"
+    lr_scheduler="polynomial",  # "polynomial" (released), "cosine" or "step" (MultiStepLR once per epoch)
     lr_power=2.0,  # exponent of the polynomial decay
+    lr_milestones=(),  # "step": epochs (counted from 0) from which the rate is multiplied by lr_gamma once more
+    lr_gamma=0.1,  # "step": factor applied at each milestone
     warmup_epoch=None,  # None: num_epoch // 10 as released
     num_epoch=20,
     clip_grad_norm=5.0,  # max gradient norm of the backbone; 0 disables clipping
@@ -94,6 +114,11 @@ nullable = {
     "gradient_checkpointing": bool,
     "ehsm_top_k": int,
     "warmup_epoch": int,
+}
+
+# Keys holding a sequence of any length whose items have this type (other such keys hold strings).
+item_types = {
+    "lr_milestones": int,
 }
 
 # Keys limited to a fixed set of values.

@@ -1,5 +1,5 @@
-"""CombinedMarginLoss against the direct margin formulas (values and both gradient modes) and EHSM weights
-against a NumPy computation."""
+"""CombinedMarginLoss against the direct margin formulas (values and both gradient modes), the registry of heads
+by name, and EHSM weights against a NumPy computation."""
 
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from losses import CombinedMarginLoss, ehsm_weights
+from losses import LOSS_NAMES, CombinedMarginLoss, ehsm_weights, get_margin_loss, loss_defaults
 from utils.errors import UserError
 
 S = 64.0
@@ -176,3 +176,24 @@ def test_ehsm_bad_top_k_and_rule_raise_user_errors_naming_the_key():
         ehsm_weights(torch.rand(2, 8), top_k=9)
     with pytest.raises(UserError, match="ehsm_rule"):
         ehsm_weights(torch.rand(2, 8), rule="entropy")
+
+
+def test_registry_builds_the_combined_margins_with_overrides():
+    assert {"combined", "arcface", "cosface"} <= set(LOSS_NAMES)
+    arcface = get_margin_loss("arcface")
+    assert (arcface.s, arcface.m1, arcface.m2, arcface.m3) == (64.0, 1.0, 0.5, 0.0)
+    cosface = get_margin_loss("cosface", m=0.35, s=30.0)
+    assert (cosface.s, cosface.m1, cosface.m2, cosface.m3) == (30.0, 1.0, 0.0, 0.35)
+    combined = get_margin_loss("combined", m1=1.0, m2=0.3, m3=0.2, exact_gradient=True)
+    assert (combined.m2, combined.m3, combined.exact_gradient) == (0.3, 0.2, True)
+    assert set(loss_defaults("combined")) == {"s", "m1", "m2", "m3", "interclass_filtering_threshold",
+                                              "exact_gradient"}
+
+
+def test_registry_names_the_closest_loss_and_parameter():
+    with pytest.raises(UserError, match="did you mean 'arcface'"):
+        get_margin_loss("arcfce")
+    with pytest.raises(UserError, match="did you mean 'm'"):
+        get_margin_loss("cosface", mm=0.3)
+    with pytest.raises(UserError, match="did you mean 'cosface'"):
+        loss_defaults("cosfac")

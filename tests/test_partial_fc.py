@@ -608,10 +608,10 @@ class _ReweightedNegatives(nn.Module):
 
     s, m, t = 32.0, 0.3, 0.2
 
-    def margin_value_and_slope(self, cos_target):
+    def margin_value_and_slope(self, cos_target, rows):
         return cos_target - self.m, torch.ones_like(cos_target)
 
-    def adjust_non_targets_(self, cosine, target_column, has_target, target_value):
+    def adjust_non_targets_(self, cosine, target_column, has_target, target_value, rows):
         slope = self.t + 2.0 * cosine  # [N, S], d/dc of c · (t + c)
         cosine.mul_(cosine + self.t)
         return slope

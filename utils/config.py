@@ -16,10 +16,11 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from easydict import EasyDict
 
+import losses
 from utils.errors import UserError
 from utils.files import check_regular_file
 
@@ -37,6 +38,9 @@ _RANGES = {
     "dpap_alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "dpap_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "lr": (lambda v: v > 0, "positive"),
+    "lr_milestones": (lambda v: all(m >= 0 for m in v) and list(v) == sorted(set(v)),
+                      "increasing non-negative epochs, for example (12, 20, 24)"),
+    "lr_gamma": (lambda v: v > 0, "positive"),
     "weight_decay": (lambda v: v >= 0, "non-negative"),
     "warmup_epoch": (lambda v: v is None or v >= 0, "None or a non-negative integer"),
     "num_epoch": (lambda v: v >= 1, "a positive integer"),
@@ -73,20 +77,39 @@ def _load_module(path: Path):
     return module
 
 
-def _base():
+# Keys only the "combined" loss reads; with another loss a value other than the default is an error.
+_COMBINED_LOSS_KEYS = ("margin_list", "margin_scale", "margin_exact_gradient", "interclass_filtering_threshold")
+
+
+class _Base(NamedTuple):
+    """configs/base.py: the defaults and the tables that say how each key is checked."""
+
+    config: Mapping[str, Any]
+    nullable: Mapping[str, type]
+    item_types: Mapping[str, type]
+    choices: Mapping[str, tuple]
+    renamed: Mapping[str, str]
+
+
+def _base() -> _Base:
     module = _load_module(BASE_CONFIG)
-    return module.config, module.nullable, module.choices, module.renamed
+    return _Base(module.config, module.nullable, module.item_types, module.choices, module.renamed)
 
 
-def _closest(key: str, valid: Iterable[str], renamed: Mapping[str, str]) -> str:
+def _closest(key: str, valid: Iterable[str], renamed: Mapping[str, str],
+             otherwise: str = "see configs/base.py for every valid key") -> str:
     if key in renamed:
         return f"this project calls it '{renamed[key]}'"
     match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f"did you mean '{match[0]}'?" if match else "see configs/base.py for every valid key"
+    return f"did you mean '{match[0]}'?" if match else otherwise
 
 
-def _coerce(key: str, value: Any, default: Any, nullable: Mapping[str, type], source: str) -> Any:
-    """Return `value` in the type of `default` (int -> float, list -> tuple) or raise UserError."""
+def _coerce(key: str, value: Any, default: Any, nullable: Mapping[str, type], source: str,
+            item_type: type = str) -> Any:
+    """Return `value` in the type of `default` (int -> float, list -> tuple) or raise UserError.
+
+    A tuple default with items fixes the length and takes finite numbers; an empty one takes a sequence of
+    any length of `item_type` (strings unless base.py's item_types names another)."""
     if key in nullable:
         if value is None:
             return None
@@ -110,16 +133,21 @@ def _coerce(key: str, value: Any, default: Any, nullable: Mapping[str, type], so
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
                 value = tuple(float(v) for v in value) if ok else value
             else:
-                ok = all(isinstance(v, str) for v in value)
+                ok = all(isinstance(v, item_type) and not isinstance(v, bool) for v in value)
+    elif isinstance(default, Mapping):
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+        value = dict(value) if ok else value
     else:
         ok = isinstance(value, expected)
     if not ok:
         if isinstance(default, tuple) and default:
             want = f"a sequence of {len(default)} finite numbers"
         elif isinstance(default, tuple):
-            want = "a sequence of strings"
+            want = f"a sequence of {'strings' if item_type is str else item_type.__name__ + 's'}"
         elif isinstance(default, float):
             want = "a finite number"
+        elif isinstance(default, Mapping):
+            want = "a dict of names to values, for example dict(m=0.4)"
         else:
             want = expected.__name__
         raise UserError(f"{source}: key '{key}' must be {want}, got {value!r} ({type(value).__name__}); "
@@ -127,19 +155,52 @@ def _coerce(key: str, value: Any, default: Any, nullable: Mapping[str, type], so
     return value
 
 
-def _validate(config: Mapping[str, Any], source: str, base, nullable, choices, renamed) -> EasyDict:
-    merged = dict(base)
+def _validate(config: Mapping[str, Any], source: str, base: _Base) -> EasyDict:
+    merged = dict(base.config)
     for key, value in config.items():
-        if key not in base:
-            raise UserError(f"{source}: unknown key '{key}'; {_closest(key, base, renamed)}")
-        merged[key] = _coerce(key, value, base[key], nullable, source)
-        if key in choices and merged[key] not in choices[key]:
-            raise UserError(f"{source}: key '{key}' is {merged[key]!r}; choose one of {choices[key]}.")
+        if key not in base.config:
+            raise UserError(f"{source}: unknown key '{key}'; {_closest(key, base.config, base.renamed)}")
+        merged[key] = _coerce(key, value, base.config[key], base.nullable, source, base.item_types.get(key, str))
+        if key in base.choices and merged[key] not in base.choices[key]:
+            raise UserError(f"{source}: key '{key}' is {merged[key]!r}; choose one of {base.choices[key]}.")
         if key in _RANGES:
             check, want = _RANGES[key]
             if not check(merged[key]):
                 raise UserError(f"{source}: key '{key}' is {merged[key]!r}; it must be {want}.")
+    if merged["lr_milestones"] and merged["lr_scheduler"] != "step":
+        raise UserError(f"{source}: key 'lr_milestones' is {merged['lr_milestones']!r} but lr_scheduler is "
+                        f"{merged['lr_scheduler']!r}; set lr_scheduler='step' or remove lr_milestones.")
+    merged["loss_params"] = _checked_loss_params(merged, source, base.config)
     return EasyDict(merged)
+
+
+def _checked_loss_params(config: Mapping[str, Any], source: str, base: Mapping[str, Any]) -> dict[str, Any]:
+    """`loss_params` with each value in its default's type, after checking the loss name, that every
+    parameter belongs to that loss, and that no key of the "combined" loss was changed for another."""
+    name, params = config["loss"], config["loss_params"]
+    if name not in losses.LOSS_NAMES:
+        raise UserError(f"{source}: key 'loss' is {name!r}; "
+                        f"{_closest(name, losses.LOSS_NAMES, {}, 'choose one of ' + ', '.join(losses.LOSS_NAMES))}")
+    if name == "combined":
+        if params:
+            raise UserError(f"{source}: loss 'combined' takes no loss_params (got {', '.join(map(str, params))}); "
+                            "it reads margin_list and margin_scale, or set loss='arcface' or 'cosface' with "
+                            "loss_params s and m.")
+        return {}
+    changed = [key for key in _COMBINED_LOSS_KEYS if config[key] != base[key]]
+    if changed:
+        raise UserError(f"{source}: key '{changed[0]}' is {config[changed[0]]!r} but only loss 'combined' reads it "
+                        f"and loss is {name!r}; remove it (or set it back to {base[changed[0]]!r}) and set the "
+                        f"parameters of {name!r} in loss_params.")
+    defaults = losses.loss_defaults(name)
+    checked = {}
+    for key, value in params.items():
+        if key not in defaults:
+            every = f"the parameters of {name!r} are {', '.join(defaults)}"
+            raise UserError(f"{source}: loss_params key '{key}' is not a parameter of loss {name!r}; "
+                            f"{_closest(key, defaults, {}, every)}")
+        checked[key] = _coerce(f"loss_params.{key}", value, defaults[key], {}, source)
+    return checked
 
 
 def parse_overrides(items: Iterable[str], string_keys: Iterable[str] = ()) -> dict[str, Any]:
@@ -164,17 +225,31 @@ def parse_overrides(items: Iterable[str], string_keys: Iterable[str] = ()) -> di
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> EasyDict:
     """Config module at `path` merged over base.py, then `--set` overrides, validated."""
-    base, nullable, choices, renamed = _base()
+    base = _base()
     path = Path(path)
     module = _load_module(path)
     user = getattr(module, "config", None)
     if not isinstance(user, Mapping):
         raise UserError(f"config file '{path}' defines no `config` mapping; add `config = EasyDict(...)`.")
-    config = _validate(user, f"config '{path}'", base, nullable, choices, renamed)
+    config = _validate(user, f"config '{path}'", base)
     # Strings given on the command line for string keys need no quotes.
-    pairs = parse_overrides(overrides, string_keys=[k for k, v in base.items() if isinstance(v, str)])
-    config = _validate({**config, **pairs}, "--set", base, nullable, choices, renamed)
+    pairs = parse_overrides(overrides, string_keys=[k for k, v in base.config.items() if isinstance(v, str)])
+    config = _validate({**config, **_with_loss_params(pairs, config)}, "--set", base)
+    if config.loss != "combined":  # every parameter the run uses, so that config.json rebuilds it
+        config.loss_params = {**losses.loss_defaults(config.loss), **config.loss_params}
     return config
+
+
+def _with_loss_params(pairs: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides with `loss_params.NAME=value` merged into loss_params: into the config's, or into
+    none when the overrides switch to another loss (its parameters then start from its defaults)."""
+    singles = {key.partition(".")[2]: value for key, value in pairs.items() if key.startswith("loss_params.")}
+    merged = {key: value for key, value in pairs.items() if not key.startswith("loss_params.")}
+    switched = merged.get("loss", config["loss"]) != config["loss"]
+    if singles or (switched and "loss_params" not in merged):
+        start = merged.get("loss_params", {} if switched else config["loss_params"])
+        merged["loss_params"] = {**start, **singles}
+    return merged
 
 
 def require(config: Mapping[str, Any], key: str, what: str) -> None:
@@ -208,6 +283,8 @@ def derive(config: Mapping[str, Any], world_size: int) -> EasyDict:
     # its place in the epoch and on the learning-rate curve (train.py, utils/optim.lr_at).
     derived.total_samples = derived.total_steps * derived.total_batch_size
     derived.warmup_samples = derived.warmup_steps * derived.total_batch_size
+    derived.lr_milestone_samples = tuple(epoch * derived.steps_per_epoch * derived.total_batch_size
+                                         for epoch in config["lr_milestones"])
     return derived
 
 

@@ -12,28 +12,33 @@ from utils.errors import UserError
 
 OPTIMIZERS = ("adamw", "sgd")
 CENTRE_UPDATES = ("all", "sampled")
-LR_SCHEDULES = ("polynomial", "cosine")
+LR_SCHEDULES = ("polynomial", "cosine", "step")
 
 
 def lr_at(samples: int, base_lr: float, total_samples: int, warmup_samples: int, *,
-          schedule: str = "polynomial", power: float = 2.0) -> float:
+          schedule: str = "polynomial", power: float = 2.0, milestones: tuple[int, ...] = (),
+          gamma: float = 0.1) -> float:
     """Learning rate of the optimizer step that follows `samples` training images: linear warm-up from 0,
-    then decay to 0.
+    then decay.
 
     "polynomial" is the released PolyScheduler: base_lr * (1 - progress) ** power; "cosine" is
-    base_lr * (1 + cos(pi * progress)) / 2, where progress runs from 0 after warm-up to 1 at the end.
+    base_lr * (1 + cos(pi * progress)) / 2, where progress runs from 0 after warm-up to 1 at the end;
+    "step" is base_lr * gamma ** (number of `milestones`, in samples, already reached): torch's
+    MultiStepLR stepped once per epoch, as the AdaFace and ElasticFace recipes train.
     Counted in samples so that a resume with another global batch continues the same curve; with a fixed
     global batch G, lr_at(step * G, lr, total_steps * G, warmup_steps * G) is exactly the released per-step
     value (the quotients of whole numbers are the same, so the float divisions round alike).
     """
     if warmup_samples > 0 and samples < warmup_samples:
         return base_lr * samples / warmup_samples
+    if schedule == "step":
+        return base_lr * gamma ** sum(samples >= milestone for milestone in milestones)
     progress = min(1.0, (samples - warmup_samples) / max(1, total_samples - warmup_samples))
     if schedule == "polynomial":
         return base_lr * (1.0 - progress) ** power
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise UserError(f"lr_scheduler '{schedule}' is not known; use 'polynomial' or 'cosine'.")
+    raise UserError(f"lr_scheduler '{schedule}' is not known; use one of {LR_SCHEDULES}.")
 
 
 def set_lr(optimizers: Iterable[torch.optim.Optimizer], lr: float) -> None:
@@ -63,7 +68,10 @@ def param_groups(modules: Iterable[nn.Module], weight_decay: float, exclude_norm
 
 def build_optimizer(cfg, modules: Iterable[nn.Module]) -> torch.optim.Optimizer:
     """AdamW or SGD over the parameters of `modules`, as named by cfg.optimizer."""
-    groups = param_groups(modules, cfg.weight_decay, cfg.no_weight_decay_on_norm_bias)
+    return _optimizer(cfg, param_groups(modules, cfg.weight_decay, cfg.no_weight_decay_on_norm_bias))
+
+
+def _optimizer(cfg, groups: list[dict]) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
@@ -79,12 +87,14 @@ class SampledRowsAdamW(torch.optim.Optimizer):
     rows, and their moments, stay as they are. One step count serves the whole shard, as the released
     code's sub-parameter has one, so a row's bias correction uses the number of optimizer steps, not the
     number of times it was sampled. With sample rate 1 every row is stepped, as torch.optim.AdamW does.
-    The state has AdamW's keys and shapes (step, exp_avg [C, D], exp_avg_sq [C, D]).
+    The state has AdamW's keys and shapes (step, exp_avg [C, D], exp_avg_sq [C, D]). The head's other
+    parameters (a margin head's, such as UniFace's bias) follow it and are stepped whole, as AdamW.
     """
 
     def __init__(self, head, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        super().__init__([head.weight], dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        others = [param for param in head.parameters() if param is not head.weight and param.requires_grad]
+        super().__init__([head.weight, *others], dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.head = head
 
     @torch.no_grad()
@@ -95,7 +105,7 @@ class SampledRowsAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is not None:
-                    self._step_rows(param, group, rows)
+                    self._step_rows(param, group, rows if param is self.head.weight else None)
 
     def _step_rows(self, param: torch.Tensor, group: dict, rows: torch.Tensor | None) -> None:
         state = self.state[param]
@@ -120,10 +130,14 @@ class SampledRowsAdamW(torch.optim.Optimizer):
 
 
 def build_head_optimizer(cfg, head) -> torch.optim.Optimizer:
-    """The optimizer of Partial FC's centres: build_optimizer's, or with cfg.centre_update "sampled" the
-    released rule that steps only the sampled rows (SampledRowsAdamW; AdamW only)."""
+    """The optimizer of Partial FC's centres and of its margin head's parameters (UniFace's bias):
+    cfg.optimizer, or with cfg.centre_update "sampled" the released rule that steps only the sampled rows
+    (SampledRowsAdamW; AdamW only). Every head parameter takes cfg.weight_decay, scalars too (the
+    no_weight_decay_on_norm_bias rule is the backbone's): UniFace's released SGD decays its bias as its
+    centres."""
     if cfg.centre_update == "all":
-        return build_optimizer(cfg, [head])
+        groups = [{"params": [p for p in head.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
+        return _optimizer(cfg, groups)
     if cfg.centre_update != "sampled":
         raise UserError(f"centre_update '{cfg.centre_update}' is not known; use 'all' or 'sampled'.")
     if cfg.optimizer != "adamw":

@@ -1,7 +1,6 @@
-"""Margin-adjusted logits (ArcFace, CosFace, the combined margin) and EHSM per-sample loss weights.
+"""The combined margin of insightface: ArcFace, CosFace and cos(m1·θ + m2) − m3.
 
-Legend: B batch, C classes (the columns of the logits, one rank's shard under Partial FC), N patches,
-K patches kept by the top-k of EHSM.
+Legend: B batch, C classes (the columns of the logits, one rank's shard under Partial FC).
 """
 
 from __future__ import annotations
@@ -11,21 +10,7 @@ import math
 import torch
 from torch import nn
 
-from utils.errors import UserError
-
-# Where the exact margin derivative m1·sin(m1·θ + m2) / sin θ is unbounded (θ → 0 with m2 > 0) it is
-# evaluated at θ clamped to [δ, π − δ]; fp32 cosines cannot resolve angles much below δ = 1e-3 anyway
-# (cos δ = 1 − 5e-7 is a few float32 steps below 1).
-_MIN_ANGLE = 1e-3
-
-EHSM_RULES = ("released", "entropy_mean", "entropy_sum")
-
-# Entropy of a Gaussian of standard deviation σ is ln σ + ½ + ½ ln 2π; this is the constant part.
-_GAUSSIAN_ENTROPY_OFFSET = 0.5 + 0.5 * math.log(2 * math.pi)
-
-# σ = 0 (a constant token) has entropy −∞ under the Gaussian model; σ is clamped to this value so that
-# the entropy, and the weight of the mean rule, stay finite.
-_MIN_PATCH_STD = 1e-12
+from losses.common import angle_inside
 
 
 class CombinedMarginLoss(nn.Module):
@@ -89,11 +74,11 @@ class CombinedMarginLoss(nn.Module):
         return (cosine > self.interclass_filtering_threshold) & ~is_target  # [B, C]
 
     def adjust_non_targets_(self, cosine: torch.Tensor, target_column: torch.Tensor, has_target: torch.Tensor,
-                            target_value: torch.Tensor) -> torch.Tensor | None:
+                            target_value: torch.Tensor, rows=None) -> torch.Tensor | None:
         """partial_fc.MarginHead's in-place edit of the clamped cosines [B, C]: the interclass filter.
 
         Returns None without a filter, else a bool [B, C], False where a cosine was set to 0 (its
-        gradient is 0). `target_column` [B, 1], `has_target` [B]; `target_value` is not used.
+        gradient is 0). `target_column` [B, 1], `has_target` [B]; `target_value` and `rows` are not used.
         """
         if self.interclass_filtering_threshold <= 0:
             return None
@@ -107,17 +92,18 @@ class CombinedMarginLoss(nn.Module):
             value, slope = self.margin_value_and_slope(cos_target)
         return value + slope * (cos_target - cos_target.detach())
 
-    def margin_value_and_slope(self, cos_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def margin_value_and_slope(self, cos_target: torch.Tensor, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The margin function of the target cosine [B] and the slope its backward uses, both [B].
 
-        The slope is 1 unless exact_gradient is set; then it is the derivative in cos θ.
+        The slope is 1 unless exact_gradient is set; then it is the derivative in cos θ. `rows`
+        (partial_fc.BatchRows) is not used.
         """
         if self.is_pure_cosine_margin:
             return cos_target - self.m3, torch.ones_like(cos_target)
         theta = torch.arccos(cos_target)
         value = torch.cos(self.m1 * theta + self.m2) - self.m3
         if self.exact_gradient:
-            theta_inside = theta.clamp(_MIN_ANGLE, math.pi - _MIN_ANGLE)
+            theta_inside = angle_inside(theta)
             slope = self.m1 * torch.sin(self.m1 * theta_inside + self.m2) / torch.sin(theta_inside)
         else:
             slope = torch.ones_like(cos_target)
@@ -130,32 +116,3 @@ class CombinedMarginLoss(nn.Module):
         return (f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}, "
                 f"interclass_filtering_threshold={self.interclass_filtering_threshold}, "
                 f"exact_gradient={self.exact_gradient}")
-
-
-@torch.no_grad()
-def ehsm_weights(patch_std: torch.Tensor, gamma: float = 1.0, top_k: int | None = None,
-                 rule: str = "released") -> torch.Tensor:
-    """EHSM loss weight of each sample, w = 1 + exp(−γ · hardness), from its patch std [B, N] -> [B].
-
-    Hardness is reduced over the top_k largest patch std (all N when None):
-      "released":     mean of σ_i (the released code; w in (1, 2] for γ = 1);
-      "entropy_mean": mean of the Gaussian entropies E_i = ln σ_i + ½ + ½ ln 2π (the paper's measure);
-      "entropy_sum":  their sum (the paper's formula; for 144 patches of ordinary σ, w ≈ 1, and when the
-                      entropies are negative, σ below about 0.24, exp overflows and w becomes inf).
-    σ is clamped to 1e-12 in the entropy rules. No gradient flows through the weights; they are float32.
-    """
-    if rule not in EHSM_RULES:
-        raise UserError(f"ehsm_rule is {rule!r}; choose one of {EHSM_RULES}.")
-    num_patches = patch_std.shape[1]
-    if top_k is not None and not 1 <= top_k <= num_patches:
-        raise UserError(f"ehsm_top_k is {top_k} but the backbone has {num_patches} patches; set it to a "
-                        f"value in [1, {num_patches}] or None for all patches.")
-    patch_std = patch_std.detach().double()  # [B, N]
-    if top_k is not None:
-        patch_std = patch_std.topk(top_k, dim=1).values  # [B, K]
-    if rule == "released":
-        hardness = patch_std.mean(dim=1)  # [B]
-    else:
-        entropy = torch.log(patch_std.clamp(min=_MIN_PATCH_STD)) + _GAUSSIAN_ENTROPY_OFFSET  # [B, K]
-        hardness = entropy.mean(dim=1) if rule == "entropy_mean" else entropy.sum(dim=1)  # [B]
-    return (1.0 + torch.exp(-gamma * hardness)).float()
