@@ -320,6 +320,12 @@ def unreadable(path: Path, what: str, exc: OSError, hint: str = "check the path"
     return UserError(f"cannot read {what} '{path}' ({exc.strerror or exc}); {hint}.")
 
 
+def cache_folder() -> Path:
+    """This user's cache folder of the project: `$XDG_CACHE_HOME/transface`, else `~/.cache/transface`."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "transface"
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process `pid` runs on this machine (one of another user counts as alive)."""
     try:
