@@ -50,7 +50,7 @@ CACHE_SUFFIX = ".cache"
 CACHE_MAGIC = b"TFIDXC\0\0"
 CACHE_VERSION = 1
 CACHE_HEADER_BYTES = 4096  # the arrays start page-aligned
-MIN_CACHED_INDEX_BYTES = 16 << 20  # about 800 k entries; smaller indexes parse in well under a second
+MIN_CACHED_INDEX_BYTES = 4 << 20  # about 200 k entries; smaller indexes parse in a few milliseconds
 INDEX_CACHE_OFF = "off"
 _BLOCK = 1 << 20  # entries compared per step when checking that keys are consecutive
 
