@@ -18,6 +18,7 @@ import train
 import utils.record_index as record_index
 from dataset import RecordDataset, data_identity
 from tests.test_dataset import png_bytes, random_face, write_rec
+from utils.errors import UserError
 from utils.record_index import beside_cache_path, open_index, parse_index
 from utils.recordio import IndexedRecordReader, IndexedRecordWriter, IRHeader, pack
 
@@ -133,14 +134,14 @@ def test_read_only_data_is_cached_in_the_user_cache_folder(cached, monkeypatch):
     write_set(root)
     root.chmod(0o555)
     if not _writes_are_refused(root):  # root ignores the mode: refuse the lock file there as a read-only folder would
-        real_lock = record_index._build_lock
+        real_lock = record_index._open_lock
 
         def refused_in_data(cache_path):
             if cache_path.parent == root:
                 raise PermissionError(errno.EACCES, "Permission denied")
             return real_lock(cache_path)
 
-        monkeypatch.setattr(record_index, "_build_lock", refused_in_data)
+        monkeypatch.setattr(record_index, "_open_lock", refused_in_data)
     try:
         RecordDataset(root)
         mapped = RecordDataset(root)
@@ -165,12 +166,12 @@ import sys, time
 from pathlib import Path
 import utils.record_index as record_index
 record_index.MIN_CACHED_INDEX_BYTES = 0
-build = record_index.write_index_cache
-def slow_build(*args):  # holds the build open long enough for every process to reach it
+write = record_index._write_cache
+def slow_write(*args):  # holds the build open long enough for every process to reach it
     print("built", flush=True)
     time.sleep(0.5)
-    return build(*args)
-record_index.write_index_cache = slow_build
+    return write(*args)
+record_index._write_cache = slow_write
 go = Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.01)
@@ -221,6 +222,16 @@ def test_resume_refuses_a_different_recordio_dataset(cached, capsys):
     write_rec(root, [(payload, index % 2) for index, payload in enumerate(faces(8, seed=5))], prop="2,112,112")
     assert train.main([str(config), "--resume", "auto", "--max-steps", "2"]) == 2
     assert "fingerprint 'idx" in capsys.readouterr().err
+
+
+def test_a_damaged_idx_is_reported_not_cached(cached):
+    root = cached / "data"
+    write_set(root)
+    with open(root / "train.idx", "a") as idx:
+        idx.write("3\t0\n")  # key 3 twice
+    with pytest.raises(UserError, match="lists key 3 more than once"):
+        RecordDataset(root)
+    assert not beside_cache_path(root / "train.idx").exists()
 
 
 def test_an_index_below_the_threshold_is_parsed_without_a_cache(tmp_path):

@@ -35,8 +35,6 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -233,17 +231,21 @@ def default_cache_folder() -> Path:
 def write_index_cache(idx_path: str | Path, cache_path: str | Path | None = None) -> Path:
     """Parse `idx_path` and write its cache (default `<idx>.cache` beside it) atomically; returns its path.
 
-    For writers of a fresh `.idx` (tools/pack_rec) and for `open_index`. The cache records the `.idx`'s
-    size and modification time as they were before it was read, so a `.idx` changed meanwhile makes it stale.
+    For writers of a fresh `.idx` (tools/pack_rec) and for a data-preparation step; `open_index` builds
+    one on first use otherwise. UserError when the index is damaged or the cache cannot be written.
     """
     idx_path = Path(idx_path)
     cache_path = Path(cache_path) if cache_path is not None else beside_cache_path(idx_path)
     before = idx_path.stat()
-    text = _read_index_text(idx_path)
-    index = _index_of_text(text, idx_path)
-    del text
-    header = {"version": CACHE_VERSION, "idx_path": os.fsdecode(idx_path.resolve()), "idx_size": before.st_size,
-              "idx_mtime_ns": before.st_mtime_ns, "num_entries": len(index), "consecutive": index.consecutive,
+    _write_cache(cache_path, idx_path, before, parse_index(idx_path))
+    return cache_path
+
+
+def _write_cache(cache_path: Path, idx_path: Path, idx_stat: os.stat_result, index: RecordIndex) -> None:
+    """The cache file of `index`, parsed from `idx_path` when it had `idx_stat` (taken before reading it, so
+    a `.idx` changed meanwhile leaves the cache stale), written atomically."""
+    header = {"version": CACHE_VERSION, "idx_path": os.fsdecode(idx_path.resolve()), "idx_size": idx_stat.st_size,
+              "idx_mtime_ns": idx_stat.st_mtime_ns, "num_entries": len(index), "consecutive": index.consecutive,
               "furthest": index.furthest, "fingerprint": index.fingerprint}
     encoded = json.dumps(header, sort_keys=True).encode("utf-8")
     head = CACHE_MAGIC + len(encoded).to_bytes(4, "little") + encoded
@@ -255,7 +257,6 @@ def write_index_cache(idx_path: str | Path, cache_path: str | Path | None = None
         stream.write(head.ljust(CACHE_HEADER_BYTES, b"\0"))
         for array in arrays:
             stream.write(memoryview(np.ascontiguousarray(array, dtype="<i8")))
-    return cache_path
 
 
 def _read_cache_header(cache_path: Path) -> dict | None:
@@ -309,20 +310,10 @@ def _load_cache(cache_path: Path, idx_path: Path, idx_stat: os.stat_result) -> R
     return _map_cache(cache_path)
 
 
-@contextmanager
-def _build_lock(cache_path: Path) -> Iterator[None]:
-    """An exclusive flock on `.<cache name>.lock` beside `cache_path` (OSError when the folder is not
-    writable); where the file system has no locks, builders race and the first complete rename wins."""
-    handle = os.open(cache_path.with_name(f".{cache_path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:
-            logger.warning("cannot lock '%s'; processes opening it at once may each build its index cache",
-                           cache_path)
-        yield
-    finally:
-        os.close(handle)  # drops the lock
+def _open_lock(cache_path: Path) -> int:
+    """A descriptor of `.<cache name>.lock` beside `cache_path`, created if missing (OSError when the folder
+    cannot be written)."""
+    return os.open(cache_path.with_name(f".{cache_path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
 
 
 def _remove_stale_temporaries(cache_path: Path) -> None:
@@ -336,24 +327,38 @@ _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUO
 
 
 def _build_at(cache_path: Path, idx_path: Path, idx_stat: os.stat_result) -> RecordIndex | None:
-    """The cache at `cache_path`, built under its lock unless another process built it meanwhile; None
-    when the folder cannot be written."""
+    """The index from the cache at `cache_path`, built under an exclusive flock on its lock file unless
+    another process built it meanwhile; None when the folder cannot be written. Where the file system has
+    no locks, builders race and the first complete rename wins. A damaged `.idx` raises its UserError."""
     try:
         make_folder(cache_path.parent)
-        with _build_lock(cache_path):
-            index = _load_cache(cache_path, idx_path, idx_stat)
-            if index is not None:
-                return index
-            _remove_stale_temporaries(cache_path)
-            logger.info("building the index cache '%s' of '%s' (once; later opens map it)", cache_path, idx_path)
-            write_index_cache(idx_path, cache_path)
+        lock = _open_lock(cache_path)
+    except UserError:  # make_folder's: the folder cannot be created
+        return None
     except OSError as exc:
         if exc.errno not in _UNWRITABLE:
             raise
         return None
-    except UserError:  # make_folder's or atomic_open's "cannot write": a read-only folder, a full disk
-        return None
-    return _load_cache(cache_path, idx_path, idx_stat)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:
+            logger.warning("cannot lock '%s'; processes opening it at once may each build it", cache_path)
+        index = _load_cache(cache_path, idx_path, idx_stat)
+        if index is not None:
+            return index
+        _remove_stale_temporaries(cache_path)
+        logger.info("building the index cache '%s' of '%s' (once; later opens map it)", cache_path, idx_path)
+        parsed = parse_index(idx_path)
+        try:
+            _write_cache(cache_path, idx_path, idx_stat, parsed)
+        except UserError as exc:  # atomic_open's: a full disk, a quota
+            logger.warning("%s; this process keeps the index in memory", exc)
+            return parsed
+        mapped = _load_cache(cache_path, idx_path, idx_stat)
+        return mapped if mapped is not None else parsed
+    finally:
+        os.close(lock)  # drops the lock
 
 
 def open_index(idx_path: str | Path, cache: str = "") -> RecordIndex:
