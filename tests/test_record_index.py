@@ -224,6 +224,22 @@ def test_resume_refuses_a_different_recordio_dataset(cached, capsys):
     assert "fingerprint 'idx" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("block_bytes", [5, 7, 64, 1 << 26])
+def test_parsing_in_blocks_gives_the_table_and_fingerprint_of_the_whole_text(tmp_path, monkeypatch, block_bytes):
+    write_set(tmp_path / "data")
+    idx = tmp_path / "data" / "train.idx"
+    text = idx.read_bytes()
+    lines = [line.split(b"\t") for line in text.splitlines()]
+    monkeypatch.setattr(record_index, "_PARSE_BLOCK_BYTES", block_bytes)  # lines cut across blocks
+    assert record_index._parse_index_blocks(idx) is not None  # not the line-by-line fallback
+    index = parse_index(idx)
+    assert index.keys.tolist() == [int(key) for key, _ in lines]
+    assert index.offsets.tolist() == [int(offset) for _, offset in lines]
+    assert index.fingerprint == f"idx {len(text)} bytes sha256 {hashlib.sha256(text).hexdigest()}"
+    idx.write_bytes(text.rstrip(b"\n") + b"\r\n")  # not MXNet's exact layout: parsed line by line
+    assert parse_index(idx).keys.tolist() == index.keys.tolist()
+
+
 def test_a_damaged_idx_is_reported_not_cached(cached):
     root = cached / "data"
     write_set(root)

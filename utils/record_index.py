@@ -51,6 +51,7 @@ CACHE_HEADER_BYTES = 4096  # the arrays start page-aligned
 MIN_CACHED_INDEX_BYTES = 4 << 20  # about 200 k entries; smaller indexes parse in a few milliseconds
 INDEX_CACHE_OFF = "off"
 _BLOCK = 1 << 20  # entries compared per step when checking that keys are consecutive
+_PARSE_BLOCK_BYTES = 1 << 26  # text parsed per step: 64 MiB, about 3 M lines
 
 
 class RecordIndex:
@@ -124,10 +125,21 @@ class RecordIndex:
 # ---- parsing the text ----
 
 def parse_index(idx_path: str | Path) -> RecordIndex:
-    """The index of a `key<TAB>offset` text file, parsed into memory (UserError when missing or damaged)."""
+    """The index of a `key<TAB>offset` text file, parsed into memory (UserError when missing or damaged).
+
+    MXNet's exact layout is parsed in blocks of `_PARSE_BLOCK_BYTES` into arrays sized by a first pass that
+    counts the lines, so the text never sits in memory whole; anything else is parsed line by line.
+    """
     idx_path = Path(idx_path)
-    text = _read_index_text(idx_path)
-    return _index_of_text(text, idx_path)
+    if not idx_path.is_file():
+        raise UserError(f"index file '{idx_path}' does not exist; every train.rec needs its train.idx "
+                        "beside it (tools/pack_rec.py writes both).")
+    table = _parse_index_blocks(idx_path)
+    if table is None:
+        text = idx_path.read_bytes()
+        lines = _parse_index_lines(text, idx_path)
+        table = lines[:, 0].copy(), lines[:, 1].copy(), _fingerprint(len(text), hashlib.sha256(text))
+    return _index_of_table(*table, idx_path)
 
 
 def read_index(idx_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -136,19 +148,39 @@ def read_index(idx_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return index.keys, index.offsets
 
 
-def _read_index_text(idx_path: Path) -> bytes:
-    if not idx_path.is_file():
-        raise UserError(f"index file '{idx_path}' does not exist; every train.rec needs its train.idx "
-                        "beside it (tools/pack_rec.py writes both).")
-    return idx_path.read_bytes()
+def _fingerprint(size: int, digest) -> str:
+    """What a checkpoint records of a `.idx`: its size and SHA-256 (the same string since before the cache)."""
+    return f"idx {size} bytes sha256 {digest.hexdigest()}"
 
 
-def _index_of_text(text: bytes, idx_path: Path) -> RecordIndex:
-    table = _parse_index_fast(text)
-    if table is None:
-        table = _parse_index_lines(text, idx_path)
-    keys, offsets = table[:, 0].copy(), table[:, 1].copy()
-    del table
+def _parse_index_blocks(idx_path: Path) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(keys, offsets [num_lines], fingerprint) when every block of the file is MXNet's exact layout, else
+    None; also None when the file changed between the counting pass and the parsing pass."""
+    with open(idx_path, "rb") as stream:
+        num_lines = sum(block.count(b"\n") for block in iter(lambda: stream.read(_PARSE_BLOCK_BYTES), b""))
+        stream.seek(0)
+        keys, offsets = np.empty(num_lines, dtype=np.int64), np.empty(num_lines, dtype=np.int64)
+        digest, size, filled, carry = hashlib.sha256(), 0, 0, b""
+        while block := stream.read(_PARSE_BLOCK_BYTES):
+            digest.update(block)
+            size += len(block)
+            data = carry + block
+            cut = data.rfind(b"\n") + 1  # whole lines only; the rest waits for the next block
+            data, carry = data[:cut], data[cut:]
+            if not data:
+                continue
+            table = _parse_index_fast(data)  # [lines in the block, 2]
+            if table is None or filled + len(table) > num_lines:
+                return None
+            keys[filled:filled + len(table)], offsets[filled:filled + len(table)] = table[:, 0], table[:, 1]
+            filled += len(table)
+    if carry or filled != num_lines:
+        return None
+    return keys, offsets, _fingerprint(size, digest)
+
+
+def _index_of_table(keys: np.ndarray, offsets: np.ndarray, fingerprint: str, idx_path: Path) -> RecordIndex:
+    """The index of parsed arrays, checked: no key twice, no negative offset."""
     order = None if _consecutive(keys) else np.argsort(keys, kind="stable")
     if order is not None:
         ordered = keys[order]
@@ -158,7 +190,6 @@ def _index_of_text(text: bytes, idx_path: Path) -> RecordIndex:
     if len(offsets) and offsets.min() < 0:
         raise UserError(f"'{idx_path}' holds a negative offset; the index is damaged.")
     furthest = int(np.argmax(offsets)) if len(offsets) else 0
-    fingerprint = f"idx {len(text)} bytes sha256 {hashlib.sha256(text).hexdigest()}"
     return RecordIndex(keys, offsets, order, fingerprint, furthest)
 
 
