@@ -166,16 +166,6 @@ class IndexedRecordReader:
     index is kept (`utils.record_index.open_index`: `""`, a folder, or `"off"` to parse the text).
     """
 
-    @property
-    def keys(self) -> np.ndarray:
-        """The keys [num_entries] in index order (int64; memory-mapped when the index is cached)."""
-        return self.index.keys
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """The byte offsets [num_entries] of the records in index order (int64)."""
-        return self.index.offsets
-
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None, index_cache: str = "off"):
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
@@ -186,6 +176,16 @@ class IndexedRecordReader:
         self._handle = None
         self._pid = None
         self._check_end()
+
+    @property
+    def keys(self) -> np.ndarray:
+        """The keys [num_entries] in index order (int64; memory-mapped when the index is cached)."""
+        return self.index.keys
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """The byte offsets [num_entries] of the records in index order (int64)."""
+        return self.index.offsets
 
     def _check_end(self) -> None:
         """Cheap truncation check at open: the record furthest into the file must start and fit in it."""
