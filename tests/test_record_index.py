@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -238,6 +239,17 @@ def test_parsing_in_blocks_gives_the_table_and_fingerprint_of_the_whole_text(tmp
     assert index.fingerprint == f"idx {len(text)} bytes sha256 {hashlib.sha256(text).hexdigest()}"
     idx.write_bytes(text.rstrip(b"\n") + b"\r\n")  # not MXNet's exact layout: parsed line by line
     assert parse_index(idx).keys.tolist() == index.keys.tolist()
+
+
+def test_a_killed_builders_temporary_is_removed_and_no_other(cached):
+    root = cached / "data"
+    write_set(root)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    tag = f"{int(ended.stdout)}@{socket.gethostname().replace('/', '_') or 'unknown'}.{'0' * 16}.tmp"
+    (root / f".train.idx.cache.{tag}").write_bytes(b"partial")
+    (root / f".train.rec.{tag}").write_bytes(b"another tool's")
+    RecordDataset(root)
+    assert not (root / f".train.idx.cache.{tag}").exists() and (root / f".train.rec.{tag}").exists()
 
 
 def test_a_damaged_idx_is_reported_not_cached(cached):

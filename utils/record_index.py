@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.errors import UserError
-from utils.files import atomic_open, cache_folder, make_folder, temporary_prefix, temporary_writer_ended
+from utils.files import atomic_open, cache_folder, make_folder, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -347,13 +347,6 @@ def _open_lock(cache_path: Path) -> int:
     return os.open(cache_path.with_name(f".{cache_path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
 
 
-def _remove_stale_temporaries(cache_path: Path) -> None:
-    """Temporary files of cache writers on this host that were killed (a cache is large)."""
-    for candidate in cache_path.parent.glob(f"{temporary_prefix(cache_path)}*"):
-        if candidate.is_file() and temporary_writer_ended(candidate):
-            candidate.unlink(missing_ok=True)
-
-
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
@@ -378,7 +371,7 @@ def _build_at(cache_path: Path, idx_path: Path, idx_stat: os.stat_result) -> Rec
         index = _load_cache(cache_path, idx_path, idx_stat)
         if index is not None:
             return index
-        _remove_stale_temporaries(cache_path)
+        remove_stale_temporaries(cache_path.parent, of=cache_path)  # a killed builder's (a cache is large)
         logger.info("building the index cache '%s' of '%s' (once; later opens map it)", cache_path, idx_path)
         parsed = parse_index(idx_path)
         try:
