@@ -169,15 +169,19 @@ class RecordDataset(EncodedImageDataset):
     identity record key, end key]) with images at keys 1 .. first identity - 1; and files with no header,
     where every key of the index is an image. The class of an image is its (first) label value.
     `ds[i] -> (uint8 tensor [3, H, W] RGB, int label)` when `transform` is None.
+
+    `index_cache` ("" by default, a folder, or "off"; `utils.record_index.open_index`) keeps the index in a
+    binary file every process maps, so the ranks of a node share one copy: `image_keys` and
+    `image_offsets` [num_images] are views of it wherever the image keys are one run of the index.
     """
 
     def __init__(self, root_dir: str | Path, transform: Callable | None = None,
-                 max_corrupt_fraction: float = 0.001, decode: bool = True):
+                 max_corrupt_fraction: float = 0.001, decode: bool = True, index_cache: str = ""):
         self.root = Path(root_dir)
         if not self.root.is_dir():
             raise UserError(f"data directory '{self.root}' does not exist; set config.rec to the folder that "
                             "holds train.rec, train.idx and property.")
-        self.reader = IndexedRecordReader(self.root / "train.rec", self.root / "train.idx")
+        self.reader = IndexedRecordReader(self.root / "train.rec", self.root / "train.idx", index_cache)
         if len(self.reader) == 0:
             raise UserError(f"'{self.reader.idx_path}' lists no records; re-pack the data (tools.pack_rec) or "
                             "restore the index.")
@@ -185,20 +189,42 @@ class RecordDataset(EncodedImageDataset):
         self.has_header = header is not None
         if header is not None:
             first_identity, end = self._header_range(header)
-            self.image_keys = np.arange(1, first_identity, dtype=np.int64)
+            self.image_key_range = (1, first_identity)
             header_classes = end - first_identity
         else:
-            self.image_keys = self.reader.keys.copy()
+            self.image_key_range = None
             header_classes = None
         try:
-            self.image_offsets = self.reader.offsets_of(self.image_keys)
+            self.image_keys, self.image_offsets = self._image_entries()
         except KeyError as exc:
             raise UserError(f"the header record of '{self.reader.rec_path}' lists images 1.."
-                            f"{len(self.image_keys)}, but {exc.args[0]}; the .idx is incomplete: re-pack.") from None
+                            f"{first_identity - 1}, but {exc.args[0]}; the .idx is incomplete: re-pack.") from None
         super().__init__(len(self.image_keys), transform, max_corrupt_fraction, decode)
         self.num_classes, self.image_size = self._classes_and_size(header_classes)
         if len(self.image_keys):
             self.check_first_image()
+
+    def _image_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, offsets) [num_images] of the images: every entry of the index without a header record,
+        else keys `image_key_range`; views of the index (no copy) when those keys are one run of it."""
+        index = self.reader.index
+        if self.image_key_range is None:
+            return index.keys, index.offsets
+        first, end = self.image_key_range
+        span = index.key_range(first, end)
+        if span is not None:
+            return index.keys[span], index.offsets[span]
+        keys = np.arange(first, end, dtype=np.int64)
+        return keys, self.reader.offsets_of(keys)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["image_keys"], state["image_offsets"]  # views of the mapped index: re-made, not copied
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.image_keys, self.image_offsets = self._image_entries()
 
     def _header_record(self):
         """The IRHeader of insightface's header record 0, None when the file has none."""
@@ -369,8 +395,12 @@ def build_dataset(config, transform: Callable | None = None) -> Dataset:
         dataset = SyntheticDataset(config.num_image, config.num_classes)
     else:
         require(config, "rec", "the data folder (train.rec/train.idx/property, or identity sub-folders)")
-        kind = ImageFolderDataset if config.dataset == "folder" else RecordDataset
-        dataset = kind(config.rec, transform, config.max_corrupt_fraction, decode=not config.gpu_decode)
+        if config.dataset == "folder":
+            dataset = ImageFolderDataset(config.rec, transform, config.max_corrupt_fraction,
+                                         decode=not config.gpu_decode)
+        else:
+            dataset = RecordDataset(config.rec, transform, config.max_corrupt_fraction,
+                                    decode=not config.gpu_decode, index_cache=config.index_cache)
     check_input_size(dataset, config.rec or config.dataset)
     return dataset
 
@@ -389,11 +419,11 @@ def check_input_size(dataset, source: str, size: int = IMAGE_SIZE) -> None:
 
 def data_identity(dataset) -> dict[str, int | str]:
     """What a checkpoint records of its training data, so a resume notices the data changed: image and
-    class counts and a cheap fingerprint (RecordIO: the .idx size and SHA-256, about 0.1 s per million
-    images; folders: SHA-256 of the image paths and labels; synthetic: its size and seed)."""
+    class counts and a cheap fingerprint (RecordIO: the .idx size and SHA-256, computed once when the index
+    is parsed and kept in its cache; folders: SHA-256 of the image paths and labels; synthetic: its size
+    and seed)."""
     if isinstance(dataset, RecordDataset):
-        index = dataset.reader.idx_path
-        fingerprint = f"idx {index.stat().st_size} bytes sha256 {_sha256_file(index)}"
+        fingerprint = dataset.reader.index.fingerprint
     elif isinstance(dataset, ImageFolderDataset):
         digest = hashlib.sha256(b"\0".join(dataset.paths.tolist()))
         digest.update(dataset.labels.tobytes())
@@ -401,11 +431,6 @@ def data_identity(dataset) -> dict[str, int | str]:
     else:
         fingerprint = f"synthetic seed {dataset.seed}"
     return {"num_image": len(dataset), "num_classes": dataset.num_classes, "fingerprint": fingerprint}
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def resolve_data_counts(config, dataset) -> EasyDict:

@@ -93,6 +93,9 @@ config = EasyDict(
     num_image=0,  # number of training images; checked against the data
     num_workers=2,  # DataLoader workers per process
     max_corrupt_fraction=0.001,  # stop when more than this fraction of records fails to decode
+    # where the binary, memory-mapped form of a large train.idx is kept (shared by the ranks of a node):
+    # "" beside train.idx, or ~/.cache/transface/index when that folder is read-only; a folder; "off"
+    index_cache="",
     gpu_decode=False,  # decode JPEGs on the GPU (CUDA only)
     val_targets=(),  # names of .bin verification sets in `rec` (for example "lfw", "cfp_fp", "agedb_30")
     # ---- logging, verification, checkpoints ----

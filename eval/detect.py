@@ -24,7 +24,7 @@ import numpy as np
 from eval.align import align_face
 from utils.decode import read_image
 from utils.errors import UserError
-from utils.files import atomic_write_bytes, check_regular_file
+from utils.files import atomic_write_bytes, cache_folder, check_regular_file
 from utils.images import IMAGE_SIZE
 from utils.opencv import cv2
 
@@ -54,11 +54,6 @@ class Face:
     def describe(self) -> str:
         x, y, width, height = (round(float(value)) for value in self.box)
         return f"face at x={x} y={y} w={width} h={height} (score {self.score:.2f})"
-
-
-def cache_folder() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "transface"
 
 
 def sha256_of(path: Path) -> str:

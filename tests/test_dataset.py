@@ -232,7 +232,7 @@ def test_counts_from_data_fill_zero_and_reject_mismatch():
 
 def base_config(**overrides) -> EasyDict:
     config = EasyDict(dataset="recordio", rec="", num_classes=0, num_image=0, gpu_decode=False,
-                      max_corrupt_fraction=0.001)
+                      max_corrupt_fraction=0.001, index_cache="")
     config.update(overrides)
     return config
 

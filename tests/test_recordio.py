@@ -18,6 +18,7 @@ from tests.rec_utils import iter_chunks, iter_records
 from utils.binfile import decode_bin_images, load_bin, save_bin
 from utils.decode import decode_chw
 from utils.errors import UserError
+from utils.record_index import read_index
 from utils.recordio import (
     MAGIC,
     MAGIC_BYTES,
@@ -28,7 +29,6 @@ from utils.recordio import (
     decode_record,
     encode_record,
     pack,
-    read_index,
     unpack,
 )
 

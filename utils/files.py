@@ -320,6 +320,12 @@ def unreadable(path: Path, what: str, exc: OSError, hint: str = "check the path"
     return UserError(f"cannot read {what} '{path}' ({exc.strerror or exc}); {hint}.")
 
 
+def cache_folder() -> Path:
+    """This user's cache folder of the project: `$XDG_CACHE_HOME/transface`, else `~/.cache/transface`."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "transface"
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process `pid` runs on this machine (one of another user counts as alive)."""
     try:
@@ -340,14 +346,16 @@ def temporary_writer_ended(path: Path) -> bool:
     return bool(match) and match.group(2) == _host() and not process_alive(int(match.group(1)))
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike, of: Path | None = None) -> list[Path]:
     """Delete the temporary files in `folder` whose writers have ended (killed); returns what was removed.
 
     Only names this module makes (`.<name>.<pid>@<host>.<random>.tmp`) whose process on this host is
     gone are touched, so a tool writing into `folder` right now (an export, an evaluation) keeps its file.
+    With `of`, only the temporaries of that destination file.
     """
     removed = []
-    for candidate in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+    pattern = f"{temporary_prefix(of)}*{TEMP_SUFFIX}" if of is not None else f".*{TEMP_SUFFIX}"
+    for candidate in Path(folder).glob(pattern):
         if candidate.is_file() and not candidate.is_symlink() and temporary_writer_ended(candidate):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)

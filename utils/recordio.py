@@ -13,7 +13,6 @@ import math
 import numbers
 import os
 import struct
-import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from utils.errors import UserError
 from utils.files import atomic_open
+from utils.record_index import RecordIndex, open_index
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -151,62 +151,6 @@ def _check_chunk(magic: int, cflag: int, first: bool, position: int) -> None:
 
 # ---- index ----
 
-def read_index(idx_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, offsets) of a `key<TAB>offset` index, int64 arrays in file order."""
-    idx_path = Path(idx_path)
-    if not idx_path.is_file():
-        raise UserError(f"index file '{idx_path}' does not exist; every train.rec needs its train.idx "
-                        "beside it (tools/pack_rec.py writes both).")
-    text = idx_path.read_bytes()
-    table = _parse_index_fast(text)
-    if table is None:
-        table = _parse_index_lines(text, idx_path)
-    keys, offsets = table[:, 0].copy(), table[:, 1].copy()
-    ordered = np.sort(keys)
-    duplicates = ordered[1:][ordered[1:] == ordered[:-1]]
-    if len(duplicates):
-        raise UserError(f"'{idx_path}' lists key {duplicates[0]} more than once; the index is damaged.")
-    if len(offsets) and offsets.min() < 0:
-        raise UserError(f"'{idx_path}' holds a negative offset; the index is damaged.")
-    return keys, offsets
-
-
-def _parse_index_fast(text: bytes) -> np.ndarray | None:
-    """[num_keys, 2] table when the text is exactly MXNet's `key<TAB>offset<NEWLINE>` lines of integers
-    (parsed in C: millions of lines in a fraction of a second), else None."""
-    if not text.endswith(b"\n") or b" " in text or b"\r" in text:
-        return None
-    raw = np.frombuffer(text, dtype=np.uint8)
-    line_ends = np.flatnonzero(raw == ord("\n"))
-    tab_lines = np.searchsorted(line_ends, np.flatnonzero(raw == ord("\t")))  # line of every tab
-    if not np.array_equal(np.bincount(tab_lines, minlength=len(line_ends)), np.ones(len(line_ends))):
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # NumPy warns (here: raises) when text is left unparsed
-        try:
-            values = np.fromstring(text, dtype=np.int64, sep=" ")
-        except (ValueError, DeprecationWarning):
-            return None
-    # One tab and no other blank per line: a line holds at most two numbers, so the count proves it.
-    if values.size != 2 * len(line_ends):
-        return None
-    return values.reshape(-1, 2)  # [num_keys, 2]
-
-
-def _parse_index_lines(text: bytes, idx_path: Path) -> np.ndarray:
-    """[num_keys, 2] table parsed line by line (blank lines allowed); bad lines raise UserError."""
-    rows = []
-    for number, line in enumerate(text.split(b"\n"), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 2 or not all(p.lstrip(b"-").isdigit() for p in parts):
-            raise UserError(f"'{idx_path}' line {number} is {line[:60]!r}, not 'key<TAB>offset' with two "
-                            "integers; the index is damaged: re-create it with tools/pack_rec.py.")
-        rows.append((int(parts[0]), int(parts[1])))
-    return np.array(rows, dtype=np.int64).reshape(-1, 2)  # [num_keys, 2]
-
-
 def write_index_line(key: int, offset: int) -> str:
     return f"{key}\t{offset}\n"
 
@@ -218,26 +162,36 @@ class IndexedRecordReader:
 
     The file is opened lazily and reopened in every new process, so DataLoader workers (fork or spawn)
     never share a file position; the reader pickles without its handle. One handle per process: do not
-    read from several threads of one process at once.
+    read from several threads of one process at once. `index_cache` says where the binary form of the
+    index is kept (`utils.record_index.open_index`: `""`, a folder, or `"off"` to parse the text).
     """
 
-    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None, index_cache: str = "off"):
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
         if not self.rec_path.is_file():
             raise UserError(f"record file '{self.rec_path}' does not exist; check config.rec or the path.")
-        self.keys, self.offsets = read_index(self.idx_path)
-        self._sorted = np.argsort(self.keys, kind="stable")  # positions of keys in increasing key order
+        self.index: RecordIndex = open_index(self.idx_path, index_cache)
         self._file_size = self.rec_path.stat().st_size
         self._handle = None
         self._pid = None
         self._check_end()
 
+    @property
+    def keys(self) -> np.ndarray:
+        """The keys [num_entries] in index order (int64; memory-mapped when the index is cached)."""
+        return self.index.keys
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """The byte offsets [num_entries] of the records in index order (int64)."""
+        return self.index.offsets
+
     def _check_end(self) -> None:
         """Cheap truncation check at open: the record furthest into the file must start and fit in it."""
         if len(self.offsets) == 0:
             return
-        last = int(np.argmax(self.offsets))
+        last = self.index.furthest
         key, offset = int(self.keys[last]), int(self.offsets[last])
         where = f"'{self.idx_path}' places key {key} at byte {offset}"
         if offset + _CHUNK_HEAD.size > self._file_size:
@@ -271,17 +225,10 @@ class IndexedRecordReader:
 
     def offsets_of(self, keys: np.ndarray) -> np.ndarray:
         """Offsets of many keys at once (int64 array); KeyError names the first key missing."""
-        keys = np.asarray(keys, dtype=np.int64)
-        if len(self.keys) == 0:
-            found = np.zeros(len(keys), dtype=np.int64)
-            missing = np.ones(len(keys), dtype=bool)
-        else:
-            positions = np.searchsorted(self.keys, keys, sorter=self._sorted).clip(max=len(self.keys) - 1)
-            found = self._sorted[positions]  # where in the index each key is, if present
-            missing = self.keys[found] != keys
-        if missing.any():
-            raise KeyError(f"key {int(keys[np.argmax(missing)])} is not in '{self.idx_path}'")
-        return self.offsets[found]
+        try:
+            return self.offsets[self.index.positions_of(keys)]
+        except KeyError as exc:
+            raise KeyError(f"key {exc.args[0]} is not in '{self.idx_path}'") from None
 
     def _file(self):
         if self._handle is None or self._pid != os.getpid():
