@@ -37,7 +37,15 @@ from utils import distributed
 from utils.checkpoint import CheckpointManager, rng_state, set_rng_state
 from utils.errors import UserError, entry_point
 from utils.files import atomic_save, atomic_write_text
-from utils.monitor import Scalars, SpeedMeter, format_seconds, import_wandb, memory_text, setup_logging
+from utils.monitor import (
+    Scalars,
+    SpeedMeter,
+    close_logging,
+    format_seconds,
+    import_wandb,
+    memory_text,
+    setup_logging,
+)
 from utils.optim import build_head_optimizer, build_optimizer, lr_at, set_lr
 from utils.output import OutputLock, claim_output, clean_stale_temporaries
 from utils.precision import autocast
@@ -435,6 +443,7 @@ def main(argv=None) -> int:
             lock.release()
         signal.signal(signal.SIGTERM, previous_handler)
         distributed.teardown()
+        close_logging()
 
 
 def _claim_output(output: str, ctx: distributed.DistContext) -> OutputLock | None:

@@ -1,6 +1,7 @@
 """train.py: learning, exact gradient accumulation, distributed equivalence, exact resume, faults, errors."""
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -90,6 +91,9 @@ def test_training_reduces_the_loss_on_a_learnable_dataset(tmp_path, face_folder)
     assert len(losses) == 5 * (NUM_CLASSES * IMAGES_PER_CLASS // 8)
     assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4])
     assert (tmp_path / "out" / "model.pt").is_file() and (tmp_path / "out" / "config.json").is_file()
+    # The run's log handlers are gone with it: a later log record in this process must not go to the run's
+    # stderr (here pytest's capture, closed after this test) or to its closed training.log.
+    assert not [h for h in logging.getLogger().handlers if getattr(h, "transface", False)]
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,8 @@ def setup_logging(output: str | Path, rank: int) -> None:
 
     Handlers from an earlier call (a second run in the same process) are replaced; others are kept.
     """
+    close_logging()
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "transface", False)]:
-        root.removeHandler(handler)
-        handler.close()
-        if handler.transface == "file":  # StreamHandler.close leaves the stream open
-            handler.stream.close()
     formatter = logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s", datefmt="%H:%M:%S")
     handlers = {"console": logging.StreamHandler(sys.stderr)}
     if rank == 0:
@@ -36,6 +32,17 @@ def setup_logging(output: str | Path, rank: int) -> None:
         handler.transface = kind
         root.addHandler(handler)
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def close_logging() -> None:
+    """Remove and close the handlers setup_logging added (at the end of a run), so that nothing logs later to
+    a stream that was the run's stderr (a test's captured one) or to its closed training.log."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "transface", False)]:
+        root.removeHandler(handler)
+        handler.close()
+        if handler.transface == "file":  # StreamHandler.close leaves the stream open
+            handler.stream.close()
 
 
 def memory_text(device: torch.device) -> str:
