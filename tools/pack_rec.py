@@ -136,6 +136,17 @@ def _pool(num_workers: int):
     return multiprocessing.get_context("forkserver").Pool(num_workers) if num_workers > 1 else _NoPool()
 
 
+def header_record(num_images: int, num_classes: int) -> bytes:
+    """Record 0 as MXNet and insightface write it: label [first identity key, end key) = [N + 1, N + 1 + C)
+    as float32, so rounded above 2^24 (readers recover the exact keys: utils.recordio.exact_header_range)."""
+    return pack(IRHeader(0, (num_images + 1, num_images + 1 + num_classes), 0, 0))
+
+
+def identity_record(key: int, start: int, end: int) -> bytes:
+    """The identity record under `key` naming its images' keys [start, end) (float32, as MXNet writes)."""
+    return pack(IRHeader(0, (start, end), key, 0))
+
+
 def write_records(output_dir: Path, blocks: list[tuple[int, list]], records: Iterator[tuple[IRHeader, bytes]],
                   num_classes: int, image_size: tuple[int, int]) -> None:
     """Write the insightface layout: header record 0, the images of `blocks` ([(label, items)], written
@@ -149,7 +160,7 @@ def write_records(output_dir: Path, blocks: list[tuple[int, list]], records: Ite
     first_identity = num_images + 1
     ranges = [(0, 0)] * num_classes  # label -> [first image key, end image key)
     with IndexedRecordWriter(output_dir / "train.rec", output_dir / "train.idx") as writer:
-        writer.write(0, pack(IRHeader(0, (first_identity, first_identity + num_classes), 0, 0)))
+        writer.write(0, header_record(num_images, num_classes))
         key = 1
         for label, items in blocks:
             ranges[label] = (key, key + len(items))
@@ -161,7 +172,7 @@ def write_records(output_dir: Path, blocks: list[tuple[int, list]], records: Ite
             raise ValueError("more records than images in the blocks")
         for label, (start, end) in enumerate(ranges):
             identity_key = first_identity + label
-            writer.write(identity_key, pack(IRHeader(0, (start, end), identity_key, 0)))
+            writer.write(identity_key, identity_record(identity_key, start, end))
     atomic_write_text(output_dir / "property", f"{num_classes},{image_size[0]},{image_size[1]}\n")
 
 
