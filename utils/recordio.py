@@ -14,6 +14,7 @@ import numbers
 import os
 import struct
 import warnings
+from array import array
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -425,14 +426,12 @@ class IndexedRecordWriter:
             self._rec = self._files.enter_context(atomic_open(self.rec_path))
             self._idx = self._files.enter_context(atomic_open(self.idx_path))
             self._files = self._files.pop_all()
-        self._keys: set[int] = set()
+        self._keys = array("q")  # every key, checked for repeats at close: 8 B per record (a set held ~60)
         self._offset = 0
 
     def write(self, key: int, record: bytes) -> int:
         """Append `record` under `key`; returns its offset."""
-        if key in self._keys:
-            raise ValueError(f"key {key} was already written to '{self.idx_path}'")
-        self._keys.add(key)
+        self._keys.append(key)
         offset = self._offset
         chunk = encode_record(record)
         self._rec.write(chunk)
@@ -441,11 +440,20 @@ class IndexedRecordWriter:
         return offset
 
     def close(self) -> None:
-        """Put both files in place."""
-        self._files.close()
+        """Put both files in place; ValueError (and neither file written) when a key was written twice."""
+        self.__exit__(None, None, None)
+
+    def _repeated_key(self) -> int | None:
+        keys = np.sort(np.frombuffer(self._keys, dtype=np.int64))
+        repeated = keys[1:][keys[1:] == keys[:-1]]
+        return int(repeated[0]) if len(repeated) else None
 
     def __enter__(self) -> IndexedRecordWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if exc_info[0] is None and (key := self._repeated_key()) is not None:
+            error = ValueError(f"key {key} was written twice to '{self.idx_path}'")
+            self._files.__exit__(ValueError, error, None)  # discards both files
+            raise error
         self._files.__exit__(*exc_info)
