@@ -75,11 +75,11 @@ def _pack_after(num_images: int, folder: Path):
     index = folder_index(folder, classes, files)
     order, block_labels, block_sizes = pack_order(index.labels, len(classes), shuffle=True, seed=0)
     writer = IndexedRecordWriter(folder / "train.rec")
-    _write_keys(writer, _each(index.labels, order))
+    _write_keys(writer, _labels_in_order(index.labels, order))
     return index, order, block_labels, block_sizes, writer
 
 
-def _each(labels: np.ndarray, order: np.ndarray, chunk: int = 1 << 16) -> Iterator[int]:
+def _labels_in_order(labels: np.ndarray, order: np.ndarray, chunk: int = 1 << 16) -> Iterator[int]:
     for first in range(0, len(order), chunk):
         yield from labels[order[first:first + chunk]].tolist()
 

@@ -120,6 +120,12 @@ def pack_order(labels: np.ndarray, num_classes: int, shuffle: bool,
     return order, np.array(block_labels, dtype=np.int64), sizes[block_labels]
 
 
+def as_ints(values: np.ndarray, chunk: int = 1 << 16) -> Iterator[int]:
+    """The values of an array as Python ints, a chunk at a time (`tolist()` of 42 M values is 1.5 GB)."""
+    for first in range(0, len(values), chunk):
+        yield from values[first:first + chunk].tolist()
+
+
 @dataclass(frozen=True)
 class PackSummary:
     num_images: int

@@ -18,14 +18,13 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/<too
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from dataset import RecordDataset
-from tools.pack_rec import pack_order, write_records
+from tools.pack_rec import as_ints, pack_order, write_records
 from utils.errors import UserError, entry_point
 from utils.files import atomic_write_bytes, make_folder, read_bytes
 from utils.recordio import IndexedRecordWriter, class_label, unpack
@@ -52,7 +51,7 @@ def shuffle_records(input_dir: str | Path, output_dir: str | Path, *, seed: int 
     else:
         order = np.random.default_rng(seed).permutation(len(reader))  # [num_records]
         with IndexedRecordWriter(output_dir / "train.rec", output_dir / "train.idx") as writer:
-            for position in tqdm(_each(order), total=len(order), desc="shuffling", unit="rec", disable=not progress):
+            for position in tqdm(as_ints(order), total=len(order), desc="shuffling", unit="rec", disable=not progress):
                 key = int(reader.keys[position])
                 writer.write(key, reader.read_at(int(reader.offsets[position]), key))
         if (input_dir / "property").exists():
@@ -60,18 +59,12 @@ def shuffle_records(input_dir: str | Path, output_dir: str | Path, *, seed: int 
     return len(source)
 
 
-def _each(values: np.ndarray, chunk: int = 1 << 16) -> Iterator[int]:
-    """The values of an array as Python ints, a chunk at a time (`tolist()` of 42 M values is 1.5 GB)."""
-    for first in range(0, len(values), chunk):
-        yield from values[first:first + chunk].tolist()
-
-
 def image_labels(source: RecordDataset, progress: bool = False) -> np.ndarray:
     """The class of every image of `source` [num_images] int32, read from the image records' headers: exact
     (labels are whole numbers below 2^24), unlike the identity records' ranges above 2^24 images."""
     reader = source.reader
     labels = np.empty(len(source), dtype=np.int32)
-    pairs = zip(_each(source.image_keys), _each(source.image_offsets))
+    pairs = zip(as_ints(source.image_keys), as_ints(source.image_offsets))
     for index, (key, offset) in enumerate(tqdm(pairs, total=len(source), desc="reading labels", unit="img",
                                                disable=not progress)):
         labels[index] = class_label(reader.read_header_at(offset, key), f"record key {key} of '{reader.rec_path}'")
@@ -88,7 +81,7 @@ def _shuffle_identities(source: RecordDataset, output_dir: Path, seed: int, prog
     order, block_labels, block_sizes = pack_order(labels, source.num_classes, shuffle=True, seed=seed)
     del labels  # the records carry their labels
     records = (unpack(reader.read_at(int(source.image_offsets[position]), int(source.image_keys[position])))
-               for position in tqdm(_each(order), total=len(order), desc="shuffling", unit="img",
+               for position in tqdm(as_ints(order), total=len(order), desc="shuffling", unit="img",
                                     disable=not progress))
     write_records(output_dir, block_labels, block_sizes, records, source.num_classes, source.image_size)
 
