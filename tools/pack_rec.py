@@ -3,7 +3,8 @@
 Writes `train.rec`, `train.idx` and `property` (`num_classes,height,width`): record 0 is the header
 (label = [first identity key, end key]), keys 1..N the images (label = class, sorted folder order), then
 one record per identity whose label is [first image key, end image key). MXNet 1.9's
-`MXIndexedRecordIO` and `recordio.unpack_img` read the result unchanged.
+`MXIndexedRecordIO` and `recordio.unpack_img` read the result unchanged. WebFace42M's tree as distributed,
+parts of identity folders (`<root>/<part>/<identity>/<image>`), is taken as it is.
 
     python -m tools.pack_rec aligned_faces/ data/my_set/ --quality 95 --workers 8
 """
@@ -186,7 +187,7 @@ def _is_part(folder: Path) -> bool:
     return any(is_dir for is_dir, _ in kinds) and not any(image for _, image in kinds)
 
 
-def scan_identities(root: str | Path) -> FolderIndex:
+def scan_identities(root: str | Path, progress: bool = False) -> FolderIndex:
     """The FolderIndex of `root` (see `identity_folder_names`): labels follow the folders' order, images
     sorted by name within a folder, as `dataset.scan_image_folder` (whose warnings it gives too)."""
     root = Path(root)
@@ -195,7 +196,7 @@ def scan_identities(root: str | Path) -> FolderIndex:
                         "of aligned face images per identity.")
     classes = identity_folder_names(root)
     skipped = [path for path in root.iterdir() if not path.is_dir()]
-    index = folder_index(root, classes, _image_files(root, classes, skipped))
+    index = folder_index(root, classes, _image_files(root, classes, skipped, progress))
     if not len(index):
         raise UserError(f"'{root}' holds no identity sub-folders with images; the layout is "
                         f"<root>/<identity>/<image>{IMAGE_EXTENSIONS[0]}.")
@@ -204,10 +205,11 @@ def scan_identities(root: str | Path) -> FolderIndex:
     return index
 
 
-def _image_files(root: Path, classes: list[str], skipped: list[Path]) -> Iterator[tuple[int, str]]:
+def _image_files(root: Path, classes: list[str], skipped: list[Path], progress: bool) -> Iterator[tuple[int, str]]:
     """(label, file name) of every image of every identity folder, names sorted within a folder; files
     that are not images are appended to `skipped`."""
-    for label, folder in enumerate(classes):
+    folders = tqdm(classes, desc="scanning", unit="identity", disable=not progress)
+    for label, folder in enumerate(folders):
         with os.scandir(root / folder) as entries:
             found = sorted((entry.name, entry.is_file()) for entry in entries)
         for name, is_file in found:
@@ -235,11 +237,11 @@ def pack_folder(input_dir: str | Path, output_dir: str | Path, options: EncodeOp
                 overwrite: bool = False) -> PackSummary:
     """Pack `input_dir` into `output_dir`/train.rec, train.idx and property (see the module docstring).
 
-    Memory: `FolderIndex` and `pack_order`'s arrays (about 35 B per image) and at most
+    Memory: `FolderIndex`, `pack_order`'s and the writer's arrays (about 40 B per image) and at most
     `IN_FLIGHT_PER_WORKER` x `CHUNK` encoded images per worker waiting for the writer.
     """
     output_dir = Path(output_dir)
-    index = scan_identities(input_dir)
+    index = scan_identities(input_dir, progress)
     rec_path = output_dir / "train.rec"
     if rec_path.exists() and not overwrite:
         raise UserError(f"'{rec_path}' already exists; choose another output folder or pass --overwrite.")
