@@ -9,11 +9,12 @@ keys); "after" runs the current code: `FolderIndex`, `pack_order` and the record
 record (empty payloads, to a temporary folder). shuffle_rec's figures leave out the dataset's own index
 (`image_keys`, `image_offsets`: 16 B per image, the same before and after).
 
-Throughput packs a folder of real 112x112 JPEGs (written once) with 1, 2, ... workers; the writer's
-limit is `write_records` over payloads already in memory.
+Throughput packs a folder of real 112x112 JPEGs (written once) with 1, 2, ... workers, the workers'
+start included (a fork server: about a second); the writer's limit is `write_records` over payloads
+already in memory.
 
     python -m bench.bench_pack                               # bookkeeping at 1 M images
-    python -m bench.bench_pack --images 200000 --throughput 3000 --workers 1 2
+    python -m bench.bench_pack --images 0 --throughput 12000 --workers 1 2     # throughput only
 """
 
 from __future__ import annotations
@@ -159,12 +160,20 @@ def write_jpeg_folder(root: Path, num_images: int) -> None:
         cv2.imwrite(str(folder / f"{image}.jpg"), pixels)
 
 
-def throughput(root: Path, workers: int) -> float:
-    """Images per second of `pack_folder` (re-encoding at quality 95) with `workers` processes."""
+def _pack_seconds(root: Path, workers: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        summary = pack_folder(root, out, num_workers=workers, overwrite=True)
-        return summary.num_images / (time.perf_counter() - started)
+        pack_folder(root, out, num_workers=workers, overwrite=True)
+        return time.perf_counter() - started
+
+
+def throughput(small: Path, large: Path, extra_images: int, workers: int) -> tuple[float, float]:
+    """(images per second once running, fixed seconds) of `pack_folder` (re-encoding at quality 95) with
+    `workers` processes: from packing `small` and `large` (`extra_images` more), so the workers' start and
+    the scan drop out of the rate."""
+    short, long = _pack_seconds(small, workers), _pack_seconds(large, workers)
+    rate = extra_images / (long - short)
+    return rate, short - (len(list(small.glob("*/*.jpg"))) / rate)
 
 
 def writer_limit(num_images: int) -> float:
@@ -181,20 +190,23 @@ def writer_limit(num_images: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=1_000_000, help="synthetic images for the bookkeeping")
+    parser.add_argument("--images", type=int, default=1_000_000, help="synthetic images for the bookkeeping (0: skip)")
     parser.add_argument("--throughput", type=int, default=0, help="JPEGs to pack for the throughput (0: skip)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    for tool in ("pack", "shuffle"):
+    for tool in ("pack", "shuffle") if args.images else ():
         for before in (True, False):
             held, peak = bookkeeping_bytes_per_image(tool, args.images, before)
             print(f"{tool}_rec {'before' if before else 'after '}: {held:6.1f} B/image held, {peak:6.1f} B/image "
                   f"peak ({args.images} images; x 42,474,557 = {held * 42_474_557 / 2**30:.2f} GiB held)")
     if args.throughput:
         with tempfile.TemporaryDirectory() as folder:
-            write_jpeg_folder(Path(folder), args.throughput)
+            small, large = Path(folder) / "small", Path(folder) / "large"
+            write_jpeg_folder(small, args.throughput)
+            write_jpeg_folder(large, 2 * args.throughput)
             for workers in args.workers:
-                print(f"pack_rec, {workers} workers: {throughput(Path(folder), workers):7.0f} images/s, "
+                rate, fixed = throughput(small, large, args.throughput, workers)
+                print(f"pack_rec, {workers} workers: {rate:7.0f} images/s once running, {fixed:5.1f} s to start, "
                       f"load {os.getloadavg()}")
         print(f"writer alone: {writer_limit(args.throughput * 10):7.0f} records/s, load {os.getloadavg()}")
 

@@ -295,8 +295,13 @@ class _NoPool:
 
 def _pool(num_workers: int):
     """Encoding workers from a fork server: a child forked from a process that already ran OpenCV's thread
-    pool can deadlock inside OpenCV."""
-    return multiprocessing.get_context("forkserver").Pool(num_workers) if num_workers > 1 else _NoPool()
+    pool can deadlock inside OpenCV. The server imports this module once and every worker is forked from
+    it, so workers start in milliseconds instead of each importing torch (seconds, more with many)."""
+    if num_workers <= 1:
+        return _NoPool()
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tools.pack_rec"])
+    return context.Pool(num_workers)
 
 
 def header_record(num_images: int, num_classes: int) -> bytes:
