@@ -9,12 +9,12 @@ keys); "after" runs the current code: `FolderIndex`, `pack_order` and the record
 record (empty payloads, to a temporary folder). shuffle_rec's figures leave out the dataset's own index
 (`image_keys`, `image_offsets`: 16 B per image, the same before and after).
 
-Throughput packs a folder of real 112x112 JPEGs (written once) with 1, 2, ... workers, the workers'
-start included (a fork server: about a second); the writer's limit is `write_records` over payloads
-already in memory.
+Throughput packs folders of N and 2N real 112x112 JPEGs (written once) with 1, 2, ... workers and
+divides N by the difference, so start-up and scanning drop out; the writer's limit is `write_records`
+over payloads already in memory.
 
     python -m bench.bench_pack                               # bookkeeping at 1 M images
-    python -m bench.bench_pack --images 0 --throughput 12000 --workers 1 2     # throughput only
+    python -m bench.bench_pack --images 0 --throughput 4000 --workers 1 2      # throughput only
 """
 
 from __future__ import annotations
@@ -167,13 +167,13 @@ def _pack_seconds(root: Path, workers: int) -> float:
         return time.perf_counter() - started
 
 
-def throughput(small: Path, large: Path, extra_images: int, workers: int) -> tuple[float, float]:
-    """(images per second once running, fixed seconds) of `pack_folder` (re-encoding at quality 95) with
-    `workers` processes: from packing `small` and `large` (`extra_images` more), so the workers' start and
-    the scan drop out of the rate."""
+def throughput(small: Path, large: Path, extra_images: int, workers: int) -> float:
+    """Images per second once running of `pack_folder` (re-encoding at quality 95) with
+    `workers` processes: from packing `small` and `large` (`extra_images` more) after a first, unmeasured
+    run, so the fork server's start (once per process), the workers' start and the scan drop out of the rate."""
+    _pack_seconds(small, workers)  # starts the fork server (it imports the tool once per process)
     short, long = _pack_seconds(small, workers), _pack_seconds(large, workers)
-    rate = extra_images / (long - short)
-    return rate, short - (len(list(small.glob("*/*.jpg"))) / rate)
+    return extra_images / (long - short)
 
 
 def writer_limit(num_images: int) -> float:
@@ -205,9 +205,8 @@ def main() -> None:
             write_jpeg_folder(small, args.throughput)
             write_jpeg_folder(large, 2 * args.throughput)
             for workers in args.workers:
-                rate, fixed = throughput(small, large, args.throughput, workers)
-                print(f"pack_rec, {workers} workers: {rate:7.0f} images/s once running, {fixed:5.1f} s to start, "
-                      f"load {os.getloadavg()}")
+                rate = throughput(small, large, args.throughput, workers)
+                print(f"pack_rec, {workers} workers: {rate:7.0f} images/s once running, load {os.getloadavg()}")
         print(f"writer alone: {writer_limit(args.throughput * 10):7.0f} records/s, load {os.getloadavg()}")
 
 
