@@ -375,3 +375,10 @@ def test_record_writer_refuses_a_repeated_key_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="key 3 was written twice"):
         writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_more_classes_than_float32_tells_apart_is_refused(tmp_path):
+    """Image labels are float32: above 2^24 classes two classes would read back as one."""
+    records = iter([(IRHeader(0, 0.0, 0, 0), b"")])
+    with pytest.raises(UserError, match=r"16777217 classes is more than RecordIO's float32 labels tell apart"):
+        pack_rec.write_records(tmp_path, [], [], records, 2**24 + 1, (112, 112))
