@@ -136,7 +136,7 @@ class PackSummary:
 @dataclass(frozen=True)
 class FolderIndex:
     """The images of a folder of identity sub-folders as arrays, about 25 B per image at WebFace42M's names
-    (a list of (path, label) tuples held about 465 B).
+    (the list of (path, label) tuples it replaces held about 150 B).
 
     `classes[label]` is an identity folder relative to `root` (``<identity>`` or, in WebFace42M's layout
     as distributed, ``<part>/<identity>``); image i is ``root/classes[labels[i]]/names[name_ends[i-1]:
@@ -157,10 +157,6 @@ class FolderIndex:
         start = int(self.name_ends[index - 1]) if index else 0
         name = os.fsdecode(self.names[start:int(self.name_ends[index])].tobytes())
         return os.path.join(self.root, self.classes[self.labels[index]], name)
-
-    def bookkeeping_bytes(self) -> int:
-        """Bytes the per-image arrays hold (the per-identity names not counted)."""
-        return self.names.nbytes + self.name_ends.nbytes + self.labels.nbytes
 
 
 def identity_folder_names(root: Path) -> list[str]:
