@@ -136,7 +136,7 @@ class PackSummary:
 @dataclass(frozen=True)
 class FolderIndex:
     """The images of a folder of identity sub-folders as arrays, about 25 B per image at WebFace42M's names
-    (the list of (path, label) tuples it replaces held about 150 B).
+    (the list of (path, label) tuples it replaces held about 160 B).
 
     `classes[label]` is an identity folder relative to `root` (``<identity>`` or, in WebFace42M's layout
     as distributed, ``<part>/<identity>``); image i is ``root/classes[labels[i]]/names[name_ends[i-1]:
