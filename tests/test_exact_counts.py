@@ -13,7 +13,14 @@ from dataset import RecordDataset
 from tests.rec_utils import write_sparse_rec
 from tools.pack_rec import header_record
 from utils.errors import UserError
-from utils.recordio import IndexedRecordReader, RecordIOError, exact_header_range, float32_preimage, unpack
+from utils.recordio import (
+    IndexedRecordReader,
+    RecordIOError,
+    exact_header_range,
+    float32_preimage,
+    is_identity_record,
+    unpack,
+)
 
 FIXTURES = Path(__file__).parent / "data" / "recordio"
 WEBFACE42M = (42_474_557, 2_059_906)  # images, identities
@@ -94,3 +101,11 @@ def test_property_disagreeing_beyond_rounding_is_still_refused(tmp_path, monkeyp
     (tmp_path / "data" / "property").write_text(f"{num_classes - 2},112,112\n")
     with pytest.raises(UserError, match=r"says 3 classes but the header record .* lists 5 identities"):
         open_sparse(monkeypatch, tmp_path / "data", reader)
+
+
+def test_mxnet_written_records_change_kind_where_the_header_says():
+    """What the exact counts rely on, in a file MXNet 1.9 wrote: images, then identity records, then no key."""
+    reader = IndexedRecordReader(FIXTURES / "ms1m_style" / "train.rec")
+    first_identity, end = (int(v) for v in unpack(reader.read(0))[0].label)
+    kinds = [is_identity_record(reader, key) for key in range(end + 1)]
+    assert kinds == [False] * first_identity + [True] * (end - first_identity) + [False]
