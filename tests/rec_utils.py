@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -68,6 +69,12 @@ class SparseReader(IndexedRecordReader):
 
     def __len__(self) -> int:
         return self.end
+
+    @property
+    def index(self) -> SimpleNamespace:
+        """What RecordDataset asks of a reader's RecordIndex: no key range is a view (every image key's
+        offset comes from offsets_of) and the fingerprint names the sparse set."""
+        return SimpleNamespace(key_range=lambda first, end: None, fingerprint=f"sparse {self.rec_path}")
 
     def offsets_of(self, keys: np.ndarray) -> np.ndarray:
         keys = np.asarray(keys, dtype=np.int64)
