@@ -131,21 +131,24 @@ def partial_fc_peak_bytes(num_rows: int, num_sampled: int, num_local: int, embed
                           precision: str) -> float:
     """Peak bytes of Partial FC's forward + backward on one GPU, the dense centre gradient included.
 
-    num_rows N (the global micro-batch), num_sampled S, num_local C (the shard's rows), D. The largest of
-    the measured bytes per logit element times N·S (MEASURED_BYTES_PER_LOGIT) and the backward's live
-    tensors as the code holds them (partial_fc._MarginSoftmaxCrossEntropy): the [N, S] buffer and its
-    bool mask (5 bytes an element), the centre gradient and one temporary [S, D], the embedding gradient
-    [N, D], with sampling the sampled centres' copy [S, D] and then the dense gradient [C, D]. The second
-    term dominates at small N, where the [S, D] tensors outweigh the logits. fp16/bf16 adds
+    num_rows N (the global micro-batch), num_sampled S, num_local C (the shard's rows), D. The larger of
+    the measured bytes per logit element times N·S (MEASURED_BYTES_PER_LOGIT, which the forward's
+    buffer and mask temporaries set at large N) and the backward's live tensors
+    (partial_fc._MarginSoftmaxCrossEntropy), with the [N, S] buffer and its bool mask (5 bytes an
+    element) and the embedding gradient [N, D] held throughout: the centre gradient and one temporary
+    [S, D] (and the sampled centres' copy), then with sampling the dense gradient [C, D] beside the
+    centre gradient (the buffer is still held then: measured on CPU, tests/test_plan.py). The backward
+    term dominates at small N, where the [S, D] and [C, D] tensors outweigh the logits. fp16/bf16 adds
     HALF_PRODUCT_BYTES per element.
     """
     n, s, c, d = num_rows, num_sampled, num_local, embedding_size
     sampled = s < c
     measured = MEASURED_BYTES_PER_LOGIT["sampled" if sampled else "all"] * n * s
-    backward = 5 * n * s + 8 * s * d + 4 * n * d + (4 * s * d if sampled else 0)
-    dense_gradient = 4 * c * d + 8 * s * d if sampled else 0
+    product_gradients = 8 * s * d + (4 * s * d if sampled else 0)
+    dense_gradient = 4 * s * d + 4 * c * d if sampled else 0
+    backward = 5 * n * s + 4 * n * d + max(product_gradients, dense_gradient)
     half = HALF_PRODUCT_BYTES * n * s if precision in ("fp16", "bf16") else 0
-    return max(measured, backward, dense_gradient) + half
+    return max(measured, backward) + half
 
 
 def _per_gpu(cfg, cluster: Cluster) -> dict:
