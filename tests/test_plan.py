@@ -50,13 +50,13 @@ def measured_loss_peak(batch: int, classes: int, sample_rate: float) -> int:
 
 
 @pytest.mark.parametrize(("batch", "classes", "sample_rate"), [(1024, 30000, 1.0), (2048, 16000, 0.3)])
-def test_partial_fc_peak_is_within_a_tenth_of_the_measured_cpu_peak(batch, classes, sample_rate):
+def test_partial_fc_peak_is_within_6_to_15_percent_of_the_measured_cpu_peak(batch, classes, sample_rate):
     """Peak RSS growth follows the live tensors at these sizes (buffers this large are mmap'd and returned
     on free); the first shape is [S, D]-heavy (the backward's centre tensors matter), the second sampled."""
     num_sampled = math.ceil(sample_rate * classes)
     predicted = plan.partial_fc_peak_bytes(batch, num_sampled, classes, 512, "fp32")
     measured = measured_loss_peak(batch, classes, sample_rate)
-    assert 0.9 * measured <= predicted <= 1.15 * measured, (predicted, measured)
+    assert 0.94 * measured <= predicted <= 1.15 * measured, (predicted, measured)
 
 
 def _shard_sizes(rank, world_size, num_classes, sample_rate):
