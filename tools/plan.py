@@ -204,7 +204,8 @@ def _checkpoint(cfg, cluster: Cluster) -> dict:
     return {"common_pt": common, "rank_file": largest_rank, "total": total, "write_seconds": total / bandwidth,
             "resume_read": same_read, "resume_seconds": same_read / bandwidth,
             "resume_read_other_gpu_count": other_read, "resume_seconds_other_gpu_count": other_read / bandwidth,
-            "resume_read_if_uncached": cluster.gpus * common + head}
+            "resume_read_if_uncached": cluster.gpus * common + head,
+            "resume_seconds_if_uncached": (cluster.gpus * common + head) / bandwidth}
 
 
 def _per_node(cfg, cluster: Cluster, checkpoint: dict, per_gpu: dict) -> dict:
@@ -370,7 +371,8 @@ def format_plan(plan: dict) -> str:
               f"  {'each rank file':<28}{_gib(ckpt['rank_file'])}  x {cluster['gpus']}",
               f"  {'total':<28}{_gib(ckpt['total'])}  written in {ckpt['write_seconds']:.0f} s",
               f"  {'resume, same GPU count':<28}{_gib(ckpt['resume_read'])}  read in {ckpt['resume_seconds']:.0f} s "
-              f"(common.pt once per node; {ckpt['resume_read_if_uncached'] / GIB:.1f} GiB if every process reads it)",
+              f"(common.pt once per node; {ckpt['resume_read_if_uncached'] / GIB:.1f} GiB in "
+              f"{ckpt['resume_seconds_if_uncached']:.0f} s if every process reads it from storage)",
               f"  {'resume, other GPU count':<28}{_gib(ckpt['resume_read_other_gpu_count'])}  "
               f"read in at most {ckpt['resume_seconds_other_gpu_count']:.0f} s",
               "", f"steps: {sched['steps_per_epoch']:,} per epoch x {sched['num_epoch']} epochs = "
