@@ -84,6 +84,9 @@ SAVED_FILE_BYTES = 4096
 # A rank file's random states (utils.checkpoint.rng_state): torch's CPU generator (5,056 bytes), NumPy's
 # key (624 int64), Python's Mersenne state (625 ints, pickled), the augment and DPAP generators.
 RNG_STATE_BYTES = 5056 + 624 * 8 + 7000 + 2 * 5056
+# Tensors of a rank file besides the centres' optimizer moments: the centres, AdamW's step, the random
+# states' (NumPy key, torch, two generators, CUDA's) and the margin head's.
+RANK_FILE_TENSORS = 8
 
 
 class Cluster(NamedTuple):
@@ -110,10 +113,12 @@ def uses_checkpointing(cfg) -> bool:
     return bool(VARIANTS[cfg.network].args.get("using_checkpoint", False))
 
 
-def _backbone_tensors(cfg) -> tuple[int, int, int, int]:
-    """(trainable parameters, state_dict bytes, state_dict tensors, trainable parameter tensors)."""
+@functools.cache
+def backbone_tensors(network: str, embedding_size: int) -> tuple[int, int, int, int]:
+    """(trainable parameters, state_dict bytes, state_dict tensors, trainable parameter tensors) of the
+    backbone, built on the meta device (cached)."""
     with torch.device("meta"):
-        model = get_model(cfg.network, cfg.embedding_size)
+        model = get_model(network, embedding_size)
     state = model.state_dict()
     trainable = [param for param in model.parameters() if param.requires_grad]
     return (sum(p.numel() for p in trainable), sum(t.numel() * t.element_size() for t in state.values()),
@@ -152,7 +157,7 @@ def partial_fc_peak_bytes(num_rows: int, num_sampled: int, num_local: int, embed
 
 
 def _per_gpu(cfg, cluster: Cluster) -> dict:
-    params, _, _, _ = _backbone_tensors(cfg)
+    params, _, _, _ = backbone_tensors(cfg.network, cfg.embedding_size)
     profile = activation_profile(cfg.network, cfg.precision)
     half = cfg.precision in ("fp16", "bf16")
     num_local = class_range(cfg.num_classes, 0, cluster.gpus)[1]  # rank 0 holds ceil(classes / GPUs)
@@ -183,7 +188,7 @@ def _per_gpu(cfg, cluster: Cluster) -> dict:
 
 
 def _checkpoint(cfg, cluster: Cluster) -> dict:
-    params, state_bytes, state_tensors, param_tensors = _backbone_tensors(cfg)
+    params, state_bytes, state_tensors, param_tensors = backbone_tensors(cfg.network, cfg.embedding_size)
     floats = optimizer_state_floats(cfg)
     adam_steps = param_tensors if cfg.optimizer == "adamw" else 0  # one 0-dim fp32 step tensor per parameter
     optimizer_tensors = floats * param_tensors + adam_steps
@@ -191,7 +196,7 @@ def _checkpoint(cfg, cluster: Cluster) -> dict:
     common = (state_bytes + 4 * (floats * params + adam_steps)
               + SAVED_TENSOR_BYTES * (state_tensors + optimizer_tensors) + config_json + SAVED_FILE_BYTES)
     row_bytes = 4 * cfg.embedding_size * (1 + floats)  # centre and its optimizer state, fp32
-    rank_fixed = SAVED_FILE_BYTES + RNG_STATE_BYTES + SAVED_TENSOR_BYTES * (1 + floats + 1 + 6)
+    rank_fixed = SAVED_FILE_BYTES + RNG_STATE_BYTES + SAVED_TENSOR_BYTES * (floats + RANK_FILE_TENSORS)
     largest_rank = class_range(cfg.num_classes, 0, cluster.gpus)[1] * row_bytes + rank_fixed
     total = common + cfg.num_classes * row_bytes + cluster.gpus * rank_fixed
     head = total - common
