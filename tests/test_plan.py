@@ -211,6 +211,18 @@ def test_a_setting_that_fits_exits_0_with_check_and_json_holds_every_figure(big_
     assert "storage at 2 GB/s" in text and text.strip().splitlines()[-1].startswith("fits: ")
 
 
+def test_host_memory_is_checked_when_given_and_names_the_phase(big_head_config, capsys):
+    """4M classes on 64 GPUs, 10M images: the resume (0.7 GiB of shards per process beside the index and
+    common.pt, 9.7 GiB a node) is the node's peak, over 90 % of 8 GiB."""
+    code, out, _ = run_plan(capsys, big_head_config, "--gpus", 64, "--host-memory", 8, "--check")
+    figures = plan.make_plan(load_config(big_head_config), plan.Cluster(64, 8, 80.0, 1.0, 8.0))["per_node"]
+    assert figures["peak"] > 0.9 * 8 * 2**30 and max(figures["phases"], key=figures["phases"].get) == "resume"
+    assert code == 1 and out.strip().splitlines()[-1].startswith("host memory does not fit: "), out
+    assert "at resume" in out.strip().splitlines()[-1]
+    assert run_plan(capsys, big_head_config, "--gpus", 64, "--host-memory", 64, "--check")[0] == 0
+    assert "host memory does not fit" not in run_plan(capsys, big_head_config, "--gpus", 64)[1]
+
+
 @pytest.mark.parametrize(("argv", "words"), [
     (["missing.py", "--gpus", "8"], "missing.py"),
     (["{config}", "--gpus", "12", "--gpus-per-node", "8"], "not a multiple of --gpus-per-node 8"),

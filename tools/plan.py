@@ -25,7 +25,8 @@ optimizer state, random states), the total, and the time to write and to read th
 
 When the setting does not fit, one line says so and what would make it fit (gradient checkpointing, a
 lower sample rate, a smaller batch per GPU with gradient accumulation keeping the global batch, more
-GPUs). The exit status is 0 either way, unless --check is given: then 1 when it does not fit. User
+GPUs); with --host-memory, another line when a node's host memory does not suffice. The exit status is
+0 either way, unless --check is given: then 1 when it does not fit. User
 mistakes (a missing config, GPUs not a multiple of GPUs per node, ...) exit 2 with one line.
 """
 
@@ -94,6 +95,7 @@ class Cluster(NamedTuple):
     gpus_per_node: int
     gpu_memory_gib: float
     storage_gbps: float  # GB/s (1e9 bytes) of the shared storage, all ranks together
+    host_memory_gib: float | None = None  # per node; None: host memory is not checked
 
     @property
     def nodes(self) -> int:
@@ -247,9 +249,9 @@ def _check_inputs(cfg, cluster: Cluster) -> None:
     if cluster.gpus % cluster.gpus_per_node:
         raise UserError(f"--gpus {cluster.gpus} is not a multiple of --gpus-per-node {cluster.gpus_per_node}; "
                         "give the GPUs of whole nodes.")
-    if not cluster.gpu_memory_gib > 0 or not cluster.storage_gbps > 0:
-        raise UserError(f"--gpu-memory {cluster.gpu_memory_gib} and --storage-gbps {cluster.storage_gbps} "
-                        "must be positive.")
+    if not cluster.gpu_memory_gib > 0 or not cluster.storage_gbps > 0 or not (cluster.host_memory_gib or 1) > 0:
+        raise UserError(f"--gpu-memory {cluster.gpu_memory_gib}, --storage-gbps {cluster.storage_gbps} and "
+                        f"--host-memory {cluster.host_memory_gib} must be positive.")
     for key in ("num_classes", "num_image"):
         if cfg[key] <= 0:
             raise UserError(f"the config sets no {key} (train.py reads it from the data); the plan needs it: "
@@ -276,7 +278,28 @@ def make_plan(cfg, cluster: Cluster, advise: bool = True) -> dict:
             "per_node": _per_node(derived, cluster, checkpoint, per_gpu), "checkpoint": checkpoint,
             "schedule": _schedule(derived)}
     plan["advice"] = None if per_gpu["fits"] or not advise else advice(cfg, cluster, per_gpu)
+    plan["host_advice"] = _host_advice(plan["per_node"], cluster)
     return plan
+
+
+_HOST_HINTS = {
+    "start_up": "the index is parsed by every process: more host memory, or fewer processes per node",
+    "resume": "resume on the same GPU count (one shard per process), or on more GPUs (smaller shards)",
+    "training": "the index is held by every process: more host memory, or fewer processes per node",
+}
+
+
+def _host_advice(per_node: dict, cluster: Cluster) -> str | None:
+    """One line when --host-memory is given and a node's peak is over (1 - HEADROOM) of it, else None."""
+    if cluster.host_memory_gib is None:
+        return None
+    usable = (1 - HEADROOM) * cluster.host_memory_gib * GIB
+    if per_node["peak"] <= usable:
+        return None
+    phase = max(per_node["phases"], key=per_node["phases"].get)
+    return (f"host memory does not fit: {per_node['peak'] / GIB:.1f} GiB per node at {phase.replace('_', '-')} "
+            f"of {usable / GIB:.1f} usable ({cluster.host_memory_gib:g} GiB less {HEADROOM:.0%}); "
+            f"{_HOST_HINTS[phase]}.")
 
 
 def _fits(cfg, cluster: Cluster) -> bool:
@@ -386,6 +409,8 @@ def format_plan(plan: dict) -> str:
               f"{sched['gradient_accumulation']} micro-batch(es) x {cluster['gpus']} GPUs), "
               f"{sched['warmup_steps']:,} of warm-up", ""]
     lines.append(plan["advice"] or f"fits: {gpu['total'] / GIB:.1f} GiB per GPU of {gpu['usable'] / GIB:.1f} usable.")
+    if plan["host_advice"]:
+        lines.append(plan["host_advice"])
     return "\n".join(lines)
 
 
@@ -397,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
     parser.add_argument("--storage-gbps", type=float, default=1.0,
                         help="bandwidth of the checkpoint storage in GB/s, all ranks together (default 1)")
+    parser.add_argument("--host-memory", type=float, default=None,
+                        help="host memory of one node in GiB: also check the per-node peak (default: not checked)")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON (bytes, seconds)")
     parser.add_argument("--check", action="store_true", help="exit 1 when the setting does not fit")
     return parser
@@ -407,9 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     gpus_per_node = args.gpus_per_node if args.gpus_per_node is not None else min(8, args.gpus)
-    plan = make_plan(cfg, Cluster(args.gpus, gpus_per_node, args.gpu_memory, args.storage_gbps))
+    plan = make_plan(cfg, Cluster(args.gpus, gpus_per_node, args.gpu_memory, args.storage_gbps, args.host_memory))
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
-    return 1 if args.check and not plan["per_gpu"]["fits"] else 0
+    fits = plan["per_gpu"]["fits"] and plan["host_advice"] is None
+    return 1 if args.check and not fits else 0
 
 
 if __name__ == "__main__":
