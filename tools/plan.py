@@ -53,6 +53,7 @@ from tools.model_info import ActivationProfile, network_activation_profile
 from utils.config import add_config_arguments, derive, load_config
 from utils.errors import UserError, entry_point
 from utils.images import IMAGE_SIZE
+from utils.record_index import INDEX_CACHE_OFF, MIN_CACHED_INDEX_BYTES
 
 GIB = 2**30
 GB = 1e9
@@ -69,15 +70,18 @@ MEASURED_BYTES_PER_LOGIT = {"all": 6.10, "sampled": 6.60}
 HALF_PRODUCT_BYTES = 2
 IMAGE_BYTES = 3 * IMAGE_SIZE * IMAGE_SIZE  # one uint8 image [3, 112, 112]
 PREFETCH_FACTOR = 2  # dataset.build_loader's default: batches each worker keeps ready
-# RecordDataset (dataset.py, utils/recordio.py) per training process: IndexedRecordReader's keys, offsets
-# and sort order (int64 over every .idx line: images, the identity records and the header) and the
-# dataset's image keys and offsets (int64 per image); the sampler's permutation (int32 per image, built
-# each epoch). At start-up read_index holds the .idx text (about INDEX_LINE_BYTES a line) and parsing
-# temporaries beside the arrays: measured 46.5 bytes a line above the text (tests/test_plan.py).
-INDEX_BYTES_PER_LINE = 3 * 8
-INDEX_BYTES_PER_IMAGE = 2 * 8 + 4
+# RecordDataset's index (utils/record_index.py): int64 keys and offsets over every .idx line (images, the
+# identity records, the header); the dataset's image keys and offsets are views of them (insightface's
+# consecutive keys). Parsing reads the text in blocks: measured 20 bytes a line beside at most
+# INDEX_BLOCK_BYTES of text and its temporaries (tests/test_plan.py at 2 M lines; 906 MiB at WebFace42M's
+# 44.5 M lines, bench/bench_scale.py). An index of MIN_CACHED_INDEX_BYTES or more is parsed once into the
+# binary cache, which every process maps: the arrays are then one copy per node in the page cache, and a
+# process keeps privately only the sampler's int32 permutation (INDEX_BYTES_PER_IMAGE), built each epoch.
+INDEX_BYTES_PER_LINE = 2 * 8
+INDEX_BYTES_PER_IMAGE = 4
 INDEX_LINE_BYTES = 24  # "key<TAB>offset<NEWLINE>" of an 8-digit key and a 13-digit byte offset
-INDEX_LOAD_BYTES_PER_LINE = 48
+INDEX_PARSE_BYTES_PER_LINE = 20
+INDEX_BLOCK_BYTES = 64 << 20  # record_index's block of text, held with its parsing temporaries (about 2x)
 # torch.save's cost per tensor beside its data: the zip record, 64-byte alignment and the pickle (measured
 # with torch 2.14: 264 bytes), and per file (the pickle's frame, the zip directory).
 SAVED_TENSOR_BYTES = 270
@@ -219,23 +223,49 @@ def _per_node(cfg, cluster: Cluster, checkpoint: dict, per_gpu: dict) -> dict:
     """Host memory of one node in the three phases of a start: building the dataset (the index's start-up
     peak), restoring a checkpoint (the index held, the shards and common.pt mapped), training (the index
     held, the loader's batches)."""
-    if cfg.dataset == "recordio":
-        lines = cfg.num_image + cfg.num_classes + 1  # images, identity records, header (insightface layout)
-        steady = INDEX_BYTES_PER_LINE * lines + INDEX_BYTES_PER_IMAGE * cfg.num_image
-        start_up = max(steady, (INDEX_LINE_BYTES + INDEX_LOAD_BYTES_PER_LINE) * lines)
-    else:  # folder datasets also hold their paths (whose length is unknown here); synthetic data the sampler's
-        steady = start_up = INDEX_BYTES_PER_IMAGE * cfg.num_image
+    per_process, rows = _index_per_node(cfg, cluster.gpus_per_node)
     loader = (cfg.num_workers * PREFETCH_FACTOR + 1) * cfg.batch_size * IMAGE_BYTES  # + the pinned batch
     shard_state = per_gpu["rows"]["class_centres"] + per_gpu["rows"]["class_centre_optimizer_state"]
     resume = 2 * shard_state  # its new shard state and at most as many rows of one saved shard
-    per_process = {"dataset_index_start_up": start_up, "dataset_index": steady, "loader_batches": loader,
-                   "resume_shards": resume}
-    rows = {key: value * cluster.gpus_per_node for key, value in per_process.items()}
+    per_process.update(loader_batches=loader, resume_shards=resume)
+    rows.update(loader_batches=loader * cluster.gpus_per_node, resume_shards=resume * cluster.gpus_per_node)
     rows["resume_common_pt"] = checkpoint["common_pt"]  # memory-mapped: one copy in the page cache per node
     phases = {"start_up": rows["dataset_index_start_up"],
               "resume": rows["dataset_index"] + rows["resume_shards"] + rows["resume_common_pt"],
               "training": rows["dataset_index"] + rows["loader_batches"]}
-    return {"per_process": per_process, "rows": rows, "phases": phases, "peak": max(phases.values())}
+    return {"per_process": per_process, "rows": rows, "phases": phases, "peak": max(phases.values()),
+            "index_cached": index_is_cached(cfg)}
+
+
+def index_is_cached(cfg) -> bool:
+    """Whether the run's RecordIO index is parsed once into utils.record_index's cache (see open_index)."""
+    lines = cfg.num_image + cfg.num_classes + 1
+    return (cfg.dataset == "recordio" and cfg.index_cache != INDEX_CACHE_OFF
+            and INDEX_LINE_BYTES * lines >= MIN_CACHED_INDEX_BYTES)
+
+
+def _index_per_node(cfg, gpus_per_node: int) -> tuple[dict, dict]:
+    """The dataset index's host memory, ({per process}, {per node}), at start-up and held.
+
+    Without the cache every process parses the text and holds the arrays; with it (RecordIO, index_cache
+    not "off", an index of at least MIN_CACHED_INDEX_BYTES) one process parses and writes the cache (the
+    first start; later starts only map it), the others wait and map it, and the arrays are held once per
+    node in the page cache beside each process's permutation.
+    """
+    permutation = INDEX_BYTES_PER_IMAGE * cfg.num_image
+    if cfg.dataset != "recordio":  # folder datasets also hold their paths (unknown here); synthetic data no index
+        return ({"dataset_index_start_up": permutation, "dataset_index": permutation},
+                {"dataset_index_start_up": permutation * gpus_per_node, "dataset_index": permutation * gpus_per_node})
+    lines = cfg.num_image + cfg.num_classes + 1  # images, identity records, header (insightface layout)
+    arrays = INDEX_BYTES_PER_LINE * lines
+    parse = INDEX_PARSE_BYTES_PER_LINE * lines + min(INDEX_BLOCK_BYTES, 2 * INDEX_LINE_BYTES * lines)
+    if not index_is_cached(cfg):
+        held = arrays + permutation
+        return ({"dataset_index_start_up": max(parse, held), "dataset_index": held},
+                {"dataset_index_start_up": max(parse, held) * gpus_per_node, "dataset_index": held * gpus_per_node})
+    return ({"dataset_index_start_up": max(parse, arrays + permutation), "dataset_index": permutation},
+            {"dataset_index_start_up": max(parse, arrays + permutation) + (gpus_per_node - 1) * permutation,
+             "dataset_index": arrays + gpus_per_node * permutation})
 
 
 def _schedule(derived) -> dict:
@@ -283,9 +313,11 @@ def make_plan(cfg, cluster: Cluster, advise: bool = True) -> dict:
 
 
 _HOST_HINTS = {
-    "start_up": "the index is parsed by every process: more host memory, or fewer processes per node",
+    "start_up": "the index is parsed at start-up: keep index_cache on (its default), more host memory, or "
+                "fewer processes per node",
     "resume": "resume on the same GPU count (one shard per process), or on more GPUs (smaller shards)",
-    "training": "the index is held by every process: more host memory, or fewer processes per node",
+    "training": "the index and the loaders' batches are held: keep index_cache on (its default), fewer "
+                "num_workers, more host memory, or fewer processes per node",
 }
 
 
@@ -382,11 +414,13 @@ def format_plan(plan: dict) -> str:
     lines.append(f"  {'total':<28}{_gib(gpu['total'])}  of {cluster['gpu_memory_gib']:g} GiB "
                  f"({gpu['usable'] / GIB:.1f} usable: {plan['headroom']:.0%} for the CUDA context, NCCL, "
                  "fragmentation)")
-    rows, phases = node["rows"], node["phases"]
+    rows, phases, index_cached = node["rows"], node["phases"], node["index_cached"]
     lines += ["", f"per node (host memory, {cluster['gpus_per_node']} training processes; forked loader workers "
               "share their process's index)",
-              f"  {'dataset index, start-up':<28}{_gib(rows['dataset_index_start_up'])}  the .idx text and parsing",
-              f"  {'dataset index, held':<28}{_gib(rows['dataset_index'])}  int64 keys and offsets, int32 order",
+              f"  {'dataset index, start-up':<28}{_gib(rows['dataset_index_start_up'])}  parsing train.idx "
+              f"({'once per node, into its cache' if index_cached else 'in every process'})",
+              f"  {'dataset index, held':<28}{_gib(rows['dataset_index'])}  int64 keys and offsets "
+              f"({'one mapped copy per node' if index_cached else 'per process'}), int32 order per process",
               f"  {'loader batches':<28}{_gib(rows['loader_batches'])}  "
               f"workers x {PREFETCH_FACTOR} prefetched + 1 pinned batch per process",
               f"  {'resume: centre shards':<28}{_gib(rows['resume_shards'])}  "
