@@ -24,7 +24,7 @@ from utils.decode import decode_chw, image_size_of, nvjpeg_ready, split_image_fi
 from utils.errors import UserError
 from utils.files import check_regular_file, read_bytes, read_text
 from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE
-from utils.recordio import IndexedRecordReader, RecordIOError, class_label, unpack
+from utils.recordio import IndexedRecordReader, RecordIOError, class_label, exact_header_range, unpack
 from utils.seeding import derive_seed, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -237,13 +237,14 @@ class RecordDataset(EncodedImageDataset):
         return header if header.flag >= 2 and not payload else None
 
     def _header_range(self, header) -> tuple[int, int]:
-        """[first identity key, end key) of the header record, checked against the index: every identity
-        record it claims must be there, so a damaged header cannot invent classes."""
+        """[first identity key, end key) of the header record, exact at any size (utils.recordio's
+        `exact_header_range`), checked against the index: every identity record it claims must be there, so a
+        damaged header cannot invent classes."""
         label = header.label
         if not (all(math.isfinite(v) and v == int(v) for v in label[:2]) and 1 <= label[0] <= label[1]):
             raise UserError(f"'{self.reader.rec_path}': header record 0 has label {list(label)}, not [first "
                             "identity key, end key]; the file is damaged: re-pack it.")
-        first_identity, end = int(label[0]), int(label[1])
+        first_identity, end = exact_header_range(self.reader, label)  # float32 is rounded above 2^24
         try:
             self.reader.offsets_of(np.arange(first_identity, end))
         except KeyError as exc:

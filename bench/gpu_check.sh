@@ -35,6 +35,7 @@ if (( dry_run )); then
     compile_args=(--warmup 2)
     dpap_args=(--devices cpu --perturb-batches 8 --cpu-batch 8 --rounds 1)
     pfc_args=(--classes 1000 2000 --device cpu --skip-memory --steps 1 --warmup 1)
+    plan_args=(--shapes vit_nano:8:50:1.0:fp32)
     demo_args=(--num-train-ids 8 --images-per-id 4 --num-val-ids 4 --num-pairs 20 --num-ijb-ids 5
                --templates-per-id 2 --workers 1)
     step_precision=fp32  # CPU autocast to bf16 is many times slower than fp32 here
@@ -50,6 +51,7 @@ else
     compile_args=(--warmup 3 --repeats 1)
     dpap_args=(--devices cuda --perturb-batches 512)
     pfc_args=(--classes 1000000 2000000 --device cuda)
+    plan_args=()  # bench_plan's shapes: vit_s at batch 256 (train_step_eager's), vit_l with checkpointing
     demo_args=(--seed 0)
     step_precision=bf16
     train_args=(--device cuda --set precision=fp16)
@@ -106,6 +108,7 @@ step "backbone_$net_small" 30 "$python" -m bench.bench_backbone --network "$net_
 step "backbone_$net_large" 40 "$python" -m bench.bench_backbone --network "$net_large" --device "$device" \
     "${backbone_args[@]}"
 step train_step_eager 35 "$python" -m bench.bench_train_step --device "$device" --precision "$step_precision" "${step_args[@]}"
+step plan_memory 30 "$python" -m bench.bench_plan --device "$device" "${plan_args[@]}"
 step dpap 30 "$python" -m bench.bench_dpap "${dpap_args[@]}"
 step partial_fc 35 "$python" -m bench.bench_partial_fc --precision bf16 "${pfc_args[@]}"
 step demo_data 35 "$python" -m tools.make_demo_data --out "$work/demo_data" "${demo_args[@]}"

@@ -18,6 +18,7 @@ FIGURES = {
     "backbone_vit_nano": "sdpa img/s",
     "backbone_vit_mini": "sdpa img/s",
     "train_step_eager": "+DPAP+EHSM",
+    "plan_memory": "planned / measured",
     "dpap": "speed-up",
     "partial_fc": "ms/step",
     "demo_data": "wrote",

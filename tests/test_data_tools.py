@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 import struct
 from collections import Counter
@@ -21,7 +22,7 @@ from utils.binfile import load_bin
 from utils.decode import PNG_START
 from utils.errors import UserError
 from utils.opencv import cv2
-from utils.recordio import MAGIC_BYTES, IndexedRecordReader, IRHeader, first_label, unpack
+from utils.recordio import MAGIC_BYTES, IndexedRecordReader, IndexedRecordWriter, IRHeader, first_label, unpack
 
 FIXTURES = Path(__file__).parent / "data" / "recordio"
 
@@ -144,7 +145,8 @@ def test_round_trip_keeps_every_label_with_gaps_and_empty_identities(tmp_path, c
     blocks = [(label, images.get(label, [])) for label in range(13)]
     records = ((IRHeader(0, float(label), 0, 0), payload) for label, payloads in blocks for payload in payloads)
     (tmp_path / "rec").mkdir()
-    pack_rec.write_records(tmp_path / "rec", blocks, records, 13, (112, 112))
+    pack_rec.write_records(tmp_path / "rec", [label for label, _ in blocks], [len(items) for _, items in blocks],
+                           records, 13, (112, 112))
     rec2image.unpack_records(tmp_path / "rec", tmp_path / "unpacked")
     with caplog.at_level(logging.WARNING):
         pack_folder(tmp_path / "unpacked", tmp_path / "again", EncodeOptions(keep_bytes=True))
@@ -275,3 +277,108 @@ def test_pack_rec_command_line(tmp_path, capsys):
     assert pack_rec.main(argv) == 0
     assert "packed 3 images of 2 identities" in capsys.readouterr().out
     assert RecordDataset(tmp_path / "rec").num_classes == 2
+
+
+# ---- at WebFace42M's scale ----
+
+def write_webface42m_tree(root: Path, counts: dict[str, list[int]]) -> list[bytes]:
+    """WebFace42M as distributed: <root>/<part>/<part>_0_<7 digits>/<part>_<running number>.jpg; returns
+    the JPEGs in label order (parts, then identities, then names, as pack_rec orders them)."""
+    rng = np.random.default_rng(1)
+    payloads = []
+    for part, sizes in counts.items():
+        number = 0
+        for identity, size in enumerate(sizes):
+            folder = root / part / f"{part}_0_{identity:07d}"
+            folder.mkdir(parents=True)
+            names = sorted(f"{part}_{number + index}.jpg" for index in range(size))
+            number += size
+            for name in names:
+                payload = cv2.imencode(".jpg", smooth_face(rng))[1].tobytes()
+                (folder / name).write_bytes(payload)
+                payloads.append(payload)
+    return payloads
+
+
+def test_webface42m_layout_as_distributed_packs_with_one_command(tmp_path, capsys):
+    payloads = write_webface42m_tree(tmp_path / "WebFace42M", {"0": [2, 1, 3], "1": [2], "2": [1, 2]})
+    argv = [str(tmp_path / "WebFace42M"), str(tmp_path / "rec"), "--keep-bytes", "--workers", "1"]
+    assert pack_rec.main(argv) == 0
+    assert "packed 11 images of 6 identities" in capsys.readouterr().out
+    dataset = RecordDataset(tmp_path / "rec", decode=False)
+    records = [unpack(dataset.reader.read(int(key))) for key in dataset.image_keys]
+    assert [payload for _, payload in records] == payloads
+    assert [int(header.label) for header, _ in records] == [0, 0, 1, 2, 2, 2, 3, 3, 4, 5, 5]
+    assert dataset.num_classes == 6
+
+
+def test_a_part_holding_images_next_to_parts_holding_identities_is_refused(tmp_path):
+    write_webface42m_tree(tmp_path / "faces", {"0": [1], "1": [1]})
+    cv2.imwrite(str(tmp_path / "faces" / "1" / "stray.png"), smooth_face(np.random.default_rng(0)))
+    with pytest.raises(UserError, match=r"'.*faces/1' holds images or no folders, but '.*faces/0' holds identity"):
+        pack_folder(tmp_path / "faces", tmp_path / "rec")
+
+
+def test_shuffled_pack_order_draws_what_shuffling_python_lists_drew():
+    """Arrays instead of lists must keep the files of `pack_rec --shuffle --seed` (and shuffle_rec) unchanged."""
+    labels = np.array([2, 0, 1, 2, 2, 0, 3, 1, 2, 0], dtype=np.int32)  # shuffle_rec's labels: any order
+    order, block_labels, block_sizes = pack_rec.pack_order(labels, 5, shuffle=True, seed=7)
+    blocks = [(label, [p for p in range(len(labels)) if labels[p] == label]) for label in range(5)]
+    rng = random.Random(7)  # the earlier pack_order, on lists
+    rng.shuffle(blocks)
+    for _, positions in blocks:
+        rng.shuffle(positions)
+    assert order.tolist() == [p for _, positions in blocks for p in positions]
+    assert block_labels.tolist() == [label for label, _ in blocks]
+    assert block_sizes.tolist() == [len(positions) for _, positions in blocks]
+
+
+class _ReadyPool:
+    """A pool that runs each task at once and counts the tasks submitted but not yet consumed."""
+
+    def __init__(self):
+        self.submitted = self.consumed = self.most_in_flight = 0
+
+    def apply_async(self, function, args):
+        self.submitted += 1
+        self.most_in_flight = max(self.most_in_flight, self.submitted - self.consumed)
+        pool, result = self, function(*args)
+
+        class Result:
+            def get(self):
+                pool.consumed += 1
+                return result
+        return Result()
+
+
+def test_encoding_keeps_a_bounded_number_of_chunks_ahead_of_the_writer():
+    """Pool.imap submitted every task at once: with workers faster than the writer, memory grew without bound."""
+    pool = _ReadyPool()
+    items = pack_rec.ordered_map(pool, lambda task: [task] * 3, iter(range(1000)), max_in_flight=4)
+    assert [next(items) for _ in range(6)] == [0, 0, 0, 1, 1, 1]
+    assert pool.submitted <= 6 and pool.most_in_flight <= 4
+    assert list(items) == [task for task in range(2, 1000) for _ in range(3)] and pool.most_in_flight <= 4
+
+
+def test_pack_and_shuffle_bookkeeping_is_at_most_50_bytes_per_image():
+    from bench.bench_pack import pack_bookkeeping_bytes_per_image, shuffle_bookkeeping_bytes_per_image
+
+    assert pack_bookkeeping_bytes_per_image(10_000) <= 50
+    assert shuffle_bookkeeping_bytes_per_image(10_000) <= 50
+
+
+def test_record_writer_refuses_a_repeated_key_and_writes_nothing(tmp_path):
+    writer = IndexedRecordWriter(tmp_path / "train.rec")
+    writer.write(3, b"a")
+    writer.write(1, b"b")
+    writer.write(3, b"c")
+    with pytest.raises(ValueError, match="key 3 was written twice"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_more_classes_than_float32_tells_apart_is_refused(tmp_path):
+    """Image labels are float32: above 2^24 classes two classes would read back as one."""
+    records = iter([(IRHeader(0, 0.0, 0, 0), b"")])
+    with pytest.raises(UserError, match=r"16777217 classes is more than RecordIO's float32 labels tell apart"):
+        pack_rec.write_records(tmp_path, [], [], records, 2**24 + 1, (112, 112))

@@ -154,10 +154,9 @@ def write_training_set(spec: DemoSpec, out_dir: Path, pool) -> None:
     """train.rec / train.idx / property; label = identity index."""
     labels = list(spec.train_ids())
     per_identity = pool_map(pool, _train_task, [(spec, label) for label in labels])
-    blocks = [(label, [None] * spec.images_per_id) for label in labels]
     records = ((IRHeader(0, float(label), 0, 0), payload)
                for label, payloads in zip(labels, per_identity) for payload in payloads)
-    write_records(out_dir, blocks, records, len(labels), (112, 112))
+    write_records(out_dir, labels, [spec.images_per_id] * len(labels), records, len(labels), (112, 112))
 
 
 # ---- verification pairs ----

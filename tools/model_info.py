@@ -31,6 +31,7 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/<too
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -71,54 +72,125 @@ def count_macs(model: nn.Module, image_size: int = IMAGE_SIZE) -> int:
     return counter.get_total_flops() // 2  # every counted op is a sum of products: 2 FLOPs per MAC
 
 
-def saved_tensor_bytes(model: nn.Module, batch_size: int, precision: str = "fp32") -> int:
-    """Bytes of the distinct storages autograd saves in one training-mode forward of `batch_size` images."""
-    storage_bytes = {}
+class ActivationProfile(NamedTuple):
+    """Saved-tensor bytes of a training-mode forward, per image.
+
+    saved: everything autograd saves (no gradient checkpointing); in_units: the part saved inside the
+    units that gradient checkpointing recomputes (ViT blocks, IResNet blocks, MobileFaceNet units);
+    unit_inputs: the inputs of those units, which checkpointing keeps instead; largest_unit: the most one
+    unit saves, recomputed one unit at a time in the backward pass.
+    """
+
+    saved: float
+    in_units: float
+    unit_inputs: float
+    largest_unit: float
+
+    @property
+    def checkpointed(self) -> float:
+        """Bytes held with gradient checkpointing: the rest, every unit's input and one unit recomputed."""
+        return self.saved - self.in_units + self.unit_inputs + self.largest_unit
+
+
+def checkpoint_units(model: nn.Module) -> list[nn.Module]:
+    """The modules a backbone runs under torch.utils.checkpoint when using_checkpoint is on (none for a
+    module that is not a registered architecture)."""
+    if isinstance(model, VisionTransformer):
+        return list(model.blocks)
+    if isinstance(model, IResNet):
+        return [block for stage in model.stages() for block in stage]
+    if isinstance(model, MobileFaceNet):
+        return list(model._units())
+    return []
+
+
+def saved_tensor_profile(model: nn.Module, batch_size: int, precision: str = "fp32") -> ActivationProfile:
+    """Bytes (not per image) of the distinct storages autograd saves in one training-mode forward of
+    `batch_size` images, with the share saved inside the checkpoint units and the units' inputs."""
+    storage_bytes, unit_of_storage, input_bytes = {}, {}, []
+    current = [None]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        storage_bytes[storage.data_ptr()] = storage.nbytes()  # views of one storage count once
+        if storage.data_ptr() not in storage_bytes:  # views of one storage count once, where first saved
+            storage_bytes[storage.data_ptr()] = storage.nbytes()
+            unit_of_storage[storage.data_ptr()] = current[0]
         return tensor
 
+    def enter(unit, args):
+        current[0] = unit
+        input_bytes.append(args[0].numel() * args[0].element_size())
+
+    units = checkpoint_units(model)
+    handles = [unit.register_forward_pre_hook(enter) for unit in units]
+    handles += [unit.register_forward_hook(lambda *_: current.__setitem__(0, None)) for unit in units]
     device = next(model.parameters()).device
     images = torch.zeros(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(device, precision):
-        model.train()(images)
-    return sum(storage_bytes.values())
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(device, precision):
+            model.train()(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_unit = {}
+    for pointer, nbytes in storage_bytes.items():
+        if unit_of_storage[pointer] is not None:
+            per_unit[id(unit_of_storage[pointer])] = per_unit.get(id(unit_of_storage[pointer]), 0) + nbytes
+    return ActivationProfile(sum(storage_bytes.values()), sum(per_unit.values()), sum(input_bytes),
+                             max(per_unit.values(), default=0))
+
+
+def saved_tensor_bytes(model: nn.Module, batch_size: int, precision: str = "fp32") -> int:
+    """Bytes of the distinct storages autograd saves in one training-mode forward of `batch_size` images."""
+    return saved_tensor_profile(model, batch_size, precision).saved
+
+
+def activation_profile_per_image(model: nn.Module, precision: str = "fp32") -> ActivationProfile:
+    """Saved-tensor profile per image: the growth from the smaller to the larger measuring batch."""
+    small, large = MEASURE_BATCH_SIZES
+    grown = zip(saved_tensor_profile(model, large, precision), saved_tensor_profile(model, small, precision))
+    return ActivationProfile(*((big - little) / (large - small) for big, little in grown))
 
 
 def activation_bytes_per_image(model: nn.Module, precision: str = "fp32") -> float:
     """Saved-tensor bytes per image: the growth from the smaller to the larger measuring batch."""
-    small, large = MEASURE_BATCH_SIZES
-    growth = saved_tensor_bytes(model, large, precision) - saved_tensor_bytes(model, small, precision)
-    return growth / (large - small)
+    return activation_profile_per_image(model, precision).saved
 
 
-def _measured(name: str, precision: str, **overrides) -> float:
-    """Saved-tensor bytes per image of `name` built with `overrides`, weights left uninitialised (only
+def _measured(name: str, precision: str, **overrides) -> ActivationProfile:
+    """Saved-tensor profile per image of `name` built with `overrides`, weights left uninitialised (only
     shapes matter)."""
     with torch.device("meta"):
         model = get_model(name, using_checkpoint=False, **overrides)
-    return activation_bytes_per_image(model.to_empty(device="cpu"), precision)
+    return activation_profile_per_image(model.to_empty(device="cpu"), precision)
 
 
-def _vit_activation(name: str, precision: str) -> float:
+def _extrapolated(base: ActivationProfile, grown: Sequence[tuple[int, ActivationProfile]]) -> ActivationProfile:
+    """`base` plus, for each (count, measured), count times the growth measured - base (saved, in_units,
+    unit_inputs); the largest unit is the largest of any measured model's."""
+    sums = [base.saved, base.in_units, base.unit_inputs]
+    for count, measured in grown:
+        sums = [total + count * (value - start) for total, value, start in zip(sums, measured, base)]
+    return ActivationProfile(*sums, max([base.largest_unit, *(measured.largest_unit for _, measured in grown)]))
+
+
+def _vit_activation(name: str, precision: str) -> ActivationProfile:
     """Every block saves the same tensors: depth 1 and 2 give the per-block bytes and the rest."""
     one, two = (_measured(name, precision, depth=depth) for depth in (1, 2))
-    return one + (VARIANTS[name].args["depth"] - 1) * (two - one)
+    return _extrapolated(one, [(VARIANTS[name].args["depth"] - 1, two)])
 
 
-def _iresnet_activation(name: str, precision: str) -> float:
+def _iresnet_activation(name: str, precision: str) -> ActivationProfile:
     """The blocks after the first of a stage are identical: one block per stage, then one more in each
     stage in turn, give the per-block bytes of every stage."""
     layers = VARIANTS[name].args["layers"]
     base = _measured(name, precision, layers=(1, 1, 1, 1))
-    total = base
+    grown = []
     for stage, num_blocks in enumerate(layers):
         if num_blocks > 1:
-            grown = tuple(2 if i == stage else 1 for i in range(len(layers)))
-            total += (num_blocks - 1) * (_measured(name, precision, layers=grown) - base)
-    return total
+            more = tuple(2 if i == stage else 1 for i in range(len(layers)))
+            grown.append((num_blocks - 1, _measured(name, precision, layers=more)))
+    return _extrapolated(base, grown)
 
 
 _ACTIVATION_BY_ARCHITECTURE = {
@@ -128,9 +200,14 @@ _ACTIVATION_BY_ARCHITECTURE = {
 }
 
 
+def network_activation_profile(name: str, precision: str = "fp32") -> ActivationProfile:
+    """Saved-tensor profile per image of network `name` (bytes with and without gradient checkpointing)."""
+    return _ACTIVATION_BY_ARCHITECTURE[VARIANTS[name].architecture](name, precision)
+
+
 def network_activation_bytes_per_image(name: str, precision: str = "fp32") -> float:
     """Saved-tensor bytes per image of network `name` without gradient checkpointing."""
-    return _ACTIVATION_BY_ARCHITECTURE[VARIANTS[name].architecture](name, precision)
+    return network_activation_profile(name, precision).saved
 
 
 def width_depth_heads(model: nn.Module) -> tuple[int, int, int | None]:

@@ -3,7 +3,8 @@
 Writes `train.rec`, `train.idx` and `property` (`num_classes,height,width`): record 0 is the header
 (label = [first identity key, end key]), keys 1..N the images (label = class, sorted folder order), then
 one record per identity whose label is [first image key, end image key). MXNet 1.9's
-`MXIndexedRecordIO` and `recordio.unpack_img` read the result unchanged.
+`MXIndexedRecordIO` and `recordio.unpack_img` read the result unchanged. WebFace42M's tree as distributed,
+parts of identity folders (`<root>/<part>/<identity>/<image>`), is taken as it is.
 
     python -m tools.pack_rec aligned_faces/ data/my_set/ --quality 95 --workers 8
 """
@@ -20,19 +21,35 @@ import multiprocessing
 import os
 import random
 import sys
-from collections.abc import Iterator
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 from tqdm import tqdm
 
-from dataset import ALIGN_HINT, scan_image_folder
-from utils.decode import JPEG_START, PNG_START, check_image_size, decode_image, exif_orientation
+from dataset import ALIGN_HINT, _warn_label_changes, identity_folders
+from utils.decode import (
+    JPEG_START,
+    PNG_START,
+    check_image_size,
+    decode_image,
+    exif_orientation,
+    is_image_file,
+    warn_skipped,
+)
 from utils.errors import UserError, entry_point
-from utils.files import atomic_write_text, make_folder, read_bytes
-from utils.images import IMAGE_SIZE
+from utils.files import atomic_write_text, check_regular_file, make_folder, read_bytes
+from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE
 from utils.opencv import cv2
-from utils.recordio import IndexedRecordWriter, IRHeader, pack
+from utils.recordio import FLOAT32_EXACT, IndexedRecordWriter, IRHeader, pack
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -73,26 +90,41 @@ def keepable(data: bytes) -> bool:
     return (data.startswith(JPEG_START) or data.startswith(PNG_START)) and exif_orientation(data) == 1
 
 
-def _encode_task(task: tuple[str, EncodeOptions]) -> bytes:
-    return encode_file(*task)
+def pack_order(labels: np.ndarray, num_classes: int, shuffle: bool,
+               seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order [N]: positions into `labels` in the order they are written, block labels [C], block sizes [C]).
 
-
-def pack_order(samples: list[tuple[str, int]], num_classes: int, shuffle: bool,
-               seed: int) -> list[tuple[int, list[str]]]:
-    """[(label, image paths)] per class, in the order they are written.
-
-    The layout keeps each identity's images in one key range, so shuffling permutes the identities and
-    the images inside each identity; labels stay those of the sorted folder names.
+    The layout keeps each identity's images in one key range (its block), in label order and, within a
+    block, in the given order. Shuffling permutes the blocks and the images inside each block with
+    `random.Random(seed)`, drawing exactly what shuffling Python lists of them did (the same files for the
+    same seed as before), but holding only int32/int64 arrays: 8 B per image.
     """
-    blocks: list[tuple[int, list[str]]] = [(label, []) for label in range(num_classes)]
-    for path, label in samples:
-        blocks[label][1].append(path)
-    if shuffle:
-        rng = random.Random(seed)
-        rng.shuffle(blocks)
-        for _, paths in blocks:
-            rng.shuffle(paths)
-    return blocks
+    index_type = np.int32 if len(labels) < 2**31 else np.int64
+    if np.all(labels[1:] >= labels[:-1]):  # a folder's scan: already label by label
+        grouped = np.arange(len(labels), dtype=index_type)
+    else:
+        grouped = np.argsort(labels, kind="stable").astype(index_type)  # [N]: positions, label by label
+    sizes = np.bincount(labels, minlength=num_classes).astype(np.int64)  # [C]
+    starts = np.r_[0, np.cumsum(sizes)[:-1]] if num_classes else sizes
+    block_labels = list(range(num_classes))
+    if not shuffle:
+        return grouped, np.array(block_labels, dtype=np.int64), sizes
+    rng = random.Random(seed)
+    rng.shuffle(block_labels)  # a shuffle's draws depend only on the length: these are the blocks' draws
+    order = np.empty_like(grouped)
+    position = 0
+    for label in block_labels:
+        within = list(range(sizes[label]))
+        rng.shuffle(within)
+        order[position:position + len(within)] = grouped[starts[label] + np.array(within, dtype=np.int64)]
+        position += len(within)
+    return order, np.array(block_labels, dtype=np.int64), sizes[block_labels]
+
+
+def as_ints(values: np.ndarray, chunk: int = 1 << 16) -> Iterator[int]:
+    """The values of an array as Python ints, a chunk at a time (`tolist()` of 42 M values is 1.5 GB)."""
+    for first in range(0, len(values), chunk):
+        yield from values[first:first + chunk].tolist()
 
 
 @dataclass(frozen=True)
@@ -101,25 +133,152 @@ class PackSummary:
     num_classes: int
 
 
+@dataclass(frozen=True)
+class FolderIndex:
+    """The images of a folder of identity sub-folders as arrays, about 25 B per image at WebFace42M's names
+    (the list of (path, label) tuples it replaces held about 160 B).
+
+    `classes[label]` is an identity folder relative to `root` (``<identity>`` or, in WebFace42M's layout
+    as distributed, ``<part>/<identity>``); image i is ``root/classes[labels[i]]/names[name_ends[i-1]:
+    name_ends[i]]``: its file name bytes (os.fsencode) in one buffer, its label int32.
+    """
+
+    root: Path
+    classes: list[str]
+    names: np.ndarray  # uint8 [total name bytes]
+    name_ends: np.ndarray  # int64 [N]
+    labels: np.ndarray  # int32 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, index: int) -> str:
+        """The file path of image `index`."""
+        start = int(self.name_ends[index - 1]) if index else 0
+        name = os.fsdecode(self.names[start:int(self.name_ends[index])].tobytes())
+        return os.path.join(self.root, self.classes[self.labels[index]], name)
+
+
+def identity_folder_names(root: Path) -> list[str]:
+    """The identity folders of `root` relative to it, in label order (`dataset.identity_folders` at each
+    level). WebFace42M as distributed nests them one level deeper, in parts 0..9 (``<root>/<part>/
+    <identity>/<image>.jpg``, arcface_torch's docs/prepare_webface42m.md): when the first folder of `root`
+    holds folders and no image, every folder of `root` is such a part."""
+    folders = identity_folders(root)
+    if not folders or not _is_part(folders[0]):
+        return [folder.name for folder in folders]
+    names = []
+    for part in folders:
+        if not _is_part(part):
+            raise UserError(f"'{part}' holds images or no folders, but '{folders[0]}' holds identity folders; put "
+                            f"every identity at the same depth under '{root}'.")
+        names += [f"{part.name}/{folder.name}" for folder in identity_folders(part)]
+    return names
+
+
+def _is_part(folder: Path) -> bool:
+    """Whether `folder` holds identity folders rather than images (WebFace42M's parts 0..9)."""
+    with os.scandir(folder) as entries:
+        kinds = [(entry.is_dir(), is_image_file(Path(entry.name))) for entry in entries]
+    return any(is_dir for is_dir, _ in kinds) and not any(image for _, image in kinds)
+
+
+def scan_identities(root: str | Path, progress: bool = False) -> FolderIndex:
+    """The FolderIndex of `root` (see `identity_folder_names`): labels follow the folders' order, images
+    sorted by name within a folder, as `dataset.scan_image_folder` (whose warnings it gives too)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"image folder '{root}' does not exist; point it at a folder with one sub-folder "
+                        "of aligned face images per identity.")
+    classes = identity_folder_names(root)
+    skipped = [path for path in root.iterdir() if not path.is_dir()]
+    index = folder_index(root, classes, _image_files(root, classes, skipped, progress))
+    if not len(index):
+        raise UserError(f"'{root}' holds no identity sub-folders with images; the layout is "
+                        f"<root>/<identity>/<image>{IMAGE_EXTENSIONS[0]}.")
+    warn_skipped(skipped, root)
+    _warn_label_changes(root, classes, set(np.unique(index.labels).tolist()))
+    return index
+
+
+def _image_files(root: Path, classes: list[str], skipped: list[Path], progress: bool) -> Iterator[tuple[int, str]]:
+    """(label, file name) of every image of every identity folder, names sorted within a folder; files
+    that are not images are appended to `skipped`."""
+    folders = tqdm(classes, desc="scanning", unit="identity", disable=not progress)
+    for label, folder in enumerate(folders):
+        with os.scandir(root / folder) as entries:
+            found = sorted((entry.name, entry.is_file()) for entry in entries)
+        for name, is_file in found:
+            if not is_image_file(Path(name)):
+                skipped.append(root / folder / name)
+                continue
+            if not is_file:  # a folder or FIFO named like an image: the clear error
+                check_regular_file(root / folder / name, "image", "remove it from the data folder")
+            yield label, name
+
+
+def folder_index(root: Path, classes: list[str], files: Iterable[tuple[int, str]]) -> FolderIndex:
+    """The FolderIndex of (label, file name) pairs in write order, gathered into compact growing buffers."""
+    names, name_ends, labels = bytearray(), array("q"), array("i")
+    for label, name in files:
+        names += os.fsencode(name)
+        name_ends.append(len(names))
+        labels.append(label)
+    return FolderIndex(root, classes, np.frombuffer(names, dtype=np.uint8), np.frombuffer(name_ends, np.int64),
+                       np.frombuffer(labels, dtype=np.int32))
+
+
 def pack_folder(input_dir: str | Path, output_dir: str | Path, options: EncodeOptions = EncodeOptions(), *,
                 shuffle: bool = False, seed: int = 0, num_workers: int = 1, progress: bool = False,
                 overwrite: bool = False) -> PackSummary:
-    """Pack `input_dir` into `output_dir`/train.rec, train.idx and property (see the module docstring)."""
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    classes, samples = scan_image_folder(input_dir)
+    """Pack `input_dir` into `output_dir`/train.rec, train.idx and property (see the module docstring).
+
+    Memory: `FolderIndex`, `pack_order`'s and the writer's arrays (about 40 B per image) and at most
+    `IN_FLIGHT_PER_WORKER` x `CHUNK` encoded images per worker waiting for the writer.
+    """
+    output_dir = Path(output_dir)
+    index = scan_identities(input_dir, progress)
     rec_path = output_dir / "train.rec"
     if rec_path.exists() and not overwrite:
         raise UserError(f"'{rec_path}' already exists; choose another output folder or pass --overwrite.")
     make_folder(output_dir)
-    blocks = pack_order(samples, len(classes), shuffle, seed)
-    tasks = [(str(input_dir / path), options) for _, paths in blocks for path in paths]
-    labels = [label for label, paths in blocks for _ in paths]
+    order, block_labels, block_sizes = pack_order(index.labels, len(index.classes), shuffle, seed)
+    chunks = ([index.path(position) for position in order[first:first + CHUNK].tolist()]
+              for first in range(0, len(order), CHUNK))
     with _pool(num_workers) as pool:
-        payloads = pool.imap(_encode_task, tasks, chunksize=64) if pool else map(_encode_task, tasks)
-        payloads = tqdm(payloads, total=len(tasks), desc="packing", unit="img", disable=not progress)
-        records = ((IRHeader(0, float(label), 0, 0), payload) for label, payload in zip(labels, payloads))
-        write_records(output_dir, blocks, records, len(classes), (options.image_size, options.image_size))
-    return PackSummary(num_images=len(samples), num_classes=len(classes))
+        payloads = ordered_map(pool, partial(_encode_chunk, options=options), chunks,
+                               IN_FLIGHT_PER_WORKER * num_workers)
+        payloads = tqdm(payloads, total=len(order), desc="packing", unit="img", disable=not progress)
+        records = ((IRHeader(0, float(label), 0, 0), payload)
+                   for label, payload in zip(index.labels[order].tolist(), payloads))
+        write_records(output_dir, block_labels, block_sizes, records, len(index.classes),
+                      (options.image_size, options.image_size))
+    return PackSummary(num_images=len(index), num_classes=len(index.classes))
+
+
+CHUNK = 64  # images per encoding task
+IN_FLIGHT_PER_WORKER = 2  # encoding tasks per worker submitted ahead of the writer
+
+
+def _encode_chunk(paths: list[str], options: EncodeOptions) -> list[bytes]:
+    return [encode_file(path, options) for path in paths]
+
+
+def ordered_map(pool, function: Callable[[T], list[R]], tasks: Iterable[T], max_in_flight: int) -> Iterator[R]:
+    """The items of `function(task)` for every task, in order, with at most `max_in_flight` tasks submitted
+    to `pool` and not yet consumed (back-pressure: `Pool.imap` submits every task at once, so results pile
+    up in memory when the workers outrun the consumer). Without a pool, tasks run here, one at a time."""
+    if pool is None:
+        for task in tasks:
+            yield from function(task)
+        return
+    pending = deque()
+    for task in tasks:
+        if len(pending) >= max(1, max_in_flight):
+            yield from pending.popleft().get()
+        pending.append(pool.apply_async(function, (task,)))
+    while pending:
+        yield from pending.popleft().get()
 
 
 class _NoPool:
@@ -132,36 +291,55 @@ class _NoPool:
 
 def _pool(num_workers: int):
     """Encoding workers from a fork server: a child forked from a process that already ran OpenCV's thread
-    pool can deadlock inside OpenCV."""
-    return multiprocessing.get_context("forkserver").Pool(num_workers) if num_workers > 1 else _NoPool()
+    pool can deadlock inside OpenCV. The server imports this module once and every worker is forked from
+    it, so workers start in milliseconds instead of each importing torch (seconds, more with many)."""
+    if num_workers <= 1:
+        return _NoPool()
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tools.pack_rec"])
+    return context.Pool(num_workers)
 
 
-def write_records(output_dir: Path, blocks: list[tuple[int, list]], records: Iterator[tuple[IRHeader, bytes]],
-                  num_classes: int, image_size: tuple[int, int]) -> None:
-    """Write the insightface layout: header record 0, the images of `blocks` ([(label, items)], written
-    in that order under keys 1..N), one identity record per label, and `property`.
+def header_record(num_images: int, num_classes: int) -> bytes:
+    """Record 0 as MXNet and insightface write it: label [first identity key, end key) = [N + 1, N + 1 + C)
+    as float32, so rounded above 2^24 (readers recover the exact keys: utils.recordio.exact_header_range)."""
+    return pack(IRHeader(0, (num_images + 1, num_images + 1 + num_classes), 0, 0))
 
-    `records` yields (header, payload) for every item in block order; it may be lazy, so encoding
+
+def identity_record(key: int, start: int, end: int) -> bytes:
+    """The identity record under `key` naming its images' keys [start, end) (float32, as MXNet writes)."""
+    return pack(IRHeader(0, (start, end), key, 0))
+
+
+def write_records(output_dir: Path, block_labels: np.ndarray, block_sizes: np.ndarray,
+                  records: Iterator[tuple[IRHeader, bytes]], num_classes: int, image_size: tuple[int, int]) -> None:
+    """Write the insightface layout: header record 0, the images of the blocks (block b: `block_sizes[b]`
+    images of class `block_labels[b]`, written in block order under keys 1..N), one identity record per
+    label, and `property`.
+
+    `records` yields (header, payload) for every image in block order; it may be lazy, so encoding
     overlaps writing. Each image header's id becomes its key, as in insightface's files. Every file is
     written atomically (utils.files): an interrupted run leaves any earlier train.rec untouched.
     """
-    num_images = sum(len(items) for _, items in blocks)
+    if num_classes > FLOAT32_EXACT:
+        raise UserError(f"{num_classes} classes is more than RecordIO's float32 labels tell apart ({FLOAT32_EXACT}); "
+                        "split the data into sets of fewer identities.")
+    block_sizes = np.asarray(block_sizes, dtype=np.int64)
+    num_images = int(block_sizes.sum())
     first_identity = num_images + 1
-    ranges = [(0, 0)] * num_classes  # label -> [first image key, end image key)
+    ranges = np.zeros((num_classes, 2), dtype=np.int64)  # label -> [first image key, end image key)
+    block_ends = 1 + np.cumsum(block_sizes)
+    ranges[np.asarray(block_labels, dtype=np.int64)] = np.stack([block_ends - block_sizes, block_ends], axis=1)
     with IndexedRecordWriter(output_dir / "train.rec", output_dir / "train.idx") as writer:
-        writer.write(0, pack(IRHeader(0, (first_identity, first_identity + num_classes), 0, 0)))
-        key = 1
-        for label, items in blocks:
-            ranges[label] = (key, key + len(items))
-            for _ in items:
-                header, payload = next(records)
-                writer.write(key, pack(header._replace(id=key), payload))
-                key += 1
+        writer.write(0, header_record(num_images, num_classes))
+        for key in range(1, first_identity):
+            header, payload = next(records)
+            writer.write(key, pack(header._replace(id=key), payload))
         if next(records, None) is not None:
             raise ValueError("more records than images in the blocks")
-        for label, (start, end) in enumerate(ranges):
+        for label, (start, end) in enumerate(ranges.tolist()):
             identity_key = first_identity + label
-            writer.write(identity_key, pack(IRHeader(0, (start, end), identity_key, 0)))
+            writer.write(identity_key, identity_record(identity_key, start, end))
     atomic_write_text(output_dir / "property", f"{num_classes},{image_size[0]},{image_size[1]}\n")
 
 

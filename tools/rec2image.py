@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dataset import RecordDataset
+from tools.pack_rec import as_ints
 from utils.decode import JPEG_START, PNG_START
 from utils.errors import entry_point
 from utils.files import atomic_write_bytes
@@ -44,7 +45,7 @@ def unpack_records(input_dir: str | Path, output_dir: str | Path,
     output_dir = Path(output_dir)
     label_width = len(str(max(source.num_classes - 1, 0)))
     key_width = len(str(int(source.image_keys.max()))) if len(source) else 1
-    records = zip(source.image_keys.tolist(), source.image_offsets.tolist())
+    records = zip(as_ints(source.image_keys), as_ints(source.image_offsets))
     for label in range(source.num_classes):
         (output_dir / f"{label:0{label_width}d}").mkdir(parents=True, exist_ok=True)
     skipped = []

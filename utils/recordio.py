@@ -13,6 +13,7 @@ import math
 import numbers
 import os
 import struct
+from array import array
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -95,6 +96,65 @@ def class_label(header: IRHeader, name: str) -> int:
     if not math.isfinite(label) or label != int(label):
         raise RecordIOError(f"{name} has label {label}, not a whole class number; the file is damaged: re-pack it.")
     return int(label)
+
+
+# ---- insightface layout: header and identity records ----
+
+FLOAT32_EXACT = 1 << 24  # float32 holds every whole number up to 2^24 exactly, not all above
+
+
+def float32_preimage(value: float) -> range:
+    """The whole numbers that float32 rounds to `value` (a label value read from a record).
+
+    One number up to 2^24; above it float32 keeps 24 significant bits, so 2 to 5 neighbours share one
+    float at 16.7-67 M (for example 42474557 and 42474558 both read back as 42474560.0). Empty when
+    `value` is not a whole number >= 0.
+    """
+    if not math.isfinite(value) or value < 0 or value != int(value):
+        return range(0)
+    rounded = np.float32(value)
+    step = max(1, int(np.spacing(rounded)))  # float32's gap above `value`: at most that far off
+    whole = [n for n in range(max(0, int(value) - step), int(value) + step + 1) if np.float32(n) == rounded]
+    return range(whole[0], whole[-1] + 1) if whole else range(0)
+
+
+def is_identity_record(reader: IndexedRecordReader, key: int) -> bool:
+    """Whether `key` holds an identity record of insightface's layout (a label vector, no payload); key 0
+    (the header record) and keys missing from the index do not."""
+    if key < 1 or key not in reader:
+        return False
+    try:
+        header, payload = unpack(reader.read(key))
+    except ValueError as exc:
+        raise reader._damaged(key, reader.offset_of(key), str(exc)) from None
+    return header.flag >= 2 and not payload
+
+
+def exact_header_range(reader: IndexedRecordReader, label: Sequence[float]) -> tuple[int, int]:
+    """[first identity key, end key) of the header record's float32 `label`, exact at any size.
+
+    Up to 2^24 the label is exact. Above it, MXNet's and pack_rec's float32 header is rounded (42474558
+    images + 1 is stored as 42474560), so the exact keys are the ones within float32 rounding of the
+    label where the index's records change kind: the first identity record follows an image (or the
+    header), the last identity record is followed by a key that is not one (or none). That reads at most
+    a few records per value. RecordIOError when no key within rounding fits: the header disagrees with
+    the records beyond rounding.
+    """
+    bounds = []
+    for value, starts in zip(label[:2], (True, False)):
+        window = float32_preimage(value)
+        if len(window) == 1:
+            bounds.append(window[0])
+            continue
+        kind = {key: is_identity_record(reader, key) for key in range(window.start - 1, window.stop)}
+        found = [key for key in window if kind[key] == starts and kind[key - 1] != starts]
+        if len(found) != 1:
+            what = "start" if starts else "end"
+            raise RecordIOError(f"'{reader.rec_path}': header record 0 has label {list(label)}, but the identity "
+                                f"records do not {what} at any key within float32 rounding of {value:.0f} "
+                                f"(keys {window.start}..{window.stop - 1}); the file is damaged: re-pack it.")
+        bounds.append(found[0])
+    return bounds[0], bounds[1]
 
 
 # ---- chunks ----
@@ -313,14 +373,12 @@ class IndexedRecordWriter:
             self._rec = self._files.enter_context(atomic_open(self.rec_path))
             self._idx = self._files.enter_context(atomic_open(self.idx_path))
             self._files = self._files.pop_all()
-        self._keys: set[int] = set()
+        self._keys = array("q")  # every key, checked for repeats at close: 8 B per record (a set held ~60)
         self._offset = 0
 
     def write(self, key: int, record: bytes) -> int:
         """Append `record` under `key`; returns its offset."""
-        if key in self._keys:
-            raise ValueError(f"key {key} was already written to '{self.idx_path}'")
-        self._keys.add(key)
+        self._keys.append(key)
         offset = self._offset
         chunk = encode_record(record)
         self._rec.write(chunk)
@@ -329,11 +387,20 @@ class IndexedRecordWriter:
         return offset
 
     def close(self) -> None:
-        """Put both files in place."""
-        self._files.close()
+        """Put both files in place; ValueError (and neither file written) when a key was written twice."""
+        self.__exit__(None, None, None)
+
+    def _repeated_key(self) -> int | None:
+        keys = np.sort(np.frombuffer(self._keys, dtype=np.int64))
+        repeated = keys[1:][keys[1:] == keys[:-1]]
+        return int(repeated[0]) if len(repeated) else None
 
     def __enter__(self) -> IndexedRecordWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if exc_info[0] is None and (key := self._repeated_key()) is not None:
+            error = ValueError(f"key {key} was written twice to '{self.idx_path}'")
+            self._files.__exit__(ValueError, error, None)  # discards both files
+            raise error
         self._files.__exit__(*exc_info)
