@@ -29,10 +29,10 @@ import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from tools.pack_rec import EncodeOptions, folder_index, pack_folder, pack_order, write_records
+from utils.opencv import cv2
 from utils.recordio import IndexedRecordWriter, IRHeader, pack
 
 IMAGES_PER_IDENTITY = 21  # WebFace42M: 42,474,557 images of 2,059,906 identities

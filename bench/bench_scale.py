@@ -36,11 +36,11 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from bench.bench_sampler import _PeakResident, measure_sampler
+from utils.opencv import cv2
 from utils.record_index import beside_cache_path
 from utils.recordio import MAGIC, IRHeader, encode_record, pack
 
