@@ -79,7 +79,7 @@ config = EasyDict(
     clip_grad_norm=5.0,  # max gradient norm of the backbone; 0 disables clipping
     precision="fp16",  # "fp16" (GradScaler), "bf16" or "fp32"
     batch_size=128,  # images per process per forward pass
-    gradient_accumulation=1,  # forward passes per optimizer step (derived when global_batch_size is set)
+    gradient_accumulation=1,  # forward passes per optimizer step (replaced when global_batch_size is set)
     # images per optimizer step over all processes; 0: batch_size x gradient_accumulation x world size. When
     # set, gradient_accumulation = global_batch_size / (batch_size x world size), so a recipe keeps its global
     # batch (and its learning rate) on fewer GPUs: 4096 on 4 GPUs x 512 runs 2 micro-batches per step
@@ -89,12 +89,13 @@ config = EasyDict(
     # ---- data ----
     dataset="recordio",  # "recordio" (train.rec/train.idx), "folder" (identity sub-folders), "synthetic"
     rec="",  # data directory: train.rec/train.idx/property, or the image folder
-    num_classes=0,  # number of identities; checked against the data
-    num_image=0,  # number of training images; checked against the data
+    num_classes=0,  # number of identities; 0: read from the data, else checked against it
+    num_image=0,  # number of training images; 0: read from the data, else checked against it
     num_workers=2,  # DataLoader workers per process
     max_corrupt_fraction=0.001,  # stop when more than this fraction of records fails to decode
     # where the binary, memory-mapped form of a large train.idx is kept (shared by the ranks of a node):
-    # "" beside train.idx, or ~/.cache/transface/index when that folder is read-only; a folder; "off"
+    # "" beside train.idx, or $XDG_CACHE_HOME/transface/index (else ~/.cache/transface/index) when that folder
+    # is read-only; a folder; "off" (every process parses the text). Only for a train.idx of 4 MiB or more.
     index_cache="",
     gpu_decode=False,  # decode JPEGs on the GPU (CUDA only)
     val_targets=(),  # names of .bin verification sets in `rec` (for example "lfw", "cfp_fp", "agedb_30")
