@@ -44,6 +44,7 @@ WEBFACE42M_VIT = {
     "sample_rate": 0.3,
     "lr": 0.001,
     "batch_size": 384,
+    "global_batch_size": 24576,  # the published 64 GPUs x 384: fewer GPUs accumulate to it
     "num_epoch": 40,
     "warmup_epoch": 4,
     "val_targets": (),

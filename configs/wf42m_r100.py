@@ -24,6 +24,7 @@ config = recipe(
     lr_power=2.0,
     clip_grad_norm=5.0,
     batch_size=128,
+    global_batch_size=4096,  # the published 32 GPUs x 128
     num_epoch=20,
     warmup_epoch=2,
     dpap=False,
