@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--folder", type=Path, default=Path("/tmp/bench_scale"))
+    parser.add_argument("--pack-names", type=int, default=1_000_000,
+                        help="names over which pack_rec's bookkeeping per image is measured (0: skip)")
     parser.add_argument("--child", choices=("before", "first", "later", "sampler"), help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sync", type=Path, help=argparse.SUPPRESS)
@@ -221,6 +223,22 @@ def main(argv: list[str] | None = None) -> None:
               f"sampler old {s['old']['seconds']:5.1f} {_mib(s['old']['peak_bytes'])} "
               f"new {s['new']['seconds']:5.2f} {_mib(s['new']['peak_bytes'])} | {r['loadavg'][0]:.2f}", flush=True)
         print("  " + json.dumps(r), flush=True)
+    if args.pack_names:
+        _print_bookkeeping(args.pack_names)
+
+
+def _print_bookkeeping(num_names: int) -> None:
+    """pack_rec's and shuffle_rec's bookkeeping per image (bench/bench_pack.py), which does not depend on the
+    set's size: measured over `num_names` synthetic WebFace42M-style names, before and after, with the total
+    at each size."""
+    from bench.bench_pack import pack_bookkeeping_bytes_per_image, shuffle_bookkeeping_bytes_per_image
+
+    print(f"bookkeeping per image over {num_names:,} names (B; before -> after), and at each size (GiB):")
+    for tool, measure in (("pack_rec", pack_bookkeeping_bytes_per_image),
+                          ("shuffle_rec", shuffle_bookkeeping_bytes_per_image)):
+        before, after = measure(num_names, before=True), measure(num_names)
+        totals = ", ".join(f"{n / 1e6:.1f} M: {before * n / 2**30:.2f} -> {after * n / 2**30:.2f}" for n in SIZES)
+        print(f"  {tool:<12}{before:7.1f} -> {after:5.1f}   {totals}", flush=True)
 
 
 if __name__ == "__main__":
