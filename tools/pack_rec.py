@@ -204,7 +204,7 @@ def scan_identities(root: str | Path, progress: bool = False) -> FolderIndex:
 def _image_files(root: Path, classes: list[str], skipped: list[Path], progress: bool) -> Iterator[tuple[int, str]]:
     """(label, file name) of every image of every identity folder, names sorted within a folder; files
     that are not images are appended to `skipped`."""
-    folders = tqdm(classes, desc="scanning", unit="identity", disable=not progress)
+    folders = tqdm(classes, desc="scanning", unit="identity", disable=not progress or not classes)
     for label, folder in enumerate(folders):
         with os.scandir(root / folder) as entries:
             found = sorted((entry.name, entry.is_file()) for entry in entries)
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--quality must be in 1..100")
     options = EncodeOptions(args.encoding, args.quality, args.keep_bytes, args.image_size)
     summary = pack_folder(args.input, args.output, options, shuffle=args.shuffle, seed=args.seed,
-                          num_workers=args.workers, progress=True, overwrite=args.overwrite)
+                          num_workers=args.workers, progress=sys.stderr.isatty(), overwrite=args.overwrite)
     print(f"packed {summary.num_images} images of {summary.num_classes} identities into {args.output}")
     return 0
 

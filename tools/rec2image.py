@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", help="folder holding train.rec and train.idx")
     parser.add_argument("output", help="folder to write <label>/<key>.jpg files into")
     args = parser.parse_args(argv)
-    num_written, skipped = unpack_records(args.input, args.output, progress=True)
+    num_written, skipped = unpack_records(args.input, args.output, progress=sys.stderr.isatty())
     for name in skipped:
         print(f"skipped {name}", file=sys.stderr)
     print(f"wrote {num_written} images to {args.output}" + (f", skipped {len(skipped)}" if skipped else ""))

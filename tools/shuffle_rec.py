@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutation")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing train.rec in output")
     args = parser.parse_args(argv)
-    num_images = shuffle_records(args.input, args.output, seed=args.seed, overwrite=args.overwrite, progress=True)
+    num_images = shuffle_records(args.input, args.output, seed=args.seed, overwrite=args.overwrite,
+                                 progress=sys.stderr.isatty())  # a bar on a terminal, not in a log
     print(f"wrote a shuffled copy of {num_images} images to {args.output}")
     return 0
 
