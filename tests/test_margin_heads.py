@@ -33,6 +33,14 @@ def assert_matches(actual: torch.Tensor, expected, what: str) -> None:
     assert error <= 1e-5 * scale, f"{what}: max error {error:.3g} exceeds 1e-5 × {scale:.3g}"
 
 
+def assert_state_matches(actual: torch.Tensor, expected, what: str) -> None:
+    """Running state within 1e-6 relative per entry: the README's states agree to 1e-7, and the state is
+    where a wrong statistic shows (a biased std moves the logits by 3e-5 but σ by 3e-3)."""
+    expected = torch.from_numpy(np.asarray(expected)).double()
+    error = ((actual.detach().double().reshape(expected.shape) - expected).abs() / expected.abs()).max().item()
+    assert error <= 1e-6, f"{what}: max relative error {error:.3g} exceeds 1e-6"
+
+
 def step(pfc: PartialFC, embeddings, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, d/d embeddings, d/d centres) of one forward and backward."""
     embeddings = tensor(embeddings).requires_grad_(True)
@@ -60,12 +68,12 @@ def check_step(pfc, fixture, suffix: str = "") -> None:
 def test_adaface_equals_the_released_head_over_two_steps():
     fixture = load("adaface")
     head = losses.get_margin_loss("adaface")
-    assert_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_init"], "state_init")
+    assert_state_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_init"], "state_init")
     pfc = head_in_pfc(head, fixture)
     check_step(pfc, fixture)
-    assert_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_step1"], "state_step1")
+    assert_state_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_step1"], "state_step1")
     check_step(pfc, fixture, "_step2")
-    assert_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_step2"], "state_step2")
+    assert_state_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_step2"], "state_step2")
 
 
 def test_curricularface_equals_the_released_head_over_two_steps():
@@ -73,9 +81,51 @@ def test_curricularface_equals_the_released_head_over_two_steps():
     head = losses.get_margin_loss("curricularface")
     pfc = head_in_pfc(head, fixture)
     check_step(pfc, fixture)
-    assert_matches(head.t, fixture["state_step1"], "state_step1")
+    assert_state_matches(head.t, fixture["state_step1"], "state_step1")
     check_step(pfc, fixture, "_step2")
-    assert_matches(head.t, fixture["state_step2"], "state_step2")
+    assert_state_matches(head.t, fixture["state_step2"], "state_step2")
+
+
+def released_curricularface(embeddings, centres, labels, t, m=0.5, s=64.0):
+    """(loss, new t) of HuangYG123/CurricularFace `head/metrics.py` written out line by line (autograd)."""
+    cos_theta = (torch.nn.functional.normalize(embeddings) @ torch.nn.functional.normalize(centres).t()).clamp(-1, 1)
+    target_logit = cos_theta[torch.arange(labels.numel()), labels].view(-1, 1)
+    sin_theta = torch.sqrt(1.0 - target_logit.pow(2))
+    cos_theta_m = target_logit * math.cos(m) - sin_theta * math.sin(m)
+    mask = cos_theta > cos_theta_m  # φ, also on the rows of the fallback branch below
+    final_target_logit = torch.where(target_logit > math.cos(math.pi - m), cos_theta_m,
+                                     target_logit - math.sin(math.pi - m) * m)
+    hard_example = cos_theta[mask]
+    t = target_logit.detach().mean() * 0.01 + 0.99 * t
+    cos_theta = cos_theta.clone()
+    cos_theta[mask] = hard_example * (t + hard_example)
+    cos_theta = cos_theta.scatter(1, labels.view(-1, 1), final_target_logit)
+    return torch.nn.functional.cross_entropy(cos_theta * s, labels), t
+
+
+def test_curricularface_hard_negative_mask_uses_phi_on_fallback_rows():
+    """Row 0 takes the fallback branch (c_y = −0.9 < cos(π − m)): its mask threshold is φ = −0.99881, not
+    its target value c_y − m·sin m = −1.1397, so its negative at −0.9995 stays easy (s·c, not s·c(t + c)).
+    The fixtures have no negative between the two thresholds."""
+    embeddings = torch.tensor([[20.0, 0, 0, 0], [0, 0, 0, 15.0]], dtype=torch.float64)  # [2, 4]
+    labels = torch.tensor([0, 1])
+    centres = torch.tensor([[-0.9, math.sqrt(1 - 0.81), 0, 0],  # row 0's target, cos −0.9
+                            [0, 0.6, 0, 0.8],  # row 1's target, cos 0.8 (margin branch)
+                            [-0.9995, 0, math.sqrt(1 - 0.9995**2), 0],  # row 0: cos −0.9995, below φ
+                            [0.3, 0, 0, math.sqrt(1 - 0.09)]], dtype=torch.float64)  # row 0: 0.3; row 1: 0.954
+    x = embeddings.clone().requires_grad_(True)
+    w = centres.clone().requires_grad_(True)
+    expected, t = released_curricularface(x, w, labels, torch.zeros(1, dtype=torch.float64))
+    expected.backward()
+    head = losses.get_margin_loss("curricularface")
+    pfc = PartialFC(head, 4, 4)
+    with torch.no_grad():
+        pfc.weight.copy_(centres.float())
+    loss, grad_embeddings, grad_centres = step(pfc, embeddings.float().numpy(), labels.numpy())
+    assert_matches(loss, expected.detach().numpy(), "loss")
+    assert_matches(grad_embeddings, x.grad.numpy(), "d/d embeddings")
+    assert_matches(grad_centres, w.grad.numpy(), "d/d centres")
+    assert_state_matches(head.t, t.numpy(), "t")
 
 
 @pytest.mark.parametrize("name", ["adaface", "curricularface"])
