@@ -142,6 +142,23 @@ def test_running_state_moves_in_training_mode_only(name):
     assert not all(torch.equal(v, pfc.margin_loss.state_dict()[k]) for k, v in before.items())
 
 
+@pytest.mark.parametrize("name", ["adaface", "curricularface"])
+def test_a_non_finite_batch_leaves_the_running_state_as_it_was(name):
+    """train.py skips a step whose loss is not finite; the state must not turn NaN in it, or every later step
+    would be NaN too. The next finite step then moves the state as in the fixture's first step."""
+    fixture = load(name)
+    head = losses.get_margin_loss(name)
+    pfc = head_in_pfc(head, fixture)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    broken = fixture["embeddings"].copy()
+    broken[3] = np.nan
+    loss, _, _ = step(pfc, broken, fixture["labels"])
+    assert not torch.isfinite(loss)
+    assert all(torch.equal(v, head.state_dict()[k]) for k, v in before.items())
+    check_step(pfc, fixture)
+    assert_state_matches(torch.cat([b.flatten() for b in head.buffers()]), fixture["state_step1"], "state_step1")
+
+
 def test_magface_equals_the_released_loss_with_its_regulariser():
     fixture = load("magface")
     params = json.loads(str(fixture["params"]))
