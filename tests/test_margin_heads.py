@@ -295,6 +295,34 @@ def test_uniface_bias_starts_at_log_of_ten_times_the_sampled_classes():
     assert losses.UniFaceLoss(bias_init=2.5).bias.item() == 2.5
 
 
+def adaface_target(mean: float, std: float, norms, cosines):
+    """64 × AdaFace's target value and its slope in cos θ for these norms [N] and target cosines [N], from a
+    head whose μ and σ are set (eval mode: its forward would not move them)."""
+    head = losses.get_margin_loss("adaface").eval()
+    head.batch_mean.fill_(mean)
+    head.batch_std.fill_(std)
+    norms, cosines = torch.tensor(norms), torch.tensor(cosines)
+    value, slope = head.margin_value_and_slope(cosines, BatchRows(norms, None))
+    return 64.0 * value, 64.0 * slope
+
+
+def test_adaface_margin_scaler_and_angle_clips_with_the_reference_examples():
+    """The fixtures' norms keep ŝ far inside (−1, 1) and θ − m·ŝ inside [ε, π − ε]; these cases reach the clips.
+    a = 30 and a = 80 (ŝ clipped to 1) with μ = 20, σ = 10 are the worked examples of margin_losses.md §2."""
+    value, slope = adaface_target(20.0, 10.0, [30.0, 80.0, 80.0, 80.0], [0.5, 0.5, 0.9995, 0.99])
+    assert value[0].item() == pytest.approx(4.95280, abs=2e-5) and slope[0].item() == pytest.approx(58.526, abs=2e-3)
+    assert value[1].item() == pytest.approx(-0.14229, abs=2e-5)
+    # cos clamped to 0.999, θ − m = 0.0447 − 0.4 clipped to ε: cos ε − 2m, no gradient.
+    assert value[2].item() == pytest.approx(64.0 * (math.cos(1e-3) - 0.8), abs=2e-5) and slope[2].item() == 0.0
+    # cos 0.99 is not clamped, but θ − m = 0.1415 − 0.4 is clipped to ε: the same value, no gradient either.
+    assert value[3].item() == pytest.approx(64.0 * (math.cos(1e-3) - 0.8), abs=2e-5) and slope[3].item() == 0.0
+    # μ = 60: ŝ = clip(0.333·(20 − 60)/10.001) = −1, so the margin is all angular; at cos −0.9995 (clamped to
+    # −0.999) θ + m passes π − ε and is clipped there, no gradient.
+    value, slope = adaface_target(60.0, 10.0, [20.0, 20.0], [0.5, -0.9995])
+    assert value[0].item() == pytest.approx(64.0 * math.cos(math.acos(0.5) + 0.4), abs=2e-5)
+    assert value[1].item() == pytest.approx(64.0 * math.cos(math.pi - 1e-3), abs=2e-5) and slope[1].item() == 0.0
+
+
 def test_adaface_clamps_every_cosine_to_one_minus_eps():
     """A non-target cosine of 0.9995 is clamped to 0.999 (its logit s·0.999, no gradient to its centre);
     a cosine of 0.99 is not. A one-sample batch leaves σ finite (the released std would be NaN)."""
