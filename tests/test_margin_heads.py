@@ -289,6 +289,37 @@ def test_uniface_equals_the_released_loss_and_its_bias_gradient():
     assert_matches(head.bias.grad, fixture["grad_bias"], "grad_bias")
 
 
+def released_uniface(x, w, bias, labels, m, s, l):  # noqa: E741
+    """CVI-SZU/UniFace `head.py`'s Unified_Cross_Entropy_Loss forward written out (autograd, r = 1)."""
+    F = torch.nn.functional
+    cos_theta = F.linear(F.normalize(x, eps=1e-5), F.normalize(w, eps=1e-5))
+    cos_m_theta_p = s * (cos_theta - m) - bias
+    cos_m_theta_n = s * cos_theta - bias
+    p_loss = torch.log(1 + torch.exp(-cos_m_theta_p.clamp(min=-s, max=s)))
+    n_loss = torch.log(1 + torch.exp(cos_m_theta_n.clamp(min=-s, max=s))) * l
+    one_hot = torch.zeros_like(cos_theta, dtype=torch.bool).scatter_(1, labels.view(-1, 1), True)
+    return (one_hot * p_loss + (~one_hot) * n_loss).sum(dim=1).mean()
+
+
+def test_uniface_with_a_negative_weight_l_below_one_equals_the_released_formula():
+    """The fixture has l = 1; l = 0.7 weights the negative terms and their gradients only (the clamp at −s
+    still binds on sample 0's target)."""
+    fixture = load("uniface")
+    x = torch.from_numpy(fixture["embeddings"]).requires_grad_(True)  # float64
+    w = torch.from_numpy(fixture["centres"]).requires_grad_(True)
+    bias = torch.from_numpy(fixture["bias"]).requires_grad_(True)
+    labels = torch.from_numpy(fixture["labels"])
+    expected = released_uniface(x, w, bias, labels, m=0.4, s=64.0, l=0.7)
+    expected.backward()
+    head = losses.get_margin_loss("uniface", l=0.7)
+    pfc = head_in_pfc(head, fixture)
+    loss, grad_embeddings, grad_centres = step(pfc, fixture["embeddings"], fixture["labels"])
+    assert_matches(loss, expected.detach().numpy(), "loss")
+    assert_matches(grad_embeddings, x.grad.numpy(), "d/d embeddings")
+    assert_matches(grad_centres, w.grad.numpy(), "d/d centres")
+    assert_matches(head.bias.grad, bias.grad.numpy(), "d/d bias")
+
+
 def test_uniface_bias_starts_at_log_of_ten_times_the_sampled_classes():
     pfc = PartialFC(losses.get_margin_loss("uniface"), 4, 1000, sample_rate=0.5)
     assert pfc.margin_loss.bias.item() == pytest.approx(math.log(1000 * 0.5 * 10))
