@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from losses.common import update_if_finite_
 from utils.errors import UserError
 
 _EPS = 1e-3  # the released eps: cosine clamp ±(1 − eps), angle clip [eps, π − eps], σ + eps
@@ -28,7 +29,8 @@ class AdaFaceLoss(nn.Module):
     Departures from head.py: the statistics are over all N rows of the global batch (the released code
     used each GPU's sub-batch, so its state depended on the number of GPUs), and they are not updated in
     eval mode (the released code updated them on every forward); a global batch of one sample leaves σ
-    as it is (the released σ became NaN).
+    as it is (the released σ became NaN), and so does a batch with a non-finite norm (μ and σ both: the
+    released state became NaN for good; train.py skips that step).
 
     Args:
         m: margin (the paper's 0.4). h: share of the margin that adapts to the norm (0.333).
@@ -50,9 +52,11 @@ class AdaFaceLoss(nn.Module):
         """Update μ and σ from the global batch's norms rows.norms [N] (training mode only)."""
         if self.training:
             safe_norms = rows.norms.clip(*_NORM_RANGE)  # [N]
-            self.batch_mean.copy_(safe_norms.mean() * self.t_alpha + (1 - self.t_alpha) * self.batch_mean)
+            update_if_finite_(self.batch_mean, safe_norms.mean() * self.t_alpha + (1 - self.t_alpha) * self.batch_mean,
+                              safe_norms)
             if safe_norms.numel() > 1:  # the unbiased std of one norm is NaN, which would stay in σ for good
-                self.batch_std.copy_(safe_norms.std() * self.t_alpha + (1 - self.t_alpha) * self.batch_std)
+                update_if_finite_(self.batch_std, safe_norms.std() * self.t_alpha + (1 - self.t_alpha) * self.batch_std,
+                                  safe_norms)
         return rows
 
     def _margin_scaler(self, norms: torch.Tensor) -> torch.Tensor:

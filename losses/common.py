@@ -1,4 +1,5 @@
-"""What the margin heads share: the guard of their exact gradients where sin θ → 0."""
+"""What the margin heads share: the guard of their exact gradients where sin θ → 0, and of their running
+state against a non-finite batch."""
 
 from __future__ import annotations
 
@@ -20,3 +21,13 @@ def angle_inside(theta: torch.Tensor) -> torch.Tensor:
 def guarded_sin(cos_theta: torch.Tensor) -> torch.Tensor:
     """sin θ = √(1 − cos²θ) [N], at least sin(MIN_ANGLE): sin θ at angle_inside(θ)."""
     return torch.sqrt(1.0 - cos_theta.pow(2)).clamp(min=math.sin(MIN_ANGLE))
+
+
+def update_if_finite_(state: torch.Tensor, new: torch.Tensor, batch: torch.Tensor) -> None:
+    """state ← new unless `batch` (the statistic's inputs) holds a NaN or inf, without a host sync.
+
+    A non-finite batch (an fp16 overflow in the backbone) makes the loss non-finite and train.py skips that
+    step; the running statistic must then stay as it was, or it would be NaN for the rest of the run (the
+    released heads' state is).
+    """
+    state.copy_(torch.where(torch.isfinite(batch).all(), new, state))

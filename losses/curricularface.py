@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from losses.common import guarded_sin
+from losses.common import guarded_sin, update_if_finite_
 
 _T_MOMENTUM = 0.01  # hard-coded in the released code
 
@@ -24,7 +24,8 @@ class CurricularFaceLoss(nn.Module):
     t ← 0.01·mean(cos θ_y) + 0.99·t. Released details kept: the mask compares with φ even on rows that
     take the fallback branch; the exact gradient (hard negatives t + 2c). Departures: t and the mask use
     the target cosines of the whole global batch (the released t was per GPU); t is not updated in eval
-    mode; d√(1 − c²)/dc is evaluated at θ clamped to [1e-3, π − 1e-3] (no inf at |c| = 1).
+    mode, nor by a batch with a non-finite target cosine (the released t became NaN for good; train.py
+    skips that step); d√(1 − c²)/dc is evaluated at θ clamped to [1e-3, π − 1e-3] (no inf at |c| = 1).
 
     Args:
         s: logit scale. m: angular margin.
@@ -44,7 +45,8 @@ class CurricularFaceLoss(nn.Module):
     def prepare_(self, rows):
         """Update t from the global target cosines rows.cos_target [N] (training mode only)."""
         if self.training:
-            self.t.copy_(rows.cos_target.mean() * _T_MOMENTUM + (1 - _T_MOMENTUM) * self.t)
+            update_if_finite_(self.t, rows.cos_target.mean() * _T_MOMENTUM + (1 - _T_MOMENTUM) * self.t,
+                              rows.cos_target)
         return rows
 
     def _phi(self, cos_target: torch.Tensor) -> torch.Tensor:

@@ -53,21 +53,33 @@ class UniFaceLoss(nn.Module):
                          has_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Overwrite cosines [n, S] with dℓ/dcos; returns ℓ_n [n] (this block's columns) and dℓ_n/db [n].
 
-        In place: q = s·c − b for negatives and −(s(c − m) − b) for the target, clamped to ±s;
-        ℓ = log(1 + exp(q)) (times l for negatives); dℓ/dq = σ(q) (times l), 0 where the clamp bound;
-        dℓ/dc = s·dℓ/dq (negatives), −s·dℓ/dq (target); dℓ/db = −dℓ/dc / s in both cases.
+        In place: q = s·c − b, on the target column −(s(c − m) − b) instead, clamped to ±s;
+        ℓ = log(1 + e^q) (times l for negatives); dℓ/dq = e^q / (1 + e^q) = σ(q) (times l), 0 where the
+        clamp bound; dℓ/dc = s·dℓ/dq (negatives), −s·dℓ/dq (target); dℓ/db = −dℓ/dc / s in both cases.
+        Per entry one exp and one log (σ reuses both); the target is handled on its column alone ([n]).
         """
-        target = torch.zeros_like(cosine, dtype=torch.bool).scatter_(1, target_column, has_target.unsqueeze(1))
-        q = cosine.mul_(self.s).sub_(self.bias.detach())  # [n, S]
-        q.sub_(target * (self.s * self.m))
-        q.masked_scatter_(target, -q[target])
+        q = cosine.mul_(self.s).sub_(self.bias.detach())  # [n, S], s·c − b
+        _set_targets_(q, target_column, has_target, self.s * self.m - q.gather(1, target_column))
         saturated = q.abs() > self.s  # [n, S]
-        q.clamp_(-self.s, self.s)
-        weight = torch.where(target, 1.0, self.l)  # [n, S]
-        terms = (torch.log(1 + torch.exp(q)) * weight).sum(dim=1)  # [n]
-        grad = q.sigmoid_().mul_(weight).masked_fill_(saturated, 0.0)  # dℓ/dq
-        grad.mul_(torch.where(target, -self.s, self.s))  # dℓ/dcos
+        exp_q = q.clamp_(-self.s, self.s).exp_()  # [n, S], e^q in the buffer
+        one_plus = exp_q + 1  # [n, S]
+        logs = one_plus.log()  # [n, S], ℓ per entry before the weight l
+        if self.l != 1.0:
+            target_logs = logs.gather(1, target_column)  # [n, 1]
+            _set_targets_(logs.mul_(self.l), target_column, has_target, target_logs)
+        terms = logs.sum(dim=1)  # [n]
+        del logs
+        grad = exp_q.div_(one_plus).masked_fill_(saturated, 0.0)  # [n, S], dℓ/dq before the weight l
+        target_grad = grad.gather(1, target_column) * -self.s  # [n, 1]
+        _set_targets_(grad.mul_(self.s * self.l), target_column, has_target, target_grad)  # dℓ/dcos
         return terms, -grad.sum(dim=1) / self.s
 
     def extra_repr(self) -> str:
         return f"s={self.s}, m={self.m}, l={self.l}"
+
+
+def _set_targets_(values: torch.Tensor, target_column: torch.Tensor, has_target: torch.Tensor,
+                  target_values: torch.Tensor) -> None:
+    """values[n, y_n] = target_values[n] [n, 1] in place, for the rows with a target here (has_target [n])."""
+    current = values.gather(1, target_column)  # [n, 1]
+    values.scatter_(1, target_column, torch.where(has_target.unsqueeze(1), target_values, current))

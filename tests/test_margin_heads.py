@@ -33,6 +33,14 @@ def assert_matches(actual: torch.Tensor, expected, what: str) -> None:
     assert error <= 1e-5 * scale, f"{what}: max error {error:.3g} exceeds 1e-5 × {scale:.3g}"
 
 
+def assert_state_matches(actual: torch.Tensor, expected, what: str) -> None:
+    """Running state within 1e-6 relative per entry: the README's states agree to 1e-7, and the state is
+    where a wrong statistic shows (a biased std moves the logits by 3e-5 but σ by 3e-3)."""
+    expected = torch.from_numpy(np.asarray(expected)).double()
+    error = ((actual.detach().double().reshape(expected.shape) - expected).abs() / expected.abs()).max().item()
+    assert error <= 1e-6, f"{what}: max relative error {error:.3g} exceeds 1e-6"
+
+
 def step(pfc: PartialFC, embeddings, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, d/d embeddings, d/d centres) of one forward and backward."""
     embeddings = tensor(embeddings).requires_grad_(True)
@@ -57,15 +65,41 @@ def check_step(pfc, fixture, suffix: str = "") -> None:
     assert_matches(grad_centres, fixture["grad_centres" + suffix], "grad_centres" + suffix)
 
 
+# The fixtures' released settings under the registry's names: {loss: (params section, {ours: released})}.
+RELEASED_SETTINGS = {
+    "adaface": ("AdaFace", {"m": "m", "h": "h", "s": "s", "t_alpha": "t_alpha"}),
+    "magface": ("MagLoss", {"l_a": "l_a", "u_a": "u_a", "l_margin": "l_margin", "u_margin": "u_margin"}),
+    "curricularface": ("CurricularFace", {"m": "m", "s": "s"}),
+    "elasticface_arc": ("ElasticArcFace", {"m": "m", "s": "s", "std": "std"}),
+    "elasticface_arc_plus": ("ElasticArcFace", {"m": "m", "s": "s", "std": "std"}),
+    "elasticface_cos": ("ElasticCosFace", {"m": "m", "s": "s", "std": "std"}),
+    "elasticface_cos_plus": ("ElasticCosFace", {"m": "m", "s": "s", "std": "std"}),
+    "uniface": ("Unified_Cross_Entropy_Loss", {"m": "m", "s": "s", "l": "l"}),
+}
+
+
+@pytest.mark.parametrize("name", RELEASED_SETTINGS)
+def test_registry_defaults_are_the_released_settings_of_the_fixtures(name):
+    """The fixtures ran each head with the settings of its paper's main results (README); ElasticFace's
+    fixture tests inject the draws, so only this pins its m and std."""
+    params = json.loads(str(load(name)["params"]))
+    section, names = RELEASED_SETTINGS[name]
+    released = {ours: params[section][theirs] for ours, theirs in names.items()}
+    if name == "magface":
+        released.update(s=params["MagLinear"]["scale"], lambda_g=params["trainer"]["lambda_g"])
+    defaults = losses.loss_defaults(name)
+    assert {key: defaults[key] for key in released} == released
+
+
 def test_adaface_equals_the_released_head_over_two_steps():
     fixture = load("adaface")
     head = losses.get_margin_loss("adaface")
-    assert_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_init"], "state_init")
+    assert_state_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_init"], "state_init")
     pfc = head_in_pfc(head, fixture)
     check_step(pfc, fixture)
-    assert_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_step1"], "state_step1")
+    assert_state_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_step1"], "state_step1")
     check_step(pfc, fixture, "_step2")
-    assert_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_step2"], "state_step2")
+    assert_state_matches(torch.cat([head.batch_mean, head.batch_std]), fixture["state_step2"], "state_step2")
 
 
 def test_curricularface_equals_the_released_head_over_two_steps():
@@ -73,9 +107,51 @@ def test_curricularface_equals_the_released_head_over_two_steps():
     head = losses.get_margin_loss("curricularface")
     pfc = head_in_pfc(head, fixture)
     check_step(pfc, fixture)
-    assert_matches(head.t, fixture["state_step1"], "state_step1")
+    assert_state_matches(head.t, fixture["state_step1"], "state_step1")
     check_step(pfc, fixture, "_step2")
-    assert_matches(head.t, fixture["state_step2"], "state_step2")
+    assert_state_matches(head.t, fixture["state_step2"], "state_step2")
+
+
+def released_curricularface(embeddings, centres, labels, t, m=0.5, s=64.0):
+    """(loss, new t) of HuangYG123/CurricularFace `head/metrics.py` written out line by line (autograd)."""
+    cos_theta = (torch.nn.functional.normalize(embeddings) @ torch.nn.functional.normalize(centres).t()).clamp(-1, 1)
+    target_logit = cos_theta[torch.arange(labels.numel()), labels].view(-1, 1)
+    sin_theta = torch.sqrt(1.0 - target_logit.pow(2))
+    cos_theta_m = target_logit * math.cos(m) - sin_theta * math.sin(m)
+    mask = cos_theta > cos_theta_m  # φ, also on the rows of the fallback branch below
+    final_target_logit = torch.where(target_logit > math.cos(math.pi - m), cos_theta_m,
+                                     target_logit - math.sin(math.pi - m) * m)
+    hard_example = cos_theta[mask]
+    t = target_logit.detach().mean() * 0.01 + 0.99 * t
+    cos_theta = cos_theta.clone()
+    cos_theta[mask] = hard_example * (t + hard_example)
+    cos_theta = cos_theta.scatter(1, labels.view(-1, 1), final_target_logit)
+    return torch.nn.functional.cross_entropy(cos_theta * s, labels), t
+
+
+def test_curricularface_hard_negative_mask_uses_phi_on_fallback_rows():
+    """Row 0 takes the fallback branch (c_y = −0.9 < cos(π − m)): its mask threshold is φ = −0.99881, not
+    its target value c_y − m·sin m = −1.1397, so its negative at −0.9995 stays easy (s·c, not s·c(t + c)).
+    The fixtures have no negative between the two thresholds."""
+    embeddings = torch.tensor([[20.0, 0, 0, 0], [0, 0, 0, 15.0]], dtype=torch.float64)  # [2, 4]
+    labels = torch.tensor([0, 1])
+    centres = torch.tensor([[-0.9, math.sqrt(1 - 0.81), 0, 0],  # row 0's target, cos −0.9
+                            [0, 0.6, 0, 0.8],  # row 1's target, cos 0.8 (margin branch)
+                            [-0.9995, 0, math.sqrt(1 - 0.9995**2), 0],  # row 0: cos −0.9995, below φ
+                            [0.3, 0, 0, math.sqrt(1 - 0.09)]], dtype=torch.float64)  # row 0: 0.3; row 1: 0.954
+    x = embeddings.clone().requires_grad_(True)
+    w = centres.clone().requires_grad_(True)
+    expected, t = released_curricularface(x, w, labels, torch.zeros(1, dtype=torch.float64))
+    expected.backward()
+    head = losses.get_margin_loss("curricularface")
+    pfc = PartialFC(head, 4, 4)
+    with torch.no_grad():
+        pfc.weight.copy_(centres.float())
+    loss, grad_embeddings, grad_centres = step(pfc, embeddings.float().numpy(), labels.numpy())
+    assert_matches(loss, expected.detach().numpy(), "loss")
+    assert_matches(grad_embeddings, x.grad.numpy(), "d/d embeddings")
+    assert_matches(grad_centres, w.grad.numpy(), "d/d centres")
+    assert_state_matches(head.t, t.numpy(), "t")
 
 
 @pytest.mark.parametrize("name", ["adaface", "curricularface"])
@@ -90,6 +166,23 @@ def test_running_state_moves_in_training_mode_only(name):
     pfc.train()
     pfc(tensor(fixture["embeddings"]), torch.from_numpy(fixture["labels"]))
     assert not all(torch.equal(v, pfc.margin_loss.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("name", ["adaface", "curricularface"])
+def test_a_non_finite_batch_leaves_the_running_state_as_it_was(name):
+    """train.py skips a step whose loss is not finite; the state must not turn NaN in it, or every later step
+    would be NaN too. The next finite step then moves the state as in the fixture's first step."""
+    fixture = load(name)
+    head = losses.get_margin_loss(name)
+    pfc = head_in_pfc(head, fixture)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    broken = fixture["embeddings"].copy()
+    broken[3] = np.nan
+    loss, _, _ = step(pfc, broken, fixture["labels"])
+    assert not torch.isfinite(loss)
+    assert all(torch.equal(v, head.state_dict()[k]) for k, v in before.items())
+    check_step(pfc, fixture)
+    assert_state_matches(torch.cat([b.flatten() for b in head.buffers()]), fixture["state_step1"], "state_step1")
 
 
 def test_magface_equals_the_released_loss_with_its_regulariser():
@@ -196,10 +289,69 @@ def test_uniface_equals_the_released_loss_and_its_bias_gradient():
     assert_matches(head.bias.grad, fixture["grad_bias"], "grad_bias")
 
 
+def released_uniface(x, w, bias, labels, m, s, l):  # noqa: E741
+    """CVI-SZU/UniFace `head.py`'s Unified_Cross_Entropy_Loss forward written out (autograd, r = 1)."""
+    F = torch.nn.functional
+    cos_theta = F.linear(F.normalize(x, eps=1e-5), F.normalize(w, eps=1e-5))
+    cos_m_theta_p = s * (cos_theta - m) - bias
+    cos_m_theta_n = s * cos_theta - bias
+    p_loss = torch.log(1 + torch.exp(-cos_m_theta_p.clamp(min=-s, max=s)))
+    n_loss = torch.log(1 + torch.exp(cos_m_theta_n.clamp(min=-s, max=s))) * l
+    one_hot = torch.zeros_like(cos_theta, dtype=torch.bool).scatter_(1, labels.view(-1, 1), True)
+    return (one_hot * p_loss + (~one_hot) * n_loss).sum(dim=1).mean()
+
+
+def test_uniface_with_a_negative_weight_l_below_one_equals_the_released_formula():
+    """The fixture has l = 1; l = 0.7 weights the negative terms and their gradients only (the clamp at −s
+    still binds on sample 0's target)."""
+    fixture = load("uniface")
+    x = torch.from_numpy(fixture["embeddings"]).requires_grad_(True)  # float64
+    w = torch.from_numpy(fixture["centres"]).requires_grad_(True)
+    bias = torch.from_numpy(fixture["bias"]).requires_grad_(True)
+    labels = torch.from_numpy(fixture["labels"])
+    expected = released_uniface(x, w, bias, labels, m=0.4, s=64.0, l=0.7)
+    expected.backward()
+    head = losses.get_margin_loss("uniface", l=0.7)
+    pfc = head_in_pfc(head, fixture)
+    loss, grad_embeddings, grad_centres = step(pfc, fixture["embeddings"], fixture["labels"])
+    assert_matches(loss, expected.detach().numpy(), "loss")
+    assert_matches(grad_embeddings, x.grad.numpy(), "d/d embeddings")
+    assert_matches(grad_centres, w.grad.numpy(), "d/d centres")
+    assert_matches(head.bias.grad, bias.grad.numpy(), "d/d bias")
+
+
 def test_uniface_bias_starts_at_log_of_ten_times_the_sampled_classes():
     pfc = PartialFC(losses.get_margin_loss("uniface"), 4, 1000, sample_rate=0.5)
     assert pfc.margin_loss.bias.item() == pytest.approx(math.log(1000 * 0.5 * 10))
     assert losses.UniFaceLoss(bias_init=2.5).bias.item() == 2.5
+
+
+def adaface_target(mean: float, std: float, norms, cosines):
+    """64 × AdaFace's target value and its slope in cos θ for these norms [N] and target cosines [N], from a
+    head whose μ and σ are set (eval mode: its forward would not move them)."""
+    head = losses.get_margin_loss("adaface").eval()
+    head.batch_mean.fill_(mean)
+    head.batch_std.fill_(std)
+    norms, cosines = torch.tensor(norms), torch.tensor(cosines)
+    value, slope = head.margin_value_and_slope(cosines, BatchRows(norms, None))
+    return 64.0 * value, 64.0 * slope
+
+
+def test_adaface_margin_scaler_and_angle_clips_with_the_reference_examples():
+    """The fixtures' norms keep ŝ far inside (−1, 1) and θ − m·ŝ inside [ε, π − ε]; these cases reach the clips.
+    a = 30 and a = 80 (ŝ clipped to 1) with μ = 20, σ = 10 are the worked examples of margin_losses.md §2."""
+    value, slope = adaface_target(20.0, 10.0, [30.0, 80.0, 80.0, 80.0], [0.5, 0.5, 0.9995, 0.99])
+    assert value[0].item() == pytest.approx(4.95280, abs=2e-5) and slope[0].item() == pytest.approx(58.526, abs=2e-3)
+    assert value[1].item() == pytest.approx(-0.14229, abs=2e-5)
+    # cos clamped to 0.999, θ − m = 0.0447 − 0.4 clipped to ε: cos ε − 2m, no gradient.
+    assert value[2].item() == pytest.approx(64.0 * (math.cos(1e-3) - 0.8), abs=2e-5) and slope[2].item() == 0.0
+    # cos 0.99 is not clamped, but θ − m = 0.1415 − 0.4 is clipped to ε: the same value, no gradient either.
+    assert value[3].item() == pytest.approx(64.0 * (math.cos(1e-3) - 0.8), abs=2e-5) and slope[3].item() == 0.0
+    # μ = 60: ŝ = clip(0.333·(20 − 60)/10.001) = −1, so the margin is all angular; at cos −0.9995 (clamped to
+    # −0.999) θ + m passes π − ε and is clipped there, no gradient.
+    value, slope = adaface_target(60.0, 10.0, [20.0, 20.0], [0.5, -0.9995])
+    assert value[0].item() == pytest.approx(64.0 * math.cos(math.acos(0.5) + 0.4), abs=2e-5)
+    assert value[1].item() == pytest.approx(64.0 * math.cos(math.pi - 1e-3), abs=2e-5) and slope[1].item() == 0.0
 
 
 def test_adaface_clamps_every_cosine_to_one_minus_eps():

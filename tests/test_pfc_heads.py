@@ -202,3 +202,43 @@ def test_magface_sample_weights_multiply_the_regulariser_too():
     embeddings, labels, weights = case["embeddings"][0], case["labels"][0], case["weights"]
     per_sample = torch.stack([pfc(embeddings[n:n + 1], labels[n:n + 1]).detach() for n in range(GLOBAL_BATCH)])
     assert_close(pfc(embeddings, labels, weights).detach(), (weights * per_sample).mean(), "weighted loss")
+
+
+RESHARDED = ("adaface", "curricularface", "elasticface_arc_plus", "uniface")
+
+
+def train_and_save(rank: int, world_size: int, case: dict) -> dict:
+    """{loss: (head state_dict, SGD-with-momentum state_dict)} after two steps of this rank's rows."""
+    rows = slice(rank * GLOBAL_BATCH // world_size, (rank + 1) * GLOBAL_BATCH // world_size)
+    saved = {}
+    for name in RESHARDED:
+        pfc = PartialFC(losses.get_margin_loss(name, seed=3), EMBEDDING_SIZE, NUM_CLASSES, seed=SEED)
+        optimizer = torch.optim.SGD(pfc.parameters(), lr=0.1, momentum=0.9)
+        for embeddings, labels in zip(case["embeddings"], case["labels"]):
+            optimizer.zero_grad()
+            pfc(embeddings[rows], labels[rows], case["weights"][rows]).backward()
+            optimizer.step()
+        saved[name] = (pfc.state_dict(), optimizer.state_dict())
+    return saved
+
+
+@pytest.mark.slow
+def test_resharding_two_saved_ranks_into_one_keeps_the_head_state_and_the_bias_momentum():
+    """load_resharded takes the head's replicated state from the first shard it reads (here rank 1's): the
+    statistics, ElasticFace's generator, UniFace's bias and the bias's momentum are those of one process."""
+    case = make_case()
+    single = train_and_save(0, 1, case)
+    per_rank = run_distributed(train_and_save, 2, case)
+    for name in RESHARDED:
+        pfc = PartialFC(losses.get_margin_loss(name, seed=3), EMBEDDING_SIZE, NUM_CLASSES, seed=SEED)
+        optimizer = torch.optim.SGD(pfc.parameters(), lr=0.1, momentum=0.9)
+        pfc.load_resharded(iter([per_rank[1][name], per_rank[0][name]]), optimizer)
+        expected_head, expected_optimizer = single[name]
+        for key, value in expected_head.items():
+            if key == "margin_loss._extra_state":
+                assert torch.equal(pfc.state_dict()[key]["generator_state"], value["generator_state"]), name
+            elif torch.is_tensor(value):
+                assert_close(pfc.state_dict()[key], value, f"{name}: {key}")
+        for index, state in expected_optimizer["state"].items():
+            assert_close(optimizer.state_dict()["state"][index]["momentum_buffer"], state["momentum_buffer"],
+                         f"{name}: momentum of parameter {index}")
