@@ -34,8 +34,9 @@ def _cosface(s, m, interclass_filtering_threshold) -> nn.Module:
 
 
 def _elasticface(angular: bool, plus: bool) -> Callable[..., nn.Module]:
-    def build(s, m, std, rank_matching, seed) -> nn.Module:
-        return ElasticFaceLoss(s, m, std, angular=angular, plus=plus, rank_matching=rank_matching, seed=seed)
+    def build(s, m, std, rank_matching, seed, continue_tail=True) -> nn.Module:
+        return ElasticFaceLoss(s, m, std, angular=angular, plus=plus, rank_matching=rank_matching, seed=seed,
+                               continue_tail=continue_tail)
     return build
 
 
@@ -47,11 +48,14 @@ _HEADS: dict[str, tuple[Callable[..., nn.Module], Mapping[str, Any]]] = {
     "arcface": (_arcface, dict(s=64.0, m=0.5, interclass_filtering_threshold=0.0, exact_gradient=False)),
     "cosface": (_cosface, dict(s=64.0, m=0.4, interclass_filtering_threshold=0.0)),
     "adaface": (AdaFaceLoss, dict(m=0.4, h=0.333, s=64.0, t_alpha=0.01)),
-    "magface": (MagFaceLoss, dict(s=64.0, l_a=10.0, u_a=110.0, l_margin=0.45, u_margin=0.8, lambda_g=35.0)),
+    "magface": (MagFaceLoss, dict(s=64.0, l_a=10.0, u_a=110.0, l_margin=0.45, u_margin=0.8, lambda_g=35.0,
+                                       easy_margin=True)),
     "curricularface": (CurricularFaceLoss, dict(s=64.0, m=0.5)),
-    "elasticface_arc": (_elasticface(True, False), dict(s=64.0, m=0.5, std=0.05, rank_matching=False)),
+    "elasticface_arc": (_elasticface(True, False), dict(s=64.0, m=0.5, std=0.05, rank_matching=False,
+                                                        continue_tail=True)),
     "elasticface_cos": (_elasticface(False, False), dict(s=64.0, m=0.35, std=0.05, rank_matching=False)),
-    "elasticface_arc_plus": (_elasticface(True, True), dict(s=64.0, m=0.5, std=0.0175, rank_matching=False)),
+    "elasticface_arc_plus": (_elasticface(True, True), dict(s=64.0, m=0.5, std=0.0175, rank_matching=False,
+                                                            continue_tail=True)),
     "elasticface_cos_plus": (_elasticface(False, True), dict(s=64.0, m=0.35, std=0.02, rank_matching=False)),
     "uniface": (UniFaceLoss, dict(s=64.0, m=0.4, l=1.0)),
 }

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from losses import LOSS_NAMES, CombinedMarginLoss, ehsm_weights, get_margin_loss, loss_defaults
+from partial_fc import BatchRows
 from utils.errors import UserError
 
 S = 64.0
@@ -197,3 +198,16 @@ def test_registry_names_the_closest_loss_and_parameter():
         get_margin_loss("cosface", mm=0.3)
     with pytest.raises(UserError, match="did you mean 'cosface'"):
         loss_defaults("cosfac")
+
+
+def test_registry_selects_the_released_branches_magface_hard_margin_and_elasticface_wrap():
+    """easy_margin and continue_tail reach the heads, so a config can pick MagFace's non-easy margin and
+    ElasticArcFace's released wrap past θ + m = π (with continue_tail the target keeps falling instead)."""
+    assert loss_defaults("magface")["easy_margin"] is True
+    assert get_margin_loss("magface", easy_margin=False).easy_margin is False
+    cos_target = torch.tensor([math.cos(math.pi - 0.1)])  # θ = π - 0.1, θ + m = π + 0.4: past the tail
+    rows = BatchRows(norms=torch.ones(1), cos_target=cos_target, margins=torch.tensor([0.5]))
+    wrapped = get_margin_loss("elasticface_arc", continue_tail=False).margin_value_and_slope(cos_target, rows)[0]
+    continued = get_margin_loss("elasticface_arc").margin_value_and_slope(cos_target, rows)[0]
+    assert wrapped.item() == pytest.approx(math.cos(math.pi + 0.4), abs=1e-6)  # the released wrap: rises again
+    assert continued.item() == pytest.approx(cos_target.item() - (1 - math.cos(0.5)), abs=1e-6)
