@@ -28,7 +28,7 @@ import sys
 import torch
 
 from bench.pfc_baseline import UnfusedPartialFC
-from losses import CombinedMarginLoss
+from losses import get_margin_loss
 from partial_fc import PartialFC
 
 PATHS = {"unfused (before)": UnfusedPartialFC, "fused (ours)": PartialFC}
@@ -46,9 +46,11 @@ def _step(pfc, embeddings, labels) -> None:
     pfc(embeddings, labels).backward()
 
 
-def probe(path: str, num_local: int, batch: int, embedding_size: int, sample_rate: float) -> dict:
-    """Peak RSS growth of one forward + backward in this process, in bytes per element of [N, S]."""
-    margin = CombinedMarginLoss(64.0, 1.0, 0.5, 0.0)
+def probe(path: str, num_local: int, batch: int, embedding_size: int, sample_rate: float,
+          loss: str = "arcface") -> dict:
+    """Peak RSS growth of one forward + backward in this process, in bytes per element of [N, S], with
+    the margin head `loss` (a losses.get_margin_loss name; ArcFace's combined margin by default)."""
+    margin = get_margin_loss(loss)
     build = PATHS[path]
     generator = torch.Generator().manual_seed(0)
     warm = build(margin, embedding_size, 64, sample_rate)
