@@ -242,6 +242,7 @@ def test_host_memory_is_checked_when_given_and_names_the_phase(big_head_config, 
     (["missing.py", "--gpus", "8"], "missing.py"),
     (["{config}", "--gpus", "12", "--gpus-per-node", "8"], "not a multiple of --gpus-per-node 8"),
     (["{config}", "--gpus", "8", "--gpu-memory", "0"], "must be positive"),
+    (["{config}", "--gpus", "8", "--host-memory", "0"], "--host-memory 0.0 must be positive"),
     (["{config}", "--gpus", "8", "--set", "num_image=0"], "--set num_image=N"),
     (["{config}", "--gpus", "8", "--set", "global_batch_size=1000"], "global_batch_size 1000"),
 ])
@@ -250,7 +251,6 @@ def test_user_mistakes_exit_2_with_one_line(big_head_config, capsys, argv, words
     assert code == 2
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert words in err, err
-
 
 
 def _head_loss_peak(rank, world_size, batch, classes, loss):

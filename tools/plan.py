@@ -286,9 +286,11 @@ def _check_inputs(cfg, cluster: Cluster) -> None:
     if cluster.gpus % cluster.gpus_per_node:
         raise UserError(f"--gpus {cluster.gpus} is not a multiple of --gpus-per-node {cluster.gpus_per_node}; "
                         "give the GPUs of whole nodes.")
-    if not cluster.gpu_memory_gib > 0 or not cluster.storage_gbps > 0 or not (cluster.host_memory_gib or 1) > 0:
-        raise UserError(f"--gpu-memory {cluster.gpu_memory_gib}, --storage-gbps {cluster.storage_gbps} and "
-                        f"--host-memory {cluster.host_memory_gib} must be positive.")
+    given = {"--gpu-memory": cluster.gpu_memory_gib, "--storage-gbps": cluster.storage_gbps,
+             "--host-memory": cluster.host_memory_gib}
+    for flag, value in given.items():
+        if value is not None and not value > 0:  # --host-memory 0 was taken as not given
+            raise UserError(f"{flag} {value} must be positive.")
     for key in ("num_classes", "num_image"):
         if cfg[key] <= 0:
             raise UserError(f"the config sets no {key} (train.py reads it from the data); the plan needs it: "
