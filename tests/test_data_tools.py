@@ -375,6 +375,17 @@ def test_a_worker_that_dies_is_one_clear_error_not_a_hang():
             list(items)
 
 
+def test_a_workers_user_error_is_the_one_line_and_nothing_is_written(tmp_path, capsys):
+    write_folder(tmp_path / "faces", [2, 3], suffix=".jpg")
+    bad = sorted((tmp_path / "faces").glob("*/*.jpg"))[-1]
+    bad.write_bytes(b"\xff\xd8 not a JPEG")
+    argv = [str(tmp_path / "faces"), str(tmp_path / "rec"), "--workers", "2"]
+    assert pack_rec.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"error: '{bad}' ") and "Traceback" not in err
+    assert not (tmp_path / "rec" / "train.rec").exists()
+
+
 def test_pack_and_shuffle_bookkeeping_is_at_most_50_bytes_per_image():
     from bench.bench_pack import pack_bookkeeping_bytes_per_image, shuffle_bookkeeping_bytes_per_image
 
