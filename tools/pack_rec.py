@@ -206,7 +206,8 @@ def scan_identities(root: str | Path, progress: bool = False) -> FolderIndex:
 def _image_files(root: Path, classes: list[str], skipped: list[Path], progress: bool) -> Iterator[tuple[int, str]]:
     """(label, file name) of every image of every identity folder, names sorted within a folder; files
     that are not images are appended to `skipped`."""
-    folders = tqdm(classes, desc="scanning", unit="identity", disable=not progress)
+    # No bar for an empty folder: its error is the only line on stderr.
+    folders = tqdm(classes, desc="scanning", unit="identity", disable=not progress or not classes)
     for label, folder in enumerate(folders):
         with os.scandir(root / folder) as entries:
             found = sorted((entry.name, entry.is_file()) for entry in entries)
