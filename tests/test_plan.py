@@ -238,6 +238,15 @@ def test_host_memory_is_checked_when_given_and_names_the_phase(big_head_config, 
     assert "host memory does not fit" not in run_plan(capsys, big_head_config, "--gpus", 64)[1]
 
 
+def test_the_advised_sample_rate_steps_down_from_the_configured_one(big_head_config, monkeypatch):
+    """0.29 x 100 is 28.999...: the first rate tried was 0.23, not 0.24."""
+    cfg = type(load_config(big_head_config))({**load_config(big_head_config), "sample_rate": 0.29})
+    cluster = plan.Cluster(8, 8, 10.0, 1.0)
+    per_gpu = plan.make_plan(cfg, cluster, advise=False)["per_gpu"]
+    monkeypatch.setattr(plan, "_fits", lambda changed, cluster: changed.sample_rate < 0.29)
+    assert "sample_rate=0.24." in plan.advice(cfg, cluster, per_gpu)
+
+
 @pytest.mark.parametrize(("argv", "words"), [
     (["missing.py", "--gpus", "8"], "missing.py"),
     (["{config}", "--gpus", "12", "--gpus-per-node", "8"], "not a multiple of --gpus-per-node 8"),

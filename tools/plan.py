@@ -359,7 +359,7 @@ def advice(cfg, cluster: Cluster, per_gpu: dict) -> str:
     fixes = []
     if not per_gpu["gradient_checkpointing"] and _fits(_changed(cfg, gradient_checkpointing=True), cluster):
         fixes.append("gradient_checkpointing=True")
-    rates = [r / 100 for r in range(int(cfg.sample_rate * 100) - 5, 4, -5)]
+    rates = [r / 100 for r in range(round(cfg.sample_rate * 100) - 5, 4, -5)]  # int(0.29 * 100) is 28
     rate = next((r for r in rates if _fits(_changed(cfg, sample_rate=r), cluster)), None)
     if rate is not None:
         fixes.append(f"sample_rate={rate:g}")
