@@ -7,6 +7,7 @@ rank 0; every label is local (the memory of the target handling is per row, [N],
 
     python -m bench.bench_pfc_memory                     # WebFace42M on 64 GPUs: N 8192, C 32187, ~8 GB peak
     python -m bench.bench_pfc_memory --classes 200000 --gpus 64 --batch-size 32   # a small check
+    python -m bench.bench_pfc_memory --loss curricularface --sample-rates 1.0      # another margin head
 
 Memory: each (path, rate) runs in a fresh Python process. After building the classifier and a batch
 and one small warm-up step (code paths loaded), VmHWM (/proc/self/status, Linux) is reset to the
@@ -28,7 +29,7 @@ import sys
 import torch
 
 from bench.pfc_baseline import UnfusedPartialFC
-from losses import CombinedMarginLoss
+from losses import LOSS_NAMES, get_margin_loss
 from partial_fc import PartialFC
 
 PATHS = {"unfused (before)": UnfusedPartialFC, "fused (ours)": PartialFC}
@@ -46,9 +47,11 @@ def _step(pfc, embeddings, labels) -> None:
     pfc(embeddings, labels).backward()
 
 
-def probe(path: str, num_local: int, batch: int, embedding_size: int, sample_rate: float) -> dict:
-    """Peak RSS growth of one forward + backward in this process, in bytes per element of [N, S]."""
-    margin = CombinedMarginLoss(64.0, 1.0, 0.5, 0.0)
+def probe(path: str, num_local: int, batch: int, embedding_size: int, sample_rate: float,
+          loss: str = "arcface") -> dict:
+    """Peak RSS growth of one forward + backward in this process, in bytes per element of [N, S], with
+    the margin head `loss` (a losses.get_margin_loss name; ArcFace's combined margin by default)."""
+    margin = get_margin_loss(loss)
     build = PATHS[path]
     generator = torch.Generator().manual_seed(0)
     warm = build(margin, embedding_size, 64, sample_rate)
@@ -69,7 +72,7 @@ def probe(path: str, num_local: int, batch: int, embedding_size: int, sample_rat
 def run_fresh(args, path: str, sample_rate: float) -> dict:
     command = [sys.executable, "-m", "bench.bench_pfc_memory", "--probe", path, "--classes", str(args.classes),
                "--gpus", str(args.gpus), "--batch-size", str(args.batch_size),
-               "--embedding-size", str(args.embedding_size), "--sample-rates", str(sample_rate)]
+               "--embedding-size", str(args.embedding_size), "--sample-rates", str(sample_rate), "--loss", args.loss]
     finished = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
@@ -81,6 +84,8 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=128, help="per GPU")
     parser.add_argument("--embedding-size", type=int, default=512)
     parser.add_argument("--sample-rates", type=float, nargs="+", default=[1.0, 0.3])
+    parser.add_argument("--loss", choices=LOSS_NAMES, default="arcface",
+                        help="margin head (default arcface); other heads than arcface measure the fused path only")
     parser.add_argument("--probe", choices=list(PATHS), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -90,15 +95,16 @@ def main(argv=None) -> None:
     num_local = math.ceil(args.classes / args.gpus)  # rank 0's share
     batch = args.batch_size * args.gpus
     if args.probe:
-        print(json.dumps(probe(args.probe, num_local, batch, args.embedding_size, args.sample_rates[0])))
+        print(json.dumps(probe(args.probe, num_local, batch, args.embedding_size, args.sample_rates[0], args.loss)))
         return
+    paths = list(PATHS) if args.loss == "arcface" else ["fused (ours)"]  # the baseline composes ArcFace only
     print(f"torch {torch.__version__}, fp32, N {batch} x C {num_local} (classes {args.classes} / {args.gpus} "
-          f"GPUs, batch {args.batch_size} per GPU), D {args.embedding_size}; peak RSS growth of one forward + "
-          f"backward, fresh process each; load average {os.getloadavg()}")
+          f"GPUs, batch {args.batch_size} per GPU), D {args.embedding_size}, {args.loss}; peak RSS growth of one "
+          f"forward + backward, fresh process each; load average {os.getloadavg()}")
     print(f"{'rate':>6}{'S':>8}{'path':>18}{'peak GiB':>10}{'B / logit':>11}{'ratio':>8}")
     for sample_rate in args.sample_rates:
-        results = {path: run_fresh(args, path, sample_rate) for path in PATHS}
-        baseline = results["unfused (before)"]["peak_growth_bytes"]
+        results = {path: run_fresh(args, path, sample_rate) for path in paths}
+        baseline = results[paths[0]]["peak_growth_bytes"]
         for path, result in results.items():
             print(f"{sample_rate:>6.2f}{result['num_sampled']:>8}{path:>18}"
                   f"{result['peak_growth_bytes'] / 2**30:>10.2f}{result['bytes_per_logit']:>11.2f}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import re
 import struct
@@ -339,13 +340,13 @@ class _ReadyPool:
     def __init__(self):
         self.submitted = self.consumed = self.most_in_flight = 0
 
-    def apply_async(self, function, args):
+    def submit(self, function, task):
         self.submitted += 1
         self.most_in_flight = max(self.most_in_flight, self.submitted - self.consumed)
-        pool, result = self, function(*args)
+        pool, result = self, function(task)
 
         class Result:
-            def get(self):
+            def result(self):
                 pool.consumed += 1
                 return result
         return Result()
@@ -358,6 +359,31 @@ def test_encoding_keeps_a_bounded_number_of_chunks_ahead_of_the_writer():
     assert [next(items) for _ in range(6)] == [0, 0, 0, 1, 1, 1]
     assert pool.submitted <= 6 and pool.most_in_flight <= 4
     assert list(items) == [task for task in range(2, 1000) for _ in range(3)] and pool.most_in_flight <= 4
+
+
+def _die_on_three(task: int) -> list[int]:
+    if task == 3:
+        os._exit(1)  # as the kernel's OOM killer ends a worker
+    return [task]
+
+
+def test_a_worker_that_dies_is_one_clear_error_not_a_hang():
+    """multiprocessing.Pool replaced a killed worker and waited for its task's result for ever."""
+    with pack_rec._pool(2) as pool:
+        items = pack_rec.ordered_map(pool, _die_on_three, iter(range(8)), max_in_flight=4)
+        with pytest.raises(UserError, match="an encoding worker process died .* fewer --workers"):
+            list(items)
+
+
+def test_a_workers_user_error_is_the_one_line_and_nothing_is_written(tmp_path, capsys):
+    write_folder(tmp_path / "faces", [2, 3], suffix=".jpg")
+    bad = sorted((tmp_path / "faces").glob("*/*.jpg"))[-1]
+    bad.write_bytes(b"\xff\xd8 not a JPEG")
+    argv = [str(tmp_path / "faces"), str(tmp_path / "rec"), "--workers", "2"]
+    assert pack_rec.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"error: '{bad}' ") and "Traceback" not in err
+    assert not (tmp_path / "rec" / "train.rec").exists()
 
 
 def test_pack_and_shuffle_bookkeeping_is_at_most_50_bytes_per_image():

@@ -49,6 +49,9 @@ def open_sparse(monkeypatch, folder: Path, reader) -> RecordDataset:
     (2**24, range(2**24, 2**24 + 2)),  # 2^24 + 1 rounds (to even) down to 2^24
     (2**24 + 2, range(2**24 + 2, 2**24 + 3)),  # 2^24 + 3 rounds up to 2^24 + 4 (even)
     (2**24 + 4, range(2**24 + 3, 2**24 + 6)),
+    (2**25 - 2, range(2**25 - 2, 2**25 - 1)),  # odd mantissa: both halfway neighbours round away from it
+    (2**25, range(2**25 - 1, 2**25 + 3)),  # spacing 2 below 2^25, 4 above: one below and two above
+    (2**25 + 4, range(2**25 + 3, 2**25 + 6)),  # 2^25 + 6 rounds (to even) up to 2^25 + 8
     (42474560, range(42474558, 42474563)),  # float32(42474558) == 42474560: pack_rec's header of WebFace42M
     (0.5, range(0)),
 ])
@@ -70,7 +73,8 @@ def test_webface42m_counts_are_exact_though_the_header_is_rounded(tmp_path, monk
     assert int(data.image_keys[-1]) == num_images and data.image_offsets[-1] == reader.offset_of(num_images)
 
 
-@pytest.mark.parametrize("num_images", [2**24 - 3, 2**24 - 2, 2**24 - 1, 2**24, 2**24 + 1, 2**24 + 2])
+@pytest.mark.parametrize("num_images", [2**24 - 3, 2**24 - 2, 2**24 - 1, 2**24, 2**24 + 1, 2**24 + 2,
+                                        2**25 - 3, 2**25 - 2, 2**25 - 1, 2**25, 2**25 + 1, 2**25 + 3])
 @pytest.mark.parametrize("num_classes", [1, 3])
 def test_counts_are_exact_around_two_to_the_24(tmp_path, num_images, num_classes):
     reader = write_sparse_rec(tmp_path / "data", spread(num_images, num_classes), face_payload())

@@ -24,6 +24,8 @@ import sys
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -204,6 +206,7 @@ def scan_identities(root: str | Path, progress: bool = False) -> FolderIndex:
 def _image_files(root: Path, classes: list[str], skipped: list[Path], progress: bool) -> Iterator[tuple[int, str]]:
     """(label, file name) of every image of every identity folder, names sorted within a folder; files
     that are not images are appended to `skipped`."""
+    # No bar for an empty folder: its error is the only line on stderr.
     folders = tqdm(classes, desc="scanning", unit="identity", disable=not progress or not classes)
     for label, folder in enumerate(folders):
         with os.scandir(root / folder) as entries:
@@ -264,10 +267,13 @@ def _encode_chunk(paths: list[str], options: EncodeOptions) -> list[bytes]:
     return [encode_file(path, options) for path in paths]
 
 
-def ordered_map(pool, function: Callable[[T], list[R]], tasks: Iterable[T], max_in_flight: int) -> Iterator[R]:
+def ordered_map(pool: Executor | None, function: Callable[[T], list[R]], tasks: Iterable[T],
+                max_in_flight: int) -> Iterator[R]:
     """The items of `function(task)` for every task, in order, with at most `max_in_flight` tasks submitted
     to `pool` and not yet consumed (back-pressure: `Pool.imap` submits every task at once, so results pile
-    up in memory when the workers outrun the consumer). Without a pool, tasks run here, one at a time."""
+    up in memory when the workers outrun the consumer). Without a pool, tasks run here, one at a time.
+    A task's exception is raised here; a worker that dies (killed, out of memory, crashed in a decoder)
+    is one UserError, not a wait for a result that never comes (multiprocessing.Pool's)."""
     if pool is None:
         for task in tasks:
             yield from function(task)
@@ -275,10 +281,19 @@ def ordered_map(pool, function: Callable[[T], list[R]], tasks: Iterable[T], max_
     pending = deque()
     for task in tasks:
         if len(pending) >= max(1, max_in_flight):
-            yield from pending.popleft().get()
-        pending.append(pool.apply_async(function, (task,)))
+            yield from _result(pending.popleft())
+        pending.append(pool.submit(function, task))
     while pending:
-        yield from pending.popleft().get()
+        yield from _result(pending.popleft())
+
+
+def _result(future: Future):
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise UserError("an encoding worker process died (killed, for example out of memory, or crashed in an "
+                        "image decoder) and its images were not written; run again, with fewer --workers if "
+                        "memory is short.") from None
 
 
 class _NoPool:
@@ -286,6 +301,20 @@ class _NoPool:
         return None
 
     def __exit__(self, *exc_info):
+        return False
+
+
+class _Workers:
+    """A ProcessPoolExecutor that, on leaving, cancels the tasks not yet started instead of running them."""
+
+    def __init__(self, executor: ProcessPoolExecutor):
+        self.executor = executor
+
+    def __enter__(self) -> ProcessPoolExecutor:
+        return self.executor
+
+    def __exit__(self, *exc_info):
+        self.executor.shutdown(wait=True, cancel_futures=True)
         return False
 
 
@@ -297,7 +326,7 @@ def _pool(num_workers: int):
         return _NoPool()
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["tools.pack_rec"])
-    return context.Pool(num_workers)
+    return _Workers(ProcessPoolExecutor(num_workers, mp_context=context))
 
 
 def header_record(num_images: int, num_classes: int) -> bytes:

@@ -11,8 +11,9 @@ gradients (fp32, twice with several GPUs: DDP's buckets are a second copy), the 
 gradient checkpointing (tools.model_info's saved-tensor profile, extrapolated over identical blocks;
 the total uses the config's setting), the input batch, the class centres of the largest Partial FC shard
 (ceil(num_classes / GPUs) rows) and their optimizer state, and the loss's forward + backward peak at the
-sample rate (see partial_fc_peak_bytes). It fits when the total is at most (1 - HEADROOM) of
---gpu-memory: the rest is for the CUDA context, NCCL buffers and allocator fragmentation, not counted.
+sample rate with the config's margin head `loss` (see partial_fc_peak_bytes). It fits when the total is at
+most (1 - HEADROOM) of --gpu-memory: the rest is for the CUDA context, NCCL buffers and allocator
+fragmentation, not counted.
 
 Per node (host memory): the RecordIO index each training process holds (RecordDataset's int64 arrays and
 the sampler's int32 permutation; DataLoader workers are forked and share it), the loader's prefetched
@@ -65,6 +66,11 @@ HEADROOM = 0.10
 # 6.10 at sample rate 1, 6.60 at 0.3 (docs/benchmarks.md, "Partial FC memory per GPU"). They include the
 # dense centre gradient and the sampled centres' copy at that shape.
 MEASURED_BYTES_PER_LOGIT = {"all": 6.10, "sampled": 6.60}
+# What a margin head keeps beside the buffer and its mask through backward, in bytes per logit element
+# (docs/partial_fc.md's per-head peaks at N 8192, S 8000, D 512: combined, MagFace, ElasticFace 6.3;
+# AdaFace 7.3, its clamp mask; CurricularFace 10.3, its float slope). Heads not listed keep nothing more
+# (UniFace's 5.2 is not subtracted).
+HEAD_BYTES_PER_LOGIT = {"adaface": 1.0, "curricularface": 4.0}
 # fp16/bf16 autocast adds the 2-byte low-precision copy of the product and of its gradient (one at a time;
 # docs/partial_fc.md, "Memory: one buffer").
 HALF_PRODUCT_BYTES = 2
@@ -139,7 +145,7 @@ def optimizer_state_floats(cfg) -> int:
 
 
 def partial_fc_peak_bytes(num_rows: int, num_sampled: int, num_local: int, embedding_size: int,
-                          precision: str) -> float:
+                          precision: str, loss: str = "combined") -> float:
     """Peak bytes of Partial FC's forward + backward on one GPU, the dense centre gradient included.
 
     num_rows N (the global micro-batch), num_sampled S, num_local C (the shard's rows), D. The larger of
@@ -149,8 +155,9 @@ def partial_fc_peak_bytes(num_rows: int, num_sampled: int, num_local: int, embed
     element) and the embedding gradient [N, D] held throughout: the centre gradient and one temporary
     [S, D] (and the sampled centres' copy), then with sampling the dense gradient [C, D] beside the
     centre gradient (the buffer is still held then: measured on CPU, tests/test_plan.py). The backward
-    term dominates at small N, where the [S, D] and [C, D] tensors outweigh the logits. fp16/bf16 adds
-    HALF_PRODUCT_BYTES per element.
+    term dominates at small N, where the [S, D] and [C, D] tensors outweigh the logits. The margin head
+    `loss` (losses.get_margin_loss's name) adds HEAD_BYTES_PER_LOGIT per element, fp16/bf16
+    HALF_PRODUCT_BYTES.
     """
     n, s, c, d = num_rows, num_sampled, num_local, embedding_size
     sampled = s < c
@@ -159,7 +166,7 @@ def partial_fc_peak_bytes(num_rows: int, num_sampled: int, num_local: int, embed
     dense_gradient = 4 * s * d + 4 * c * d if sampled else 0
     backward = 5 * n * s + 4 * n * d + max(product_gradients, dense_gradient)
     half = HALF_PRODUCT_BYTES * n * s if precision in ("fp16", "bf16") else 0
-    return max(measured, backward) + half
+    return max(measured, backward) + half + HEAD_BYTES_PER_LOGIT.get(loss, 0) * n * s
 
 
 def _per_gpu(cfg, cluster: Cluster) -> dict:
@@ -181,7 +188,7 @@ def _per_gpu(cfg, cluster: Cluster) -> dict:
         "input_batch": cfg.batch_size * IMAGE_BYTES * (1 + 4),  # uint8 from the loader, float after normalising
         "class_centres": 4 * num_local * d,
         "class_centre_optimizer_state": 4 * num_local * d * optimizer_state_floats(cfg),
-        "partial_fc_loss_peak": partial_fc_peak_bytes(num_rows, num_sampled, num_local, d, cfg.precision),
+        "partial_fc_loss_peak": partial_fc_peak_bytes(num_rows, num_sampled, num_local, d, cfg.precision, cfg.loss),
     }
     total = sum(rows.values())
     usable = (1 - HEADROOM) * cluster.gpu_memory_gib * GIB
@@ -279,9 +286,11 @@ def _check_inputs(cfg, cluster: Cluster) -> None:
     if cluster.gpus % cluster.gpus_per_node:
         raise UserError(f"--gpus {cluster.gpus} is not a multiple of --gpus-per-node {cluster.gpus_per_node}; "
                         "give the GPUs of whole nodes.")
-    if not cluster.gpu_memory_gib > 0 or not cluster.storage_gbps > 0 or not (cluster.host_memory_gib or 1) > 0:
-        raise UserError(f"--gpu-memory {cluster.gpu_memory_gib}, --storage-gbps {cluster.storage_gbps} and "
-                        f"--host-memory {cluster.host_memory_gib} must be positive.")
+    given = {"--gpu-memory": cluster.gpu_memory_gib, "--storage-gbps": cluster.storage_gbps,
+             "--host-memory": cluster.host_memory_gib}
+    for flag, value in given.items():
+        if value is not None and not value > 0:  # --host-memory 0 was taken as not given
+            raise UserError(f"{flag} {value} must be positive.")
     for key in ("num_classes", "num_image"):
         if cfg[key] <= 0:
             raise UserError(f"the config sets no {key} (train.py reads it from the data); the plan needs it: "
@@ -302,8 +311,8 @@ def make_plan(cfg, cluster: Cluster, advise: bool = True) -> dict:
     per_gpu = _per_gpu(derived, cluster)
     checkpoint = _checkpoint(derived, cluster)
     plan = {"config": {"network": cfg.network, "precision": cfg.precision, "optimizer": cfg.optimizer,
-                       "sample_rate": cfg.sample_rate, "num_classes": cfg.num_classes, "num_image": cfg.num_image,
-                       "embedding_size": cfg.embedding_size},
+                       "sample_rate": cfg.sample_rate, "loss": cfg.loss, "num_classes": cfg.num_classes,
+                       "num_image": cfg.num_image, "embedding_size": cfg.embedding_size},
             "cluster": {**cluster._asdict(), "nodes": cluster.nodes}, "headroom": HEADROOM, "per_gpu": per_gpu,
             "per_node": _per_node(derived, cluster, checkpoint, per_gpu), "checkpoint": checkpoint,
             "schedule": _schedule(derived)}
@@ -350,7 +359,7 @@ def advice(cfg, cluster: Cluster, per_gpu: dict) -> str:
     fixes = []
     if not per_gpu["gradient_checkpointing"] and _fits(_changed(cfg, gradient_checkpointing=True), cluster):
         fixes.append("gradient_checkpointing=True")
-    rates = [r / 100 for r in range(int(cfg.sample_rate * 100) - 5, 4, -5)]
+    rates = [r / 100 for r in range(round(cfg.sample_rate * 100) - 5, 4, -5)]  # int(0.29 * 100) is 28
     rate = next((r for r in rates if _fits(_changed(cfg, sample_rate=r), cluster)), None)
     if rate is not None:
         fixes.append(f"sample_rate={rate:g}")
@@ -405,7 +414,7 @@ def format_plan(plan: dict) -> str:
         "class_centres": f"{gpu['class_rows']:,} of {cfg['num_classes']:,} classes x {cfg['embedding_size']}",
         "class_centre_optimizer_state": cfg["optimizer"],
         "partial_fc_loss_peak": (f"logits {gpu['logit_rows']:,} x {gpu['sampled_rows']:,} "
-                                 f"(sample rate {cfg['sample_rate']:g})"),
+                                 f"(sample rate {cfg['sample_rate']:g}, {cfg['loss']})"),
     }
     lines = [f"{cfg['network']} on {cluster['gpus']} GPUs ({cluster['nodes']} x {cluster['gpus_per_node']}), "
              f"{cfg['precision']}, {cfg['optimizer']}, {cfg['num_classes']:,} classes, {cfg['num_image']:,} images",

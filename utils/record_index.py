@@ -19,11 +19,14 @@ Where the cache lives (`open_index`'s `cache`, the config key `index_cache`):
   cache beside the `.idx` (one `pack_rec` wrote) is still used first;
 - `"off"`: every process parses the text (the behaviour before the cache).
 
-A cache is used only if its header matches the `.idx`'s current size and modification time (ns); else it
-is rebuilt. Builders take an exclusive `flock` on a lock file beside the cache, so of several processes
-opening at once one parses and writes while the others wait and then map its file; the file is written
-under a temporary name and renamed (`utils.files.atomic_open`), so where locks do not work (some NFS) the
-first complete writer wins and no process ever maps a partial file.
+A cache is used only if its header matches the `.idx`'s current size and modification time (ns) and a
+digest of its first and last `IDX_SAMPLE_BYTES` (so a `.idx` replaced by another of the same size within
+one tick of a coarse clock, 1 s on some cluster file systems, or with its time copied, is still seen as
+changed unless both ends are the same bytes); else it is rebuilt. Caches written before the digest was
+kept are checked by size and time only. Builders take an exclusive `flock` on a lock file beside the
+cache, so of several processes opening at once one parses and writes while the others wait and then map
+its file; the file is written under a temporary name and renamed (`utils.files.atomic_open`), so where
+locks do not work (some NFS) the first complete writer wins and no process ever maps a partial file.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ CACHE_VERSION = 1
 CACHE_HEADER_BYTES = 4096  # the arrays start page-aligned
 MIN_CACHED_INDEX_BYTES = 4 << 20  # about 200 k entries; smaller indexes parse in a few milliseconds
 INDEX_CACHE_OFF = "off"
+IDX_SAMPLE_BYTES = 1 << 16  # of each end of the .idx: a 128 KiB read per open
 _BLOCK = 1 << 20  # entries compared per step when checking that keys are consecutive
 _PARSE_BLOCK_BYTES = 1 << 26  # text parsed per step: 64 MiB, about 3 M lines
 
@@ -272,12 +276,25 @@ def write_index_cache(idx_path: str | Path, cache_path: str | Path | None = None
     return cache_path
 
 
+def _idx_sample(idx_path: Path, size: int) -> str | None:
+    """SHA-256 of the first and last IDX_SAMPLE_BYTES of the `.idx` of `size` bytes (None when unreadable)."""
+    try:
+        with open(idx_path, "rb") as stream:
+            head = stream.read(IDX_SAMPLE_BYTES)
+            stream.seek(max(0, size - IDX_SAMPLE_BYTES))
+            tail = stream.read(IDX_SAMPLE_BYTES)
+    except OSError:
+        return None
+    return hashlib.sha256(head + b"\0" + tail).hexdigest()
+
+
 def _write_cache(cache_path: Path, idx_path: Path, idx_stat: os.stat_result, index: RecordIndex) -> None:
     """The cache file of `index`, parsed from `idx_path` when it had `idx_stat` (taken before reading it, so
     a `.idx` changed meanwhile leaves the cache stale), written atomically."""
     header = {"version": CACHE_VERSION, "idx_path": os.fsdecode(idx_path.resolve()), "idx_size": idx_stat.st_size,
               "idx_mtime_ns": idx_stat.st_mtime_ns, "num_entries": len(index), "consecutive": index.consecutive,
-              "furthest": index.furthest, "fingerprint": index.fingerprint}
+              "furthest": index.furthest, "fingerprint": index.fingerprint,
+              "idx_sample": _idx_sample(idx_path, idx_stat.st_size)}
     encoded = json.dumps(header, sort_keys=True).encode("utf-8")
     head = CACHE_MAGIC + len(encoded).to_bytes(4, "little") + encoded
     if len(head) > CACHE_HEADER_BYTES:
@@ -331,10 +348,13 @@ def _map_cache(cache_path: Path) -> RecordIndex | None:
 
 
 def _load_cache(cache_path: Path, idx_path: Path, idx_stat: os.stat_result) -> RecordIndex | None:
-    """The cache at `cache_path` if it was built from `idx_path` as it is now (size, mtime), else None."""
+    """The cache at `cache_path` if it was built from `idx_path` as it is now (size, mtime, the digest of
+    its ends when the cache holds one), else None."""
     header = _read_cache_header(cache_path)
     if header is None or (header["idx_size"], header["idx_mtime_ns"]) != (idx_stat.st_size,
                                                                             idx_stat.st_mtime_ns):
+        return None
+    if header.get("idx_sample") is not None and header["idx_sample"] != _idx_sample(idx_path, idx_stat.st_size):
         return None
     if header["idx_path"] != os.fsdecode(idx_path.resolve()) and cache_path != beside_cache_path(idx_path):
         return None  # a cache folder's file of another index (the names collide only by a hash collision)
