@@ -143,6 +143,16 @@ def test_a_global_batch_that_does_not_divide_names_the_batch_sizes_that_would(tm
     config.batch_size = 64
     assert derive(config, world_size=4).gradient_accumulation == 16
 
+
+def test_a_gradient_accumulation_that_global_batch_size_would_override_is_one_line(tmp_path):
+    """Both keys set and disagreeing: the explicit gradient_accumulation is not silently replaced."""
+    config = load_config(write_config(tmp_path, "batch_size=64, global_batch_size=4096, gradient_accumulation=2, "
+                                                "num_image=10**6"))
+    with pytest.raises(UserError, match=r"^gradient_accumulation is 2 but global_batch_size 4096 makes it 16 on 4 "):
+        derive(config, world_size=4)
+    config.gradient_accumulation = 16  # agreeing is fine
+    assert derive(config, world_size=4).gradient_accumulation == 16
+
 def test_derive_rejects_an_epoch_shorter_than_a_batch(tmp_path):
     config = load_config(write_config(tmp_path, "batch_size=64, num_image=10"))
     with pytest.raises(UserError, match="lower batch_size"):

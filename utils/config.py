@@ -268,6 +268,11 @@ def derive(config: Mapping[str, Any], world_size: int) -> EasyDict:
     if config["global_batch_size"]:
         derived.gradient_accumulation = _accumulation_for(config["global_batch_size"], config["batch_size"],
                                                           world_size)
+        if config["gradient_accumulation"] not in (1, derived.gradient_accumulation):
+            raise UserError(f"gradient_accumulation is {config['gradient_accumulation']} but global_batch_size "
+                            f"{config['global_batch_size']} makes it {derived.gradient_accumulation} on "
+                            f"{world_size} processes of batch_size {config['batch_size']}; set one of the two "
+                            "(global_batch_size=0 to choose gradient_accumulation yourself).")
     derived.total_batch_size = config["batch_size"] * derived.gradient_accumulation * world_size
     derived.steps_per_epoch = config["num_image"] // derived.total_batch_size
     if derived.steps_per_epoch == 0:
