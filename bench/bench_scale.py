@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.bench_pack import pack_bookkeeping_bytes_per_image, shuffle_bookkeeping_bytes_per_image
 from bench.bench_sampler import _PeakResident, measure_sampler
 from utils.opencv import cv2
 from utils.record_index import beside_cache_path
@@ -231,8 +232,6 @@ def _print_bookkeeping(num_names: int) -> None:
     """pack_rec's and shuffle_rec's bookkeeping per image (bench/bench_pack.py), which does not depend on the
     set's size: measured over `num_names` synthetic WebFace42M-style names, before and after, with the total
     at each size."""
-    from bench.bench_pack import pack_bookkeeping_bytes_per_image, shuffle_bookkeeping_bytes_per_image
-
     print(f"bookkeeping per image over {num_names:,} names (B; before -> after), and at each size (GiB):")
     for tool, measure in (("pack_rec", pack_bookkeeping_bytes_per_image),
                           ("shuffle_rec", shuffle_bookkeeping_bytes_per_image)):

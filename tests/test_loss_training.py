@@ -12,7 +12,14 @@ import torch
 import losses
 import train
 from tests.dist_utils import run_distributed
-from tests.test_train import REPO, assert_same_weights, face_folder, load_weights, write_config  # noqa: F401
+from tests.test_train import (  # noqa: F401 - face_folder and one_thread are fixtures (one_thread autouse)
+    REPO,
+    assert_same_weights,
+    face_folder,
+    load_weights,
+    one_thread,
+    write_config,
+)
 from utils import distributed
 from utils.config import derive, load_config
 
@@ -20,15 +27,6 @@ LOSSES = [name for name in losses.LOSS_NAMES if name != "combined"]
 # Heads with entries of their own in the Partial FC state_dict: running statistics, a generator, a bias.
 STATEFUL = {"adaface", "curricularface", "elasticface_arc", "elasticface_cos", "elasticface_arc_plus",
             "elasticface_cos_plus", "uniface"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bitwise comparisons need a fixed thread count (see tests/test_train.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _config(loss: str, **overrides):
