@@ -296,9 +296,12 @@ def test_killed_worker_under_torchrun_restarts_and_matches_an_uninterrupted_run(
     assert clean.returncode == 0, output
 
     faulty = launch(tmp_path / "faulty")
-    checkpoints = tmp_path / "faulty" / "out" / "checkpoints"
+    # Kill once step 2's checkpoint is complete (every part and its checksum): its folder appears before
+    # that, and a kill in between rightly restarts from scratch, with no checkpoint to resume.
+    manager = checkpoint.CheckpointManager(tmp_path / "faulty" / "out", 0, 2)
+    step_2 = manager.root / "step_000000002"
     deadline = time.time() + 300
-    while not (checkpoints / "step_000000002").exists() and time.time() < deadline:
+    while not (step_2.is_dir() and manager._complete(step_2)) and time.time() < deadline:
         time.sleep(0.05)
     workers = subprocess.run(["pgrep", "-f", "-P", str(faulty.pid), "train.py"], capture_output=True,
                              text=True).stdout.split()
