@@ -7,8 +7,10 @@ ints); "new" the current one (torch.randperm's swaps run compiled a chunk at a t
 this rank's micro-batches handed out as index arrays of --batch-size). Each epoch is drained to its end
 (by a C loop, so the consumer costs nothing; the Python ints of the first two would still have to be
 grouped into batches by the DataLoader, which is not counted). Time is wall time, to the first item and
-to the end; memory the peak resident set above the level before the epoch (sampled every 2 ms from
-/proc/self/statm). One process, the sides in turn; the compiled swaps are loaded once before timing.
+to the end, for a side's first epoch in the process (whose memory is touched for the first time: the
+kernel zeroes, and may first compact, the pages) and for the next epoch; memory the peak resident set
+above the level before the first epoch (sampled every 2 ms from /proc/self/statm). One process, the
+sides in turn; the compiled swaps are loaded once before timing.
 
     python -m bench.bench_sampler                      # 1 M, 5.8 M (MS1MV2), 17 M (Glint360K), 42.5 M (WebFace42M)
     python -m bench.bench_sampler --sizes 1000000 --world-size 8
@@ -84,16 +86,16 @@ SIDES = {"list": _list_sampler_epoch, "randperm": _randperm_sampler_epoch, "new"
 
 
 def _fresh_pages_for_large_arrays() -> None:
-    """Pin glibc's mmap threshold at 128 KiB, so every side's arrays are new pages returned on free: with
-    the default dynamic threshold a later side reuses heap an earlier side freed and shows no growth."""
+    """Pin glibc's mmap threshold at 1 MiB, so every side's large arrays are new pages returned on free:
+    with the default dynamic threshold a later side reuses heap an earlier side freed and shows no growth."""
     m_mmap_threshold = -3
-    ctypes.CDLL(ctypes.util.find_library("c")).mallopt(m_mmap_threshold, 128 * 1024)
+    ctypes.CDLL(ctypes.util.find_library("c")).mallopt(m_mmap_threshold, 2**20)
 
 
-def _one_epoch(make_iterator, num_images: int, world_size: int, batch_size: int) -> dict:
+def _one_epoch(make_iterator, num_images: int, world_size: int, batch_size: int, epoch: int) -> dict:
     with _PeakResident() as memory:
         start = time.perf_counter()
-        items = make_iterator(num_images, 0, world_size, 2048, 1, batch_size)
+        items = make_iterator(num_images, 0, world_size, 2048, epoch, batch_size)
         first = next(items)
         seconds_to_first = time.perf_counter() - start
         collections.deque(items, maxlen=0)  # drain the epoch in C
@@ -102,16 +104,24 @@ def _one_epoch(make_iterator, num_images: int, world_size: int, batch_size: int)
     return {"seconds": seconds, "seconds_to_first": seconds_to_first, "peak_bytes": memory.bytes}
 
 
+def _two_epochs(make_iterator, num_images: int, world_size: int, batch_size: int) -> dict:
+    """The side's first epoch in this process (its memory touched for the first time) and the next one."""
+    first = _one_epoch(make_iterator, num_images, world_size, batch_size, 1)
+    later = _one_epoch(make_iterator, num_images, world_size, batch_size, 2)
+    return {**first, "later_seconds": later["seconds"], "later_seconds_to_first": later["seconds_to_first"]}
+
+
 def measure_sampler(num_images: int, world_size: int, batch_size: int = 512) -> dict:
-    """Seconds and peak resident bytes of one epoch of rank 0's indices, the earlier samplers and ours.
+    """Seconds and peak resident bytes of an epoch of rank 0's indices, the earlier samplers and ours.
 
     Returns {"list": {...}, "randperm": {...}, "new": {...}, "ratio_seconds", "ratio_bytes", "loadavg"},
-    each side with `seconds` (whole epoch drained), `seconds_to_first` (until the first item) and
-    `peak_bytes`; the ratios are "list" over "new".
+    each side with `seconds` (its first epoch drained), `seconds_to_first` (until its first item),
+    `peak_bytes`, and `later_seconds` / `later_seconds_to_first` of the epoch after; the ratios are "list"
+    over "new", first epochs.
     """
     _fresh_pages_for_large_arrays()
     collections.deque(_array_sampler_epoch(2 * batch_size, 0, 1, 0, 0, batch_size), maxlen=0)  # load the swaps
-    sides = {name: _one_epoch(side, num_images, world_size, batch_size) for name, side in SIDES.items()}
+    sides = {name: _two_epochs(side, num_images, world_size, batch_size) for name, side in SIDES.items()}
     return {"num_images": num_images, "world_size": world_size, "batch_size": batch_size, **sides,
             "ratio_seconds": sides["list"]["seconds"] / sides["new"]["seconds"],
             "ratio_bytes": sides["list"]["peak_bytes"] / max(sides["new"]["peak_bytes"], 1),
@@ -126,13 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f"world size {args.world_size}, batch {args.batch_size}; per epoch of rank 0: seconds to the end "
-          "(to the first item) and peak resident MiB")
-    print(f"{'images':>11} | " + " | ".join(f"{name + ' s':>15} {'MiB':>6}" for name in SIDES)
+          "(to the first item) of the side's first epoch in the process, of the next one, and peak resident MiB")
+    print(f"{'images':>11} | " + " | ".join(f"{name:>8} first s {'later s':>15} {'MiB':>5}" for name in SIDES)
           + " | time x | memory x | load")
     for num_images in args.sizes:
         r = measure_sampler(num_images, args.world_size, args.batch_size)
-        cells = [f"{r[name]['seconds']:6.2f} ({r[name]['seconds_to_first']:5.2f}) {r[name]['peak_bytes'] / 2**20:6.0f}"
-                 for name in SIDES]
+        cells = [f"{r[n]['seconds']:5.2f} ({r[n]['seconds_to_first']:4.2f}) {r[n]['later_seconds']:5.2f} "
+                 f"({r[n]['later_seconds_to_first']:4.2f}) {r[n]['peak_bytes'] / 2**20:5.0f}" for n in SIDES]
         print(f"{num_images:>11,} | " + " | ".join(cells)
               + f" | {r['ratio_seconds']:6.1f} | {r['ratio_bytes']:8.1f} | {r['loadavg'][0]:.2f}", flush=True)
 

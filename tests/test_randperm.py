@@ -30,7 +30,7 @@ def test_the_draws_continue_across_calls_of_the_compiled_steps(monkeypatch):
 
 
 def test_a_real_size_order_spans_several_calls():
-    n = (1 << 20) * 2 + 12_345  # three calls of the compiled steps at the real draw count
+    n = randperm._DRAWS_PER_CALL * 40 + 12_345  # 41 calls of the compiled steps at the real draw count
     assert np.array_equal(torch_randperm(n, 5), _torch(n, 5))
 
 

@@ -17,16 +17,23 @@ import numpy as np
 import torch
 
 SWAP_LOOP_LIMIT = (2**32 - 1) // 20  # randperm_cpu's "small n" bound: the swap loop below is its order under it
-_DRAWS_PER_CALL = 1 << 20  # 4 MiB of draws at a time
+_DRAWS_PER_CALL = 1 << 16  # 256 KiB of draws and as many of swap partners at a time, in cache
 
 
 @numba.njit(nogil=True, cache=True)
-def _fisher_yates_steps(order: np.ndarray, draws: np.ndarray, first: int) -> None:
-    """Steps first … first + len(draws) - 1 in place: step i swaps order[i] and order[i + draw mod (n - i)]."""
+def _fisher_yates_steps(order: np.ndarray, draws: np.ndarray, first: int, partners: np.ndarray) -> None:
+    """Steps first … first + len(draws) - 1 in place: step i swaps order[i] and order[i + draw mod (n - i)].
+
+    The partners [len(draws)] (uint32 scratch) are computed first, apart from the swaps: the divisions then
+    overlap, and the swaps' cache misses do not wait on them (about 30 % faster than one loop here).
+    """
     n = order.shape[0]
     for k in range(draws.shape[0]):
         i = first + k
-        j = i + np.int64(draws[k] % np.uint32(n - i))
+        partners[k] = i + draws[k] % np.uint32(n - i)
+    for k in range(draws.shape[0]):
+        i = first + k
+        j = partners[k]
         order[i], order[j] = order[j], order[i]
 
 
@@ -35,7 +42,7 @@ class TorchRandperm:
     an int32 NumPy array (int64 from 2^31 images) that becomes final from the front.
 
     `advance(upto)` returns the whole array [n] with its first `upto` entries final; the entries after
-    them are the shuffle's working state. Memory: the array (4 B per image) and 4 MiB of draws.
+    them are the shuffle's working state. Memory: the array (4 B per image) and 512 KiB of scratch.
     """
 
     def __init__(self, n: int, seed: int):
@@ -48,8 +55,11 @@ class TorchRandperm:
             self.order = torch.randperm(n, generator=generator, dtype=dtype).numpy()
             self._steps_done = max(n - 1, 0)
         else:
-            self.order = np.arange(n, dtype=np.int32)
+            # torch's allocation (no transparent huge pages): first touched in a steady 0.05 s at 42.5 M images,
+            # where NumPy's huge pages took 0.02-0.4 s, as the kernel had them or first compacted memory
+            self.order = torch.arange(n, dtype=torch.int32).numpy()
             self._draws = np.random.RandomState(seed & 0xFFFFFFFF)
+            self._partners = np.empty(min(_DRAWS_PER_CALL, n), dtype=np.uint32)
             self._steps_done = 0
 
     @property
@@ -61,9 +71,9 @@ class TorchRandperm:
         """Run the swaps until the first min(upto, n) entries are final; returns `order` [n]."""
         last_step = min(upto, self.n - 1)
         while self._steps_done < last_step:
-            count = min(_DRAWS_PER_CALL, last_step - self._steps_done)
+            count = min(len(self._partners), last_step - self._steps_done)
             draws = self._draws.randint(0, 2**32, size=count, dtype=np.uint32)
-            _fisher_yates_steps(self.order, draws, self._steps_done)
+            _fisher_yates_steps(self.order, draws, self._steps_done, self._partners)
             self._steps_done += count
         return self.order
 
