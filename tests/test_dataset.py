@@ -387,6 +387,21 @@ def test_the_same_images_share_a_forward_pass_whatever_the_ranks_by_micro_batche
     assert sorted(taken) == sorted(permutation[start:start + len(taken)])  # a prefix of the rest, once each
 
 
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_the_tail_comes_in_batches_of_batch_size_and_len_counts_the_batches(rank):
+    """13 images, 3 ranks x 2 micro-batches of 2 (global batch 12): one whole step, then the tail (1 image)
+    padded to 3 and shared: a last batch of 1 per rank; with 2 images per micro-batch and 7 images left
+    after a resume at 6, rank r takes tail[r::3] of 7 padded to 9: one batch of 2 and one of 1."""
+    sampler = DistributedResumableSampler(13, rank, 3, seed=4, drop_last=False, batch_size=2, micro_batches=2)
+    shapes = [len(batch) for batch in sampler]
+    assert shapes == [2, 2, 1] and len(sampler) == 3
+    sampler.set_epoch(0, 6)  # 7 left: no whole step, a padded tail of 9, 3 per rank
+    assert [len(batch) for batch in sampler] == [2, 1] and len(sampler) == 2
+    loader = build_loader(WorkerRandom(), batch_size=2, rank=rank, world_size=3, seed=4, num_workers=0,
+                          drop_last=False, micro_batches=2)
+    assert len(loader) == len(list(loader)) == 3  # 16 images: one step of 12, a tail of 4 -> 2 per rank
+
+
 def test_the_permutation_is_int32_and_the_order_of_earlier_versions():
     """Checkpoints of earlier versions resume into the same order: torch.randperm(N) as int64, seed + epoch."""
     sampler = DistributedResumableSampler(1000, seed=2048)

@@ -46,15 +46,30 @@ def test_advance_makes_a_prefix_final_and_later_calls_only_extend_it():
 
 
 def test_from_torchs_64_bit_loop_on_torch_randperm_is_used(monkeypatch):
-    """At 2^32 // 20 images torch draws 64-bit values in another loop (checked at the real bound once:
-    214,748,363 images give the swap loop's order, 214,748,364 do not); there torch.randperm is called."""
-    def no_swaps(*args):
-        raise AssertionError("the swap loop ran past its bound")
+    """At 2^32 // 20 images torch draws 64-bit values in another loop (checked against torch once, by hand:
+    214,748,363 images give the swap loop's order, 214,748,364 do not); from there torch.randperm is called."""
+    assert randperm.SWAP_LOOP_LIMIT == 214_748_364
+    calls = []
 
+    def recorded(*args):
+        calls.append(args[2])
+        return compiled(*args)
+
+    compiled = randperm._compiled_steps()
     monkeypatch.setattr(randperm, "SWAP_LOOP_LIMIT", 100)
-    monkeypatch.setattr(randperm, "_fisher_yates_steps", no_swaps)
-    shuffle = TorchRandperm(150, 4)
-    assert shuffle.final == 150 and np.array_equal(shuffle.advance(1), _torch(150, 4))
+    monkeypatch.setattr(randperm, "_compiled_steps", lambda: recorded)
+    for n in (100, 150):  # at the bound and past it
+        shuffle = TorchRandperm(n, 4)
+        assert shuffle.final == n and np.array_equal(shuffle.advance(1), _torch(n, 4)) and not calls
+    assert np.array_equal(torch_randperm(99, 4), _torch(99, 4)) and calls == [0]  # under it: the swap loop
+
+
+@pytest.mark.parametrize("seed", [2**64, -2**63 - 1])
+def test_a_seed_torch_refuses_is_refused(seed):
+    with pytest.raises(ValueError):
+        torch.Generator().manual_seed(seed)
+    with pytest.raises(ValueError, match="outside what torch.Generator.manual_seed takes"):
+        TorchRandperm(10, seed)
 
 
 def test_the_sampler_hands_out_its_first_batch_before_the_epoch_is_shuffled(monkeypatch):

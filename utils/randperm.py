@@ -8,11 +8,17 @@ and the rest of the work is spread over the epoch. NumPy's legacy `RandomState` 
 the same way and gives one output per value of a full-range uint32 `randint`; the swaps run compiled
 (Numba), with a 32-bit remainder where torch takes a 64-bit one. From 2^32 // 20 images on, torch draws
 64-bit values in another loop, and `torch.randperm` itself is called.
+
+Numba is imported and the swaps compiled on the first shuffle of a process, not on import (DataLoader
+workers, which never shuffle, do not load it): about 60 MiB and 0.3 s once per process (0.4 s when its
+machine code is not cached yet; where no cache folder is writable, Numba's own or `NUMBA_CACHE_DIR`, it is
+compiled in every process).
 """
 
 from __future__ import annotations
 
-import numba
+import functools
+
 import numpy as np
 import torch
 
@@ -20,21 +26,33 @@ SWAP_LOOP_LIMIT = (2**32 - 1) // 20  # randperm_cpu's "small n" bound: the swap 
 _DRAWS_PER_CALL = 1 << 16  # 256 KiB of draws and as many of swap partners at a time, in cache
 
 
-@numba.njit(nogil=True, cache=True)
 def _fisher_yates_steps(order: np.ndarray, draws: np.ndarray, first: int, partners: np.ndarray) -> None:
     """Steps first … first + len(draws) - 1 in place: step i swaps order[i] and order[i + draw mod (n - i)].
 
     The partners [len(draws)] (uint32 scratch) are computed first, apart from the swaps: the divisions then
     overlap, and the swaps' cache misses do not wait on them (about 30 % faster than one loop here).
+    Run compiled (`_compiled_steps`); all arithmetic stays in unsigned 32 bits, below n < 2^32.
     """
-    n = order.shape[0]
+    n = np.uint32(order.shape[0])
     for k in range(draws.shape[0]):
-        i = first + k
-        partners[k] = i + draws[k] % np.uint32(n - i)
+        i = np.uint32(first + k)
+        partners[k] = i + draws[k] % (n - i)
     for k in range(draws.shape[0]):
         i = first + k
         j = partners[k]
         order[i], order[j] = order[j], order[i]
+
+
+@functools.cache
+def _compiled_steps():
+    """`_fisher_yates_steps` compiled by Numba (imported here, on first use), its machine code cached on disk
+    where Numba finds a writable cache folder."""
+    import numba
+
+    try:
+        return numba.njit(nogil=True, cache=True)(_fisher_yates_steps)
+    except RuntimeError:  # "no locator available": nowhere to cache; compile in this process only
+        return numba.njit(nogil=True)(_fisher_yates_steps)
 
 
 class TorchRandperm:
@@ -48,6 +66,8 @@ class TorchRandperm:
     def __init__(self, n: int, seed: int):
         if n < 0:
             raise ValueError(f"n must be non-negative, got {n}")
+        if not -2**63 <= seed < 2**64:
+            raise ValueError(f"seed {seed} is outside what torch.Generator.manual_seed takes, [-2^63, 2^64)")
         self.n = n
         if n >= SWAP_LOOP_LIMIT:
             dtype = torch.int32 if n < 2**31 else torch.int64
@@ -73,7 +93,7 @@ class TorchRandperm:
         while self._steps_done < last_step:
             count = min(len(self._partners), last_step - self._steps_done)
             draws = self._draws.randint(0, 2**32, size=count, dtype=np.uint32)
-            _fisher_yates_steps(self.order, draws, self._steps_done, self._partners)
+            _compiled_steps()(self.order, draws, self._steps_done, self._partners)
             self._steps_done += count
         return self.order
 
