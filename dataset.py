@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from easydict import EasyDict
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from utils.config import require
 from utils.decode import decode_chw, image_size_of, nvjpeg_ready, split_image_files, warn_skipped
 from utils.errors import UserError
 from utils.files import check_regular_file, read_bytes, read_text
 from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE
+from utils.randperm import TorchRandperm
 from utils.recordio import IndexedRecordReader, RecordIOError, class_label, exact_header_range, unpack
 from utils.seeding import derive_seed, seed_everything
 
@@ -450,21 +451,27 @@ def resolve_data_counts(config, dataset) -> EasyDict:
 
 # ---- sampler and loader ----
 
-class DistributedResumableSampler(Sampler[int]):
-    """Each rank's disjoint share of one permutation per epoch, resumable inside an epoch at any image.
+class DistributedResumableSampler(Sampler[np.ndarray]):
+    """Each rank's disjoint share of one permutation per epoch, as micro-batches of indices, resumable inside
+    an epoch at any image.
 
-    Epoch `e` shuffles all indices with `torch.randperm` seeded with `seed + e` (the same permutation on
-    every rank, the same order for a seed as every earlier version; held as int32, 4 B per image). An
-    optimizer step takes the next `batch_size × micro_batches × world_size` images of it (one global batch)
-    and splits them over `micro_batches × world_size` virtual ranks, as if each process's micro-batch were a
-    rank of its own: the b-th image of virtual rank v is the (b × virtual ranks + v)-th of the step, and
-    micro-batch m of rank r is virtual rank `m × world_size + r`. So every forward pass sees the same group
-    of images whatever the split of the global batch into ranks and micro-batches (BatchNorm statistics
-    follow), and after any number of steps the world consumed exactly a prefix of the permutation: a
-    resume (even with another split or another global batch) continues with the rest of it
-    (`set_epoch(epoch, start)`). With `drop_last` the tail that does not fill a global batch is dropped;
-    otherwise it is padded by repeating the start of the remaining indices. With the default batch_size=1
-    and micro_batches=1, rank r takes every `world_size`-th index starting at r.
+    Epoch `e` shuffles all indices in `torch.randperm`'s order seeded with `seed + e` (the same permutation
+    on every rank, the same order for a seed as every earlier version), computed from the front as the epoch
+    goes (`utils.randperm.TorchRandperm`: int32, 4 B per image, the first batches ready at once). An optimizer
+    step takes the next `batch_size × micro_batches × world_size` images of it (one global batch) and splits
+    them over `micro_batches × world_size` virtual ranks, as if each process's micro-batch were a rank of
+    its own: the b-th image of virtual rank v is the (b × virtual ranks + v)-th of the step, and micro-batch
+    m of rank r is virtual rank `m × world_size + r`. So every forward pass sees the same group of images
+    whatever the split of the global batch into ranks and micro-batches (BatchNorm statistics follow), and
+    after any number of steps the world consumed exactly a prefix of the permutation: a resume (even with
+    another split or another global batch) continues with the rest of it (`set_epoch(epoch, start)`). With
+    `drop_last` the tail that does not fill a global batch is dropped; otherwise it is padded by repeating
+    the start of the remaining indices, and this rank's share of it comes in batches of `batch_size` (the
+    last shorter).
+
+    Iterating yields this rank's micro-batches in order, each an index array [batch_size] (int32, int64
+    from 2^31 images): the loader hands a whole array to a worker, so no Python object per image is made
+    in the training process. `len()` counts those arrays; `indices()` is the same share flattened.
     """
 
     def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1, seed: int = 0,
@@ -493,40 +500,52 @@ class DistributedResumableSampler(Sampler[int]):
         self.epoch = epoch
         self.start = start
 
-    def permutation(self) -> torch.Tensor:
-        """The epoch's order of all indices [num_samples], int32 where it fits (same values as int64)."""
-        dtype = torch.int32 if self.num_samples < 2**31 else torch.int64
+    def _order(self) -> Callable[[int], np.ndarray]:
+        """`final(upto)`: the epoch's order of all indices [num_samples], its first `upto` entries final."""
         if not self.shuffle:
-            return torch.arange(self.num_samples, dtype=dtype)
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.num_samples, generator=generator, dtype=dtype)
+            order = np.arange(self.num_samples, dtype=np.int32 if self.num_samples < 2**31 else np.int64)
+            return lambda upto: order
+        return TorchRandperm(self.num_samples, self.seed + self.epoch).advance
 
-    def _steps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rest of the epoch as whole global batches [num_steps, global_batch], and the tail that does
-        not fill one (empty with `drop_last`), padded by repeating its start to a multiple of the world size."""
-        remaining = self.permutation()[self.start:]
-        num_whole = len(remaining) - len(remaining) % self.global_batch
-        tail = remaining[num_whole:] if not self.drop_last else remaining[:0]
-        if len(tail) % self.world_size:
-            padding = self.world_size - len(tail) % self.world_size
-            tail = torch.cat([tail, tail.repeat(math.ceil(padding / len(tail)))[:padding]])
-        return remaining[:num_whole].view(-1, self.global_batch), tail
+    def permutation(self) -> torch.Tensor:
+        """The epoch's whole order of all indices [num_samples], int32 where it fits (same values as int64)."""
+        return torch.from_numpy(self._order()(self.num_samples))
+
+    def _tail_share(self, order: np.ndarray, first: int) -> np.ndarray:
+        """This rank's share [ceil(tail / W)] of the images from `first` on that do not fill a global batch,
+        padded by repeating their start to a multiple of the world size (empty with `drop_last`)."""
+        tail = order[first:]
+        if self.drop_last or len(tail) == 0:
+            return tail[:0]
+        padding = -len(tail) % self.world_size
+        return np.concatenate([tail, np.resize(tail, padding)])[self.rank::self.world_size]
 
     def __iter__(self):
-        whole, tail = self._steps()
-        # [S, G] -> [S, b, m, r]: the b-th image of virtual rank m*W + r is image b*(M*W) + m*W + r of the step
-        steps = whole.view(-1, self.batch_size, self.micro_batches, self.world_size)
-        mine = steps[..., self.rank].transpose(1, 2)  # [S, M, b]: this rank's micro-batches in order
-        chunk = max(1, 2**16 // (self.batch_size * self.micro_batches))  # steps per list of Python ints
-        for first in range(0, len(mine), chunk):
-            yield from mine[first:first + chunk].reshape(-1).tolist()
-        yield from tail[self.rank::self.world_size].tolist()  # [ceil(tail / W)]: a last, shorter batch
+        final = self._order()
+        num_steps = (self.num_samples - self.start) // self.global_batch
+        chunk = max(1, 2**16 // self.global_batch)  # steps shuffled and split at a time
+        for first_step in range(0, num_steps, chunk):
+            steps = min(chunk, num_steps - first_step)
+            low = self.start + first_step * self.global_batch
+            high = low + steps * self.global_batch
+            # [S*G] -> [S, b, M, W]: the b-th image of virtual rank m*W + r is image b*(M*W) + m*W + r of a step
+            images = final(high)[low:high].reshape(steps, self.batch_size, self.micro_batches, self.world_size)
+            mine = images[..., self.rank].transpose(0, 2, 1)  # [S, M, b]: this rank's micro-batches in order
+            yield from np.ascontiguousarray(mine).reshape(-1, self.batch_size)
+        share = self._tail_share(final(self.num_samples), self.start + num_steps * self.global_batch)
+        for first in range(0, len(share), self.batch_size):
+            yield share[first:first + self.batch_size]  # [<= b]: the last, shorter batches
+
+    def indices(self) -> np.ndarray:
+        """This rank's indices of the rest of the epoch in the order they are handed out [images]."""
+        batches = list(self)
+        return np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         remaining = self.num_samples - self.start
-        whole = remaining // self.global_batch * self.batch_size * self.micro_batches
+        whole = remaining // self.global_batch * self.micro_batches
         tail = 0 if self.drop_last else math.ceil(remaining % self.global_batch / self.world_size)
-        return whole + tail
+        return whole + math.ceil(tail / self.batch_size)
 
 
 class WorkerSeeder:
@@ -546,21 +565,36 @@ def collate_encoded(batch: Sequence) -> tuple[list[torch.Tensor], torch.Tensor, 
     return list(encoded), torch.tensor(labels, dtype=torch.int64), list(names)
 
 
+class BatchesOf(Dataset):
+    """`dataset` read a batch at a time: item `indices` (an index array [B]) is the list of those samples,
+    which the loader's collate function stacks. Lets the sampler hand out whole index arrays."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: np.ndarray) -> list:
+        return [self.dataset[index] for index in indices.tolist()]
+
+
 def build_loader(dataset: Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  num_workers: int = 2, device: str | torch.device = "cpu", drop_last: bool = True,
                  shuffle: bool = True, prefetch_factor: int = 2, micro_batches: int = 1,
                  multiprocessing_context: str | None = None) -> DataLoader:
     """DataLoader over this rank's share: DistributedResumableSampler (`loader.sampler`, interleaving ranks
-    and `micro_batches` per optimizer step), seeded workers, pinned memory on CUDA, persistent workers.
+    and `micro_batches` per optimizer step, handing out index arrays that `BatchesOf(dataset)` reads in
+    the workers), seeded workers, pinned memory on CUDA, persistent workers.
     Datasets built with decode=False yield encoded bytes for device_input.GpuJpegDecoder."""
     device = torch.device(device)
     sampler = DistributedResumableSampler(len(dataset), rank, world_size, seed, drop_last, shuffle,
                                           batch_size=batch_size, micro_batches=micro_batches)
     encoded = getattr(dataset, "decode", True) is False
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=collate_encoded if encoded else None, pin_memory=device.type == "cuda",
-        drop_last=drop_last, worker_init_fn=WorkerSeeder(seed, rank),
+        BatchesOf(dataset), batch_size=None, sampler=sampler, num_workers=num_workers,
+        collate_fn=collate_encoded if encoded else default_collate, pin_memory=device.type == "cuda",
+        worker_init_fn=WorkerSeeder(seed, rank),
         persistent_workers=num_workers > 0, prefetch_factor=prefetch_factor if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed + rank),
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None)

@@ -18,8 +18,9 @@ Memory: peak = highest resident set above the process's level before opening (sa
 kept = growth of its private memory (Private_Clean + Private_Dirty of smaps_rollup) after opening;
 shared = growth of Shared_Clean (the page-cache copy the ranks share, counted once per node). Timings run
 on a warm page cache (the files were just written). The sampler columns are `bench.bench_sampler`'s
-measure_sampler (world size 1, in a process of its own): the earlier Python-list sampler against
-DistributedResumableSampler.
+measure_sampler (world size 1, batch 512, in a process of its own): the Python-list sampler before
+issue 22 ("old") against DistributedResumableSampler ("new"); the JSON line also has the intermediate
+torch.randperm sampler ("randperm").
 
     python -m bench.bench_scale                                  # all four sizes (a few GB of disk)
     python -m bench.bench_scale --sizes 1000000 --folder /tmp/i22b/scale
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
               f"before: {b['seconds']:5.1f} {_mib(b['peak'])} {_mib(b['kept_private'])} | "
               f"first: {f['seconds']:5.1f} {_mib(f['peak'])} {_mib(f['kept_private'])} | "
               f"later: {later_s:5.2f} {_mib(later_peak)} {_mib(later_kept)} {_mib(later_shared)} | "
-              f"sampler old {s['old']['seconds']:5.1f} {_mib(s['old']['peak_bytes'])} "
+              f"sampler old {s['list']['seconds']:5.1f} {_mib(s['list']['peak_bytes'])} "
               f"new {s['new']['seconds']:5.2f} {_mib(s['new']['peak_bytes'])} | {r['loadavg'][0]:.2f}", flush=True)
         print("  " + json.dumps(r), flush=True)
     if args.pack_names:

@@ -312,12 +312,12 @@ def test_synthetic_dataset_is_deterministic():
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 @pytest.mark.parametrize("num_samples", [12, 13, 3])
 def test_shards_are_disjoint_and_complete(world_size, num_samples):
-    shards = [list(DistributedResumableSampler(num_samples, rank, world_size, seed=7))
+    shards = [DistributedResumableSampler(num_samples, rank, world_size, seed=7).indices().tolist()
               for rank in range(world_size)]
     taken = [index for shard in shards for index in shard]
     assert len({len(shard) for shard in shards}) == 1  # every rank runs the same number of steps
     assert len(taken) == len(set(taken)) == num_samples - num_samples % world_size
-    padded = [list(DistributedResumableSampler(num_samples, rank, world_size, seed=7, drop_last=False))
+    padded = [DistributedResumableSampler(num_samples, rank, world_size, seed=7, drop_last=False).indices().tolist()
               for rank in range(world_size)]
     assert len({len(shard) for shard in padded}) == 1
     assert set().union(*padded) == set(range(num_samples))
@@ -325,13 +325,13 @@ def test_shards_are_disjoint_and_complete(world_size, num_samples):
 
 def test_epochs_reshuffle_from_the_seed():
     sampler = DistributedResumableSampler(50, seed=3)
-    epoch0 = list(sampler)
+    epoch0 = sampler.indices().tolist()
     sampler.set_epoch(1)
-    epoch1 = list(sampler)
+    epoch1 = sampler.indices().tolist()
     assert sorted(epoch0) == sorted(epoch1) == list(range(50)) and epoch0 != epoch1
     again = DistributedResumableSampler(50, seed=3)
     again.set_epoch(1)
-    assert list(again) == epoch1
+    assert again.indices().tolist() == epoch1
     expected = torch.randperm(50, generator=torch.Generator().manual_seed(3 + 1)).tolist()
     assert epoch1 == expected
 
@@ -341,22 +341,22 @@ def test_resuming_mid_epoch_continues_the_same_order(world_size):
     for rank in range(world_size):
         full = DistributedResumableSampler(40, rank, world_size, seed=11)
         full.set_epoch(2)
-        order = list(full)
+        order = full.indices().tolist()
         resumed = DistributedResumableSampler(40, rank, world_size, seed=11)
         resumed.set_epoch(2, 5 * world_size)
-        assert list(resumed) == order[5:] and len(resumed) == len(order) - 5
+        assert resumed.indices().tolist() == order[5:] and len(resumed) == len(order) - 5
         resumed.set_epoch(2, 7 * world_size)  # a second interruption in the same epoch
-        assert list(resumed) == order[7:]
+        assert resumed.indices().tolist() == order[7:]
 
 
 def test_resuming_with_another_world_size_sees_every_remaining_sample_once():
     """4 ranks took 3 samples each: 2 ranks continue after the first 12 images of the epoch."""
     old = [DistributedResumableSampler(48, rank, 4, seed=1) for rank in range(4)]
-    consumed = {index for sampler in old for index in list(sampler)[:3]}
+    consumed = {index for sampler in old for index in sampler.indices().tolist()[:3]}
     new = [DistributedResumableSampler(48, rank, 2, seed=1) for rank in range(2)]
     for sampler in new:
         sampler.set_epoch(0, 12)
-    remaining = [index for sampler in new for index in sampler]
+    remaining = [index for sampler in new for index in sampler.indices().tolist()]
     assert len(remaining) == len(set(remaining)) == 48 - 12
     assert set(remaining) | consumed == set(range(48))
 
@@ -368,7 +368,7 @@ def _forward_passes(num_samples: int, world_size: int, micro_batches: int, batch
         sampler = DistributedResumableSampler(num_samples, rank, world_size, seed=5, batch_size=batch_size,
                                               micro_batches=micro_batches)
         sampler.set_epoch(3, start)
-        order = torch.tensor(list(sampler)).view(-1, micro_batches, batch_size)  # [steps, M, b]
+        order = torch.from_numpy(np.stack(list(sampler))).view(-1, micro_batches, batch_size)  # [steps, M, b]
         for step, micro in enumerate(order):
             passes.setdefault(step, []).extend(sorted(batch.tolist()) for batch in micro)
     return {step: sorted(groups) for step, groups in passes.items()}
@@ -387,6 +387,21 @@ def test_the_same_images_share_a_forward_pass_whatever_the_ranks_by_micro_batche
     assert sorted(taken) == sorted(permutation[start:start + len(taken)])  # a prefix of the rest, once each
 
 
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_the_tail_comes_in_batches_of_batch_size_and_len_counts_the_batches(rank):
+    """13 images, 3 ranks x 2 micro-batches of 2 (global batch 12): one whole step, then the tail (1 image)
+    padded to 3 and shared: a last batch of 1 per rank; with 2 images per micro-batch and 7 images left
+    after a resume at 6, rank r takes tail[r::3] of 7 padded to 9: one batch of 2 and one of 1."""
+    sampler = DistributedResumableSampler(13, rank, 3, seed=4, drop_last=False, batch_size=2, micro_batches=2)
+    shapes = [len(batch) for batch in sampler]
+    assert shapes == [2, 2, 1] and len(sampler) == 3
+    sampler.set_epoch(0, 6)  # 7 left: no whole step, a padded tail of 9, 3 per rank
+    assert [len(batch) for batch in sampler] == [2, 1] and len(sampler) == 2
+    loader = build_loader(WorkerRandom(), batch_size=2, rank=rank, world_size=3, seed=4, num_workers=0,
+                          drop_last=False, micro_batches=2)
+    assert len(loader) == len(list(loader)) == 3  # 16 images: one step of 12, a tail of 4 -> 2 per rank
+
+
 def test_the_permutation_is_int32_and_the_order_of_earlier_versions():
     """Checkpoints of earlier versions resume into the same order: torch.randperm(N) as int64, seed + epoch."""
     sampler = DistributedResumableSampler(1000, seed=2048)
@@ -394,7 +409,7 @@ def test_the_permutation_is_int32_and_the_order_of_earlier_versions():
     permutation = sampler.permutation()
     assert permutation.dtype == torch.int32
     expected = torch.randperm(1000, generator=torch.Generator().manual_seed(2048 + 4))
-    assert torch.equal(permutation.long(), expected) and list(sampler) == expected.tolist()
+    assert torch.equal(permutation.long(), expected) and sampler.indices().tolist() == expected.tolist()
 
 
 # ---- loader ----
@@ -417,7 +432,7 @@ def test_loader_follows_the_sampler_and_seeds_workers_per_rank():
     rank0, rank0_again, rank1 = draws(0), draws(0), draws(1)
     assert rank0 == rank0_again  # same seed, rank and worker -> same random numbers
     assert [values for _, values in rank0] != [values for _, values in rank1]
-    expected = list(DistributedResumableSampler(16, 0, 2, seed=9))
+    expected = DistributedResumableSampler(16, 0, 2, seed=9).indices().tolist()
     assert [index for indices, _ in rank0 for index in indices] == expected
     assert len(rank0) == 2 and all(len(indices) == 4 for indices, _ in rank0)
 

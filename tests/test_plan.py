@@ -137,6 +137,7 @@ def _index_memory(rank, world_size, root, index_cache):
     """(peak, held, held privately) RSS growth of building a RecordDataset and one epoch's sampler order, in
     bytes (Linux); "privately": anonymous memory, not the pages of a mapped index cache."""
     _mmap_every_large_block()
+    DistributedResumableSampler(2).permutation()  # the compiled shuffle's one-time load (Numba) is not data
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before, anonymous_before = _kib("VmRSS"), _kib("RssAnon")
     data = RecordDataset(root, index_cache=index_cache)

@@ -400,9 +400,9 @@ def _recording():
     flip = device_input.flip_and_normalize
 
     def recording_iter(sampler):
-        for index in sampler_iter(sampler):
-            record["images"].append(index)
-            yield index
+        for batch in sampler_iter(sampler):
+            record["images"].extend(batch.tolist())
+            yield batch
 
     def recording_step(run, micro_batches):
         record["lr"][run.step] = run.backbone_optimizer.param_groups[0]["lr"]
