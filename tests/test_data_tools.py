@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import struct
 from collections import Counter
 from pathlib import Path
@@ -425,8 +426,9 @@ def test_the_tools_leave_a_valid_index_cache_so_no_rank_parses(tmp_path, monkeyp
         elif tool == "shuffle_rec":
             pack_folder(tmp_path / "faces", tmp_path / "rec", EncodeOptions(keep_bytes=True), overwrite=True)
             shuffle_rec.shuffle_records(tmp_path / "rec", output, seed=2, overwrite=True)
-        else:
-            shuffle_rec.shuffle_records(FIXTURES / "plain", output, seed=2, overwrite=True)
+        else:  # a copy: opening the input with every index cached would write a cache beside the fixture
+            shutil.copytree(FIXTURES / "plain", tmp_path / "plain", dirs_exist_ok=True)
+            shuffle_rec.shuffle_records(tmp_path / "plain", output, seed=2, overwrite=True)
 
     write()  # an index of a few hundred bytes: below the cached size
     assert not (output / "train.idx.cache").exists()
