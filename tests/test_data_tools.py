@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import struct
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,7 @@ from dataset import ImageFolderDataset, RecordDataset
 from tests.rec_utils import iter_chunks
 from tools import make_bin, pack_rec, rec2image, shuffle_rec
 from tools.pack_rec import EncodeOptions, pack_folder
+from utils import record_index
 from utils.binfile import load_bin
 from utils.decode import PNG_START
 from utils.errors import UserError
@@ -408,3 +410,37 @@ def test_more_classes_than_float32_tells_apart_is_refused(tmp_path):
     records = iter([(IRHeader(0, 0.0, 0, 0), b"")])
     with pytest.raises(UserError, match=r"16777217 classes is more than RecordIO's float32 labels tell apart"):
         pack_rec.write_records(tmp_path, [], [], records, 2**24 + 1, (112, 112))
+
+
+@pytest.mark.parametrize("tool", ["pack_rec", "shuffle_rec", "shuffle_rec without header"])
+def test_the_tools_leave_a_valid_index_cache_so_no_rank_parses(tmp_path, monkeypatch, tool):
+    """A large index gets its train.idx.cache when it is written; a small one has a leftover cache removed."""
+    write_folder(tmp_path / "faces", [3, 2], suffix=".jpg")
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "train.idx.cache").write_bytes(b"left by an earlier, larger index")
+
+    def write():
+        if tool == "pack_rec":
+            pack_folder(tmp_path / "faces", output, EncodeOptions(keep_bytes=True), overwrite=True)
+        elif tool == "shuffle_rec":
+            pack_folder(tmp_path / "faces", tmp_path / "rec", EncodeOptions(keep_bytes=True), overwrite=True)
+            shuffle_rec.shuffle_records(tmp_path / "rec", output, seed=2, overwrite=True)
+        else:  # a copy: opening the input with every index cached would write a cache beside the fixture
+            shutil.copytree(FIXTURES / "plain", tmp_path / "plain", dirs_exist_ok=True)
+            shuffle_rec.shuffle_records(tmp_path / "plain", output, seed=2, overwrite=True)
+
+    write()  # an index of a few hundred bytes: below the cached size
+    assert not (output / "train.idx.cache").exists()
+    monkeypatch.setattr(record_index, "MIN_CACHED_INDEX_BYTES", 0)
+    write()
+    cache = output / "train.idx.cache"
+    assert cache.stat().st_mtime_ns >= (output / "train.idx").stat().st_mtime_ns
+
+    expected = IndexedRecordReader(output / "train.rec", index_cache="off").keys.tolist()
+
+    def no_parse(*args):
+        raise AssertionError("the index was parsed again: the tool's cache was not valid")
+
+    monkeypatch.setattr(record_index, "parse_index", no_parse)
+    assert record_index.open_index(output / "train.idx").keys.tolist() == expected

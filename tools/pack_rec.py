@@ -48,6 +48,7 @@ from utils.errors import UserError, entry_point
 from utils.files import atomic_write_text, check_regular_file, make_folder, read_bytes
 from utils.images import IMAGE_EXTENSIONS, IMAGE_SIZE
 from utils.opencv import cv2
+from utils.record_index import refresh_index_cache
 from utils.recordio import FLOAT32_EXACT, IndexedRecordWriter, IRHeader, pack
 
 T = TypeVar("T")
@@ -348,7 +349,8 @@ def write_records(output_dir: Path, block_labels: np.ndarray, block_sizes: np.nd
 
     `records` yields (header, payload) for every image in block order; it may be lazy, so encoding
     overlaps writing. Each image header's id becomes its key, as in insightface's files. Every file is
-    written atomically (utils.files): an interrupted run leaves any earlier train.rec untouched.
+    written atomically (utils.files): an interrupted run leaves any earlier train.rec untouched. A large
+    index gets its `train.idx.cache` beside it at the end (utils.record_index.refresh_index_cache).
     """
     if num_classes > FLOAT32_EXACT:
         raise UserError(f"{num_classes} classes is more than RecordIO's float32 labels tell apart ({FLOAT32_EXACT}); "
@@ -370,6 +372,7 @@ def write_records(output_dir: Path, block_labels: np.ndarray, block_sizes: np.nd
             identity_key = first_identity + label
             writer.write(identity_key, identity_record(identity_key, start, end))
     atomic_write_text(output_dir / "property", f"{num_classes},{image_size[0]},{image_size[1]}\n")
+    refresh_index_cache(output_dir / "train.idx")
 
 
 @entry_point

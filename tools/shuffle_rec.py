@@ -27,6 +27,7 @@ from dataset import RecordDataset
 from tools.pack_rec import as_ints, pack_order, write_records
 from utils.errors import UserError, entry_point
 from utils.files import atomic_write_bytes, make_folder, read_bytes
+from utils.record_index import refresh_index_cache
 from utils.recordio import IndexedRecordWriter, class_label, unpack
 
 
@@ -56,6 +57,7 @@ def shuffle_records(input_dir: str | Path, output_dir: str | Path, *, seed: int 
                 writer.write(key, reader.read_at(int(reader.offsets[position]), key))
         if (input_dir / "property").exists():
             atomic_write_bytes(output_dir / "property", read_bytes(input_dir / "property", "property file"))
+        refresh_index_cache(output_dir / "train.idx")  # write_records does it on the other branch
     return len(source)
 
 

@@ -276,6 +276,19 @@ def write_index_cache(idx_path: str | Path, cache_path: str | Path | None = None
     return cache_path
 
 
+def refresh_index_cache(idx_path: str | Path) -> Path | None:
+    """For writers of a fresh `.idx` (tools/pack_rec, tools/shuffle_rec): write its cache beside it now when
+    the index is large enough to be cached (MIN_CACHED_INDEX_BYTES), so no training rank waits for the
+    parse, and otherwise remove a cache an earlier index left there. Returns the cache path, or None for a
+    small index. UserError as write_index_cache."""
+    idx_path = Path(idx_path)
+    cache_path = beside_cache_path(idx_path)
+    if idx_path.stat().st_size < MIN_CACHED_INDEX_BYTES:
+        cache_path.unlink(missing_ok=True)
+        return None
+    return write_index_cache(idx_path, cache_path)
+
+
 def _idx_sample(idx_path: Path, size: int) -> str | None:
     """SHA-256 of the first and last IDX_SAMPLE_BYTES of the `.idx` of `size` bytes (None when unreadable)."""
     try:
