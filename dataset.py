@@ -513,10 +513,10 @@ class DistributedResumableSampler(Sampler[np.ndarray]):
 
     def _tail_share(self, order: np.ndarray, first: int) -> np.ndarray:
         """This rank's share [ceil(tail / W)] of the images from `first` on that do not fill a global batch,
-        padded by repeating their start to a multiple of the world size (empty with `drop_last`)."""
+        padded by repeating their start to a multiple of the world size."""
         tail = order[first:]
-        if self.drop_last or len(tail) == 0:
-            return tail[:0]
+        if len(tail) == 0:
+            return tail
         padding = -len(tail) % self.world_size
         return np.concatenate([tail, np.resize(tail, padding)])[self.rank::self.world_size]
 
@@ -532,14 +532,15 @@ class DistributedResumableSampler(Sampler[np.ndarray]):
             images = final(high)[low:high].reshape(steps, self.batch_size, self.micro_batches, self.world_size)
             mine = images[..., self.rank].transpose(0, 2, 1)  # [S, M, b]: this rank's micro-batches in order
             yield from np.ascontiguousarray(mine).reshape(-1, self.batch_size)
+        if self.drop_last:
+            return
         share = self._tail_share(final(self.num_samples), self.start + num_steps * self.global_batch)
         for first in range(0, len(share), self.batch_size):
             yield share[first:first + self.batch_size]  # [<= b]: the last, shorter batches
 
     def indices(self) -> np.ndarray:
         """This rank's indices of the rest of the epoch in the order they are handed out [images]."""
-        batches = list(self)
-        return np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.zeros(0, dtype=np.int32), *self])
 
     def __len__(self) -> int:
         remaining = self.num_samples - self.start
